@@ -1,0 +1,400 @@
+//! JSON Schemas of the resource kinds, and validation of one resource document.
+//!
+//! Validation has two layers: the JSON Schema (served to users, enforced by the control plane
+//! on every write and by the data plane on every snapshot) and a few semantic rules a schema
+//! cannot say well (path syntax, "exactly one target"). Both report every violation with the
+//! JSON pointer of the offending value.
+
+use std::collections::HashSet;
+use std::sync::LazyLock;
+
+use jsonschema::Validator;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::model::{Kind, Parsed, PassHost, Route, Upstream};
+
+/// One reason a document was refused, located by JSON pointer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    /// JSON pointer (RFC 6901) to the offending value; `""` is the whole document.
+    pub pointer: String,
+    /// What is wrong, for a human.
+    pub message: String,
+}
+
+impl Violation {
+    /// Builds a violation.
+    pub fn new(pointer: impl Into<String>, message: impl Into<String>) -> Self {
+        Violation {
+            pointer: pointer.into(),
+            message: message.into(),
+        }
+    }
+}
+
+const ID_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
+const HOST_PATTERN: &str = r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$";
+
+fn common_properties() -> serde_json::Map<String, Value> {
+    let mut props = serde_json::Map::new();
+    props.insert(
+        "id".into(),
+        json!({"type": "string", "pattern": ID_PATTERN, "description": "Resource id; taken from the URL."}),
+    );
+    props.insert(
+        "desc".into(),
+        json!({"type": "string", "maxLength": 1024}),
+    );
+    props.insert(
+        "labels".into(),
+        json!({
+            "type": "object",
+            "maxProperties": 64,
+            "propertyNames": {"pattern": "^[A-Za-z0-9._/-]{1,63}$"},
+            "additionalProperties": {"type": "string", "maxLength": 256}
+        }),
+    );
+    for field in ["created_at", "updated_at", "revision"] {
+        props.insert(
+            field.into(),
+            json!({"type": "integer", "description": "Server-managed; ignored on input."}),
+        );
+    }
+    props
+}
+
+fn upstream_body_properties() -> serde_json::Map<String, Value> {
+    let mut props = serde_json::Map::new();
+    props.insert(
+        "nodes".into(),
+        json!({
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 1024,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "host": {"type": "string", "pattern": r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,251}[A-Za-z0-9])?$"},
+                    "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                    "weight": {"type": "integer", "minimum": 0, "maximum": 65535, "default": 1}
+                },
+                "required": ["host", "port"],
+                "additionalProperties": false
+            }
+        }),
+    );
+    props.insert(
+        "scheme".into(),
+        json!({"enum": ["http"], "default": "http"}),
+    );
+    props.insert(
+        "lb".into(),
+        json!({"enum": ["round_robin"], "default": "round_robin"}),
+    );
+    props.insert(
+        "timeouts".into(),
+        json!({
+            "type": "object",
+            "properties": {
+                "connect_ms": {"type": "integer", "minimum": 1, "maximum": 600000, "default": crate::model::DEFAULT_CONNECT_MS},
+                "read_ms": {"type": "integer", "minimum": 1, "maximum": 3600000, "default": crate::model::DEFAULT_READ_MS}
+            },
+            "additionalProperties": false
+        }),
+    );
+    props.insert(
+        "pass_host".into(),
+        json!({"enum": ["pass", "node", "rewrite"], "default": "pass"}),
+    );
+    props.insert(
+        "upstream_host".into(),
+        json!({"type": "string", "pattern": r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,251}[A-Za-z0-9])?$"}),
+    );
+    props
+}
+
+fn upstream_schema() -> Value {
+    let mut props = common_properties();
+    props.extend(upstream_body_properties());
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "upstream",
+        "type": "object",
+        "properties": props,
+        "required": ["nodes"],
+        "additionalProperties": false
+    })
+}
+
+fn route_schema() -> Value {
+    let mut props = common_properties();
+    props.insert(
+        "paths".into(),
+        json!({
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 64,
+            "uniqueItems": true,
+            "items": {"type": "string", "pattern": "^/[^\\s?#]*$", "maxLength": 4096}
+        }),
+    );
+    props.insert(
+        "hosts".into(),
+        json!({
+            "type": "array",
+            "maxItems": 64,
+            "uniqueItems": true,
+            "items": {"type": "string", "pattern": HOST_PATTERN}
+        }),
+    );
+    props.insert(
+        "methods".into(),
+        json!({
+            "type": "array",
+            "uniqueItems": true,
+            "items": {"enum": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"]}
+        }),
+    );
+    props.insert(
+        "priority".into(),
+        json!({"type": "integer", "minimum": -1000000, "maximum": 1000000, "default": 0}),
+    );
+    props.insert("enabled".into(), json!({"type": "boolean", "default": true}));
+    props.insert(
+        "upstream_id".into(),
+        json!({"type": "string", "pattern": ID_PATTERN}),
+    );
+    let mut inline = upstream_body_properties();
+    inline.insert("desc".into(), json!({"type": "string", "maxLength": 1024}));
+    props.insert(
+        "upstream".into(),
+        json!({
+            "type": "object",
+            "properties": inline,
+            "required": ["nodes"],
+            "additionalProperties": false
+        }),
+    );
+    // No plugin is available yet: naming one is refused rather than silently ignored.
+    props.insert(
+        "plugins".into(),
+        json!({"type": "object", "properties": {}, "additionalProperties": false}),
+    );
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "route",
+        "type": "object",
+        "properties": props,
+        "required": ["paths"],
+        "additionalProperties": false
+    })
+}
+
+struct CompiledSchema {
+    document: Value,
+    validator: Validator,
+}
+
+fn compile(document: Value) -> CompiledSchema {
+    // The schemas are constants of this crate; a failure here is a programming error caught by
+    // the unit tests below, never by user input.
+    let validator = jsonschema::validator_for(&document).expect("built-in schema compiles");
+    CompiledSchema {
+        document,
+        validator,
+    }
+}
+
+static UPSTREAM: LazyLock<CompiledSchema> = LazyLock::new(|| compile(upstream_schema()));
+static ROUTE: LazyLock<CompiledSchema> = LazyLock::new(|| compile(route_schema()));
+
+fn compiled(kind: Kind) -> &'static CompiledSchema {
+    match kind {
+        Kind::Upstreams => &UPSTREAM,
+        Kind::Routes => &ROUTE,
+    }
+}
+
+/// The JSON Schema document of a kind, as served by the admin API.
+pub fn schema_of(kind: Kind) -> &'static Value {
+    &compiled(kind).document
+}
+
+/// Validates one resource document of `kind` and returns its typed form.
+///
+/// Every violation is reported, each with its JSON pointer. References to other resources are
+/// not checked here: that needs the whole config (see [`crate::snapshot`]).
+pub fn validate_resource(kind: Kind, document: &Value) -> Result<Parsed, Vec<Violation>> {
+    let violations: Vec<Violation> = compiled(kind)
+        .validator
+        .iter_errors(document)
+        .map(|e| Violation::new(e.instance_path().as_str(), e.to_string()))
+        .collect();
+    if !violations.is_empty() {
+        return Err(violations);
+    }
+    let parsed = match kind {
+        Kind::Upstreams => serde_json::from_value::<Upstream>(document.clone())
+            .map(Parsed::Upstream)
+            .map_err(|e| vec![Violation::new("", e.to_string())])?,
+        Kind::Routes => serde_json::from_value::<Route>(document.clone())
+            .map(Parsed::Route)
+            .map_err(|e| vec![Violation::new("", e.to_string())])?,
+    };
+    let mut violations = Vec::new();
+    match &parsed {
+        Parsed::Upstream(upstream) => check_upstream(upstream, "", &mut violations),
+        Parsed::Route(route) => check_route(route, &mut violations),
+    }
+    if violations.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(violations)
+    }
+}
+
+fn check_upstream(upstream: &Upstream, at: &str, out: &mut Vec<Violation>) {
+    if upstream.pass_host == PassHost::Rewrite && upstream.upstream_host.is_none() {
+        out.push(Violation::new(
+            format!("{at}/upstream_host"),
+            "pass_host \"rewrite\" needs upstream_host",
+        ));
+    }
+}
+
+fn check_route(route: &Route, out: &mut Vec<Violation>) {
+    match (&route.upstream_id, &route.upstream) {
+        (Some(_), Some(_)) => out.push(Violation::new(
+            "/upstream",
+            "a route sends to exactly one of upstream_id or upstream, not both",
+        )),
+        (None, None) => out.push(Violation::new(
+            "",
+            "a route needs a target: upstream_id or upstream",
+        )),
+        _ => {}
+    }
+    if let Some(upstream) = &route.upstream {
+        check_upstream(upstream, "/upstream", out);
+    }
+    for (i, path) in route.paths.iter().enumerate() {
+        if let Err(message) = check_path(path) {
+            out.push(Violation::new(format!("/paths/{i}"), message));
+        }
+    }
+}
+
+/// Checks path-pattern syntax: `:name` segments with unique names, `*` only at the very end.
+pub fn check_path(path: &str) -> Result<(), String> {
+    if let Some(pos) = path.find('*')
+        && pos != path.len() - 1
+    {
+        return Err(format!("\"*\" is only allowed at the end of a path: {path}"));
+    }
+    let mut names = HashSet::new();
+    for segment in path.split('/') {
+        if let Some(name) = segment.strip_prefix(':') {
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !name.as_bytes()[0].is_ascii_digit();
+            if !valid {
+                return Err(format!(
+                    "a named segment is \":\" followed by [A-Za-z_][A-Za-z0-9_]*, got {segment:?}"
+                ));
+            }
+            if !names.insert(name) {
+                return Err(format!("the segment name {name:?} is used twice"));
+            }
+        } else if segment.contains(':') {
+            return Err(format!(
+                "\":\" may only start a named segment, got {segment:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_schemas_compile() {
+        for kind in Kind::ALL {
+            assert_eq!(schema_of(kind)["title"], kind.singular());
+        }
+    }
+
+    #[test]
+    fn valid_documents_pass_and_get_defaults() {
+        let upstream = validate_resource(
+            Kind::Upstreams,
+            &json!({"nodes": [{"host": "127.0.0.1", "port": 8080}]}),
+        )
+        .unwrap();
+        let Parsed::Upstream(upstream) = upstream else {
+            panic!("wrong kind")
+        };
+        assert_eq!(upstream.nodes[0].weight, 1);
+        assert_eq!(upstream.timeouts.read_ms, crate::model::DEFAULT_READ_MS);
+
+        let route = validate_resource(
+            Kind::Routes,
+            &json!({"paths": ["/users/:id", "/static/*"], "upstream_id": "u1", "id": "r1", "revision": 3}),
+        )
+        .unwrap();
+        assert!(matches!(route, Parsed::Route(r) if r.enabled));
+    }
+
+    #[test]
+    fn every_violation_is_listed_with_its_pointer() {
+        let errors = validate_resource(
+            Kind::Upstreams,
+            &json!({"nodes": [{"host": "a", "port": 0}, {"host": "b", "port": "x"}], "lb": "nope", "extra": 1}),
+        )
+        .unwrap_err();
+        let pointers: Vec<&str> = errors.iter().map(|v| v.pointer.as_str()).collect();
+        for expected in ["/nodes/0/port", "/nodes/1/port", "/lb", ""] {
+            assert!(pointers.contains(&expected), "{expected} missing from {errors:?}");
+        }
+    }
+
+    #[test]
+    fn semantic_rules() {
+        let cases = [
+            (json!({"paths": ["/a"]}), ""),
+            (
+                json!({"paths": ["/a"], "upstream_id": "u", "upstream": {"nodes": [{"host": "h", "port": 1}]}}),
+                "/upstream",
+            ),
+            (json!({"paths": ["/a/*/b"], "upstream_id": "u"}), "/paths/0"),
+            (json!({"paths": ["/x", "/a/:id/:id"], "upstream_id": "u"}), "/paths/1"),
+            (json!({"paths": ["/a/:1x"], "upstream_id": "u"}), "/paths/0"),
+            (json!({"paths": ["/a/b:c"], "upstream_id": "u"}), "/paths/0"),
+            (
+                json!({"paths": ["/a"], "upstream": {"nodes": [{"host": "h", "port": 1}], "pass_host": "rewrite"}}),
+                "/upstream/upstream_host",
+            ),
+            (
+                json!({"paths": ["/a"], "upstream_id": "u", "plugins": {"limit-count": {}}}),
+                "/plugins",
+            ),
+        ];
+        for (document, pointer) in cases {
+            let errors = validate_resource(Kind::Routes, &document).unwrap_err();
+            assert_eq!(errors[0].pointer, pointer, "{document}: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn non_objects_are_refused_not_panicked_on() {
+        for document in [json!(null), json!([]), json!("x"), json!(1)] {
+            for kind in Kind::ALL {
+                assert!(validate_resource(kind, &document).is_err());
+            }
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! A whole config at one version, and whole-snapshot validation.
+//!
+//! The control plane publishes a version only when every reference in it resolves (like
+//! go-control-plane's `Snapshot.Consistent()`); the data plane checks again when it receives a
+//! snapshot and NACKs one that fails, so a bug on either side cannot put a broken config in
+//! front of traffic.
+
+use std::collections::BTreeMap;
+
+use thiserror::Error;
+
+use crate::model::{Kind, Parsed, ResourceKey, Route, Upstream};
+use crate::pb;
+use crate::schema::{Violation, validate_resource};
+
+/// One resource of a snapshot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotResource {
+    /// The config version in which this resource last changed.
+    pub revision: u64,
+    /// The validated, typed resource.
+    pub parsed: Parsed,
+}
+
+/// Every resource of a config at one version, validated.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// The config version.
+    pub version: u64,
+    /// Every resource, keyed by kind and id.
+    pub resources: BTreeMap<ResourceKey, SnapshotResource>,
+}
+
+/// Why a snapshot was refused. Its text is what a data plane puts in a NACK's `error_detail`.
+#[derive(Debug, Error, PartialEq)]
+pub enum SnapshotError {
+    /// `version_info` is not a config version.
+    #[error("version_info {0:?} is not a config version")]
+    BadVersion(String),
+    /// A resource of a kind this build does not know.
+    #[error("resource {id:?} has unknown kind {kind:?}")]
+    UnknownKind {
+        /// The unknown kind.
+        kind: String,
+        /// The resource's id.
+        id: String,
+    },
+    /// The same resource appears twice.
+    #[error("resource {0} appears twice")]
+    Duplicate(ResourceKey),
+    /// A resource body is not JSON.
+    #[error("resource {key} is not valid JSON: {error}")]
+    NotJson {
+        /// The resource.
+        key: ResourceKey,
+        /// The parser's message.
+        error: String,
+    },
+    /// A resource fails its schema or semantic rules.
+    #[error("resource {key} is invalid: {}", describe(.violations))]
+    Invalid {
+        /// The resource.
+        key: ResourceKey,
+        /// Every violation.
+        violations: Vec<Violation>,
+    },
+    /// References that do not resolve.
+    #[error("dangling references: {}", describe_dangling(.0))]
+    Dangling(Vec<DanglingReference>),
+}
+
+/// A reference from one resource to another that is not in the config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DanglingReference {
+    /// The resource holding the reference.
+    pub from: ResourceKey,
+    /// The missing resource.
+    pub to: ResourceKey,
+}
+
+impl DanglingReference {
+    /// The violation as the admin API reports it, located in the referring document.
+    pub fn violation(&self) -> Violation {
+        let pointer = match self.to.kind {
+            Kind::Upstreams => "/upstream_id",
+            Kind::Routes => "",
+        };
+        Violation::new(
+            pointer,
+            format!("{} references {}, which does not exist", self.from, self.to),
+        )
+    }
+}
+
+fn describe(violations: &[Violation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{} {}", if v.pointer.is_empty() { "/" } else { &v.pointer }, v.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn describe_dangling(refs: &[DanglingReference]) -> String {
+    refs.iter()
+        .map(|r| format!("{} -> {}", r.from, r.to))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every reference among `resources` whose target `exists` says is missing.
+pub fn dangling_references<'a>(
+    resources: impl IntoIterator<Item = (&'a ResourceKey, &'a Parsed)>,
+    exists: impl Fn(&ResourceKey) -> bool,
+) -> Vec<DanglingReference> {
+    let mut dangling = Vec::new();
+    for (key, parsed) in resources {
+        for target in parsed.references() {
+            if !exists(&target) {
+                dangling.push(DanglingReference {
+                    from: key.clone(),
+                    to: target,
+                });
+            }
+        }
+    }
+    dangling
+}
+
+impl Snapshot {
+    /// Decodes and validates a snapshot received on the config stream: every body against its
+    /// schema, then every reference.
+    pub fn from_wire(response: &pb::DiscoveryResponse) -> Result<Snapshot, SnapshotError> {
+        let version = response
+            .version_info
+            .parse::<u64>()
+            .map_err(|_| SnapshotError::BadVersion(response.version_info.clone()))?;
+        let mut resources = BTreeMap::new();
+        for resource in &response.resources {
+            let kind = Kind::parse(&resource.kind).ok_or_else(|| SnapshotError::UnknownKind {
+                kind: resource.kind.clone(),
+                id: resource.id.clone(),
+            })?;
+            let key = ResourceKey::new(kind, resource.id.clone());
+            let document: serde_json::Value =
+                serde_json::from_slice(&resource.body).map_err(|e| SnapshotError::NotJson {
+                    key: key.clone(),
+                    error: e.to_string(),
+                })?;
+            let parsed =
+                validate_resource(kind, &document).map_err(|violations| SnapshotError::Invalid {
+                    key: key.clone(),
+                    violations,
+                })?;
+            let entry = SnapshotResource {
+                revision: resource.revision,
+                parsed,
+            };
+            if resources.insert(key.clone(), entry).is_some() {
+                return Err(SnapshotError::Duplicate(key));
+            }
+        }
+        let snapshot = Snapshot { version, resources };
+        snapshot.check_references()?;
+        Ok(snapshot)
+    }
+
+    /// Fails with every reference that does not resolve.
+    pub fn check_references(&self) -> Result<(), SnapshotError> {
+        let dangling = dangling_references(
+            self.resources.iter().map(|(k, r)| (k, &r.parsed)),
+            |target| self.resources.contains_key(target),
+        );
+        if dangling.is_empty() {
+            Ok(())
+        } else {
+            Err(SnapshotError::Dangling(dangling))
+        }
+    }
+
+    /// The upstreams, by id.
+    pub fn upstreams(&self) -> impl Iterator<Item = (&str, &SnapshotResource, &Upstream)> {
+        self.resources.iter().filter_map(|(key, r)| match &r.parsed {
+            Parsed::Upstream(u) => Some((key.id.as_str(), r, u)),
+            Parsed::Route(_) => None,
+        })
+    }
+
+    /// The routes, by id.
+    pub fn routes(&self) -> impl Iterator<Item = (&str, &SnapshotResource, &Route)> {
+        self.resources.iter().filter_map(|(key, r)| match &r.parsed {
+            Parsed::Route(route) => Some((key.id.as_str(), r, route)),
+            Parsed::Upstream(_) => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn wire(version: &str, resources: &[(&str, &str, serde_json::Value)]) -> pb::DiscoveryResponse {
+        pb::DiscoveryResponse {
+            version_info: version.into(),
+            nonce: "n".into(),
+            type_url: pb::SNAPSHOT_TYPE_URL.into(),
+            control_plane_id: "cp".into(),
+            resources: resources
+                .iter()
+                .map(|(kind, id, body)| pb::Resource {
+                    kind: (*kind).into(),
+                    id: (*id).into(),
+                    revision: 1,
+                    body: serde_json::to_vec(body).unwrap(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_consistent_snapshot_decodes() {
+        let snapshot = Snapshot::from_wire(&wire(
+            "7",
+            &[
+                ("upstreams", "u", json!({"nodes": [{"host": "127.0.0.1", "port": 1}]})),
+                ("routes", "r", json!({"paths": ["/"], "upstream_id": "u"})),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(snapshot.version, 7);
+        assert_eq!(snapshot.routes().count(), 1);
+        assert_eq!(snapshot.upstreams().count(), 1);
+    }
+
+    #[test]
+    fn broken_snapshots_are_refused_with_a_reason() {
+        let route = json!({"paths": ["/"], "upstream_id": "u"});
+        let cases = [
+            wire("x", &[]),
+            wire("1", &[("listeners", "l", json!({}))]),
+            wire("1", &[("routes", "r", route.clone())]),
+            wire("1", &[("routes", "r", json!({"paths": []}))]),
+        ];
+        for case in cases {
+            let error = Snapshot::from_wire(&case).unwrap_err();
+            assert!(!error.to_string().is_empty());
+        }
+        let mut not_json = wire("1", &[]);
+        not_json.resources.push(pb::Resource {
+            kind: "routes".into(),
+            id: "r".into(),
+            revision: 1,
+            body: b"{".to_vec(),
+        });
+        assert!(matches!(
+            Snapshot::from_wire(&not_json),
+            Err(SnapshotError::NotJson { .. })
+        ));
+        let dangling = Snapshot::from_wire(&wire("1", &[("routes", "r", route)])).unwrap_err();
+        assert_eq!(
+            dangling.to_string(),
+            "dangling references: routes/r -> upstreams/u"
+        );
+    }
+}
