@@ -1,1 +1,8 @@
+//! The gateway's control plane: the admin REST API, the versioned config store and the
+//! config-stream server that pushes every new version to every data plane.
 
+pub mod api;
+pub mod config;
+pub mod fleet;
+pub mod store;
+pub mod xds;

@@ -42,10 +42,7 @@ fn common_properties() -> serde_json::Map<String, Value> {
         "id".into(),
         json!({"type": "string", "pattern": ID_PATTERN, "description": "Resource id; taken from the URL."}),
     );
-    props.insert(
-        "desc".into(),
-        json!({"type": "string", "maxLength": 1024}),
-    );
+    props.insert("desc".into(), json!({"type": "string", "maxLength": 1024}));
     props.insert(
         "labels".into(),
         json!({
@@ -160,7 +157,10 @@ fn route_schema() -> Value {
         "priority".into(),
         json!({"type": "integer", "minimum": -1000000, "maximum": 1000000, "default": 0}),
     );
-    props.insert("enabled".into(), json!({"type": "boolean", "default": true}));
+    props.insert(
+        "enabled".into(),
+        json!({"type": "boolean", "default": true}),
+    );
     props.insert(
         "upstream_id".into(),
         json!({"type": "string", "pattern": ID_PATTERN}),
@@ -290,15 +290,15 @@ pub fn check_path(path: &str) -> Result<(), String> {
     if let Some(pos) = path.find('*')
         && pos != path.len() - 1
     {
-        return Err(format!("\"*\" is only allowed at the end of a path: {path}"));
+        return Err(format!(
+            "\"*\" is only allowed at the end of a path: {path}"
+        ));
     }
     let mut names = HashSet::new();
     for segment in path.split('/') {
         if let Some(name) = segment.strip_prefix(':') {
             let valid = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
                 && !name.as_bytes()[0].is_ascii_digit();
             if !valid {
                 return Err(format!(
@@ -358,7 +358,10 @@ mod tests {
         .unwrap_err();
         let pointers: Vec<&str> = errors.iter().map(|v| v.pointer.as_str()).collect();
         for expected in ["/nodes/0/port", "/nodes/1/port", "/lb", ""] {
-            assert!(pointers.contains(&expected), "{expected} missing from {errors:?}");
+            assert!(
+                pointers.contains(&expected),
+                "{expected} missing from {errors:?}"
+            );
         }
     }
 
@@ -371,7 +374,10 @@ mod tests {
                 "/upstream",
             ),
             (json!({"paths": ["/a/*/b"], "upstream_id": "u"}), "/paths/0"),
-            (json!({"paths": ["/x", "/a/:id/:id"], "upstream_id": "u"}), "/paths/1"),
+            (
+                json!({"paths": ["/x", "/a/:id/:id"], "upstream_id": "u"}),
+                "/paths/1",
+            ),
             (json!({"paths": ["/a/:1x"], "upstream_id": "u"}), "/paths/0"),
             (json!({"paths": ["/a/b:c"], "upstream_id": "u"}), "/paths/0"),
             (

@@ -95,7 +95,17 @@ impl DanglingReference {
 fn describe(violations: &[Violation]) -> String {
     violations
         .iter()
-        .map(|v| format!("{} {}", if v.pointer.is_empty() { "/" } else { &v.pointer }, v.message))
+        .map(|v| {
+            format!(
+                "{} {}",
+                if v.pointer.is_empty() {
+                    "/"
+                } else {
+                    &v.pointer
+                },
+                v.message
+            )
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -146,11 +156,12 @@ impl Snapshot {
                     key: key.clone(),
                     error: e.to_string(),
                 })?;
-            let parsed =
-                validate_resource(kind, &document).map_err(|violations| SnapshotError::Invalid {
+            let parsed = validate_resource(kind, &document).map_err(|violations| {
+                SnapshotError::Invalid {
                     key: key.clone(),
                     violations,
-                })?;
+                }
+            })?;
             let entry = SnapshotResource {
                 revision: resource.revision,
                 parsed,
@@ -179,18 +190,22 @@ impl Snapshot {
 
     /// The upstreams, by id.
     pub fn upstreams(&self) -> impl Iterator<Item = (&str, &SnapshotResource, &Upstream)> {
-        self.resources.iter().filter_map(|(key, r)| match &r.parsed {
-            Parsed::Upstream(u) => Some((key.id.as_str(), r, u)),
-            Parsed::Route(_) => None,
-        })
+        self.resources
+            .iter()
+            .filter_map(|(key, r)| match &r.parsed {
+                Parsed::Upstream(u) => Some((key.id.as_str(), r, u)),
+                Parsed::Route(_) => None,
+            })
     }
 
     /// The routes, by id.
     pub fn routes(&self) -> impl Iterator<Item = (&str, &SnapshotResource, &Route)> {
-        self.resources.iter().filter_map(|(key, r)| match &r.parsed {
-            Parsed::Route(route) => Some((key.id.as_str(), r, route)),
-            Parsed::Upstream(_) => None,
-        })
+        self.resources
+            .iter()
+            .filter_map(|(key, r)| match &r.parsed {
+                Parsed::Route(route) => Some((key.id.as_str(), r, route)),
+                Parsed::Upstream(_) => None,
+            })
     }
 }
 
@@ -222,7 +237,11 @@ mod tests {
         let snapshot = Snapshot::from_wire(&wire(
             "7",
             &[
-                ("upstreams", "u", json!({"nodes": [{"host": "127.0.0.1", "port": 1}]})),
+                (
+                    "upstreams",
+                    "u",
+                    json!({"nodes": [{"host": "127.0.0.1", "port": 1}]}),
+                ),
                 ("routes", "r", json!({"paths": ["/"], "upstream_id": "u"})),
             ],
         ))

@@ -1,0 +1,709 @@
+//! The admin REST API (axum), as `../shared/spec/admin-api.md` describes it.
+//!
+//! Handlers parse and authorise; every write goes through [`ConfigService::write`], which
+//! validates and commits it as one config version. Every error renders in one JSON shape
+//! ([`error::ApiError`]), including the extractor rejections axum would otherwise answer in
+//! plain text.
+
+pub mod auth;
+pub mod error;
+mod openapi;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router, middleware};
+use gateway_proto::model::is_valid_id;
+use gateway_proto::schema::schema_of;
+use gateway_proto::{Kind, ResourceKey, Violation, validate_resource};
+use serde_json::{Value, json};
+
+use crate::config::{
+    ConfigService, ConfigState, IfMatch, WriteOp, WriteOutcome, generate_id, render, render_stored,
+};
+use crate::fleet::Fleet;
+use crate::store::{ChangeOp, CommitMeta, VersionInfo};
+use auth::{Caller, Tokens, require_token};
+use error::ApiError;
+
+/// Largest body accepted by resource endpoints.
+pub const RESOURCE_BODY_LIMIT: usize = 1024 * 1024;
+/// Largest body accepted by `PUT /api/v1/config` (a whole config).
+pub const CONFIG_BODY_LIMIT: usize = 64 * 1024 * 1024;
+/// The header carrying the config version a response reflects.
+pub const CONFIG_VERSION_HEADER: &str = "x-config-version";
+/// The header carrying a write's change message.
+pub const CHANGE_MESSAGE_HEADER: &str = "x-change-message";
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+const MAX_MESSAGE_LEN: usize = 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The config and its writes.
+    pub config: Arc<ConfigService>,
+    /// The data planes seen.
+    pub fleet: Arc<Fleet>,
+}
+
+/// Builds the admin API router.
+pub fn router(state: AppState, tokens: Arc<Tokens>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/versions", get(list_versions))
+        .route("/api/v1/versions/{version}", get(get_version))
+        .route("/api/v1/versions/{version}/config", get(version_config))
+        .route("/api/v1/versions/{version}/diff", get(version_diff))
+        .route("/api/v1/versions/{version}/rollback", post(rollback))
+        .route(
+            "/api/v1/config",
+            get(export_config)
+                .put(replace_config)
+                .layer(DefaultBodyLimit::max(CONFIG_BODY_LIMIT)),
+        )
+        .route("/api/v1/data-planes", get(list_data_planes))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/schemas/plugins", get(plugin_schemas))
+        .route("/api/v1/schemas/plugins/{name}", get(plugin_schema))
+        .route("/api/v1/schemas/{kind}", get(kind_schema))
+        .route("/api/v1/validate/{kind}", post(validate))
+        .route("/api/v1/openapi.json", get(openapi::document))
+        .route("/api/v1/{kind}", get(list).post(create))
+        .route(
+            "/api/v1/{kind}/{id}",
+            get(get_one)
+                .put(put_one)
+                .patch(patch_one)
+                .delete(delete_one),
+        )
+        .route_layer(middleware::from_fn_with_state(tokens, require_token))
+        .layer(DefaultBodyLimit::max(RESOURCE_BODY_LIMIT))
+        .with_state(state.clone());
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+        .merge(api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+async fn method_not_allowed() -> Response {
+    let mut response =
+        ApiError::BadRequest("method not allowed on this endpoint".into()).into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.config.store().head().await {
+        Ok(_) => Json(json!({"status": "ready"})).into_response(),
+        Err(error) => ApiError::from(error).into_response(),
+    }
+}
+
+/// A JSON request body; rejections share the API's error shape (400 or 413).
+pub struct JsonBody(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge(rejection.body_text())
+                } else {
+                    ApiError::BadRequest(rejection.body_text())
+                }
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::InvalidJson(format!("the body is not valid JSON: {e}")))
+    }
+}
+
+/// Query parameters; a malformed query string is a 400 in the API's error shape.
+pub struct QueryParams(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map(|q| QueryParams(q.0))
+            .map_err(|e| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+impl QueryParams {
+    fn limit(&self) -> Result<usize, ApiError> {
+        match self.0.get("limit") {
+            None => Ok(DEFAULT_PAGE),
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+                _ => Err(ApiError::BadRequest(format!(
+                    "limit must be an integer from 1 to {MAX_PAGE}, got {raw:?}"
+                ))),
+            },
+        }
+    }
+
+    fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.0.get(name).map(String::as_str) {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") | Some("") => Ok(true),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "{name} must be true or false, got {other:?}"
+            ))),
+        }
+    }
+
+    fn version(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.0.get(name).map(|raw| parse_version(raw)).transpose()
+    }
+}
+
+fn parse_version(raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<u64>()
+        .map_err(|_| ApiError::BadRequest(format!("{raw:?} is not a config version")))
+}
+
+fn collection(name: &str) -> Result<Kind, ApiError> {
+    Kind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == name)
+        .ok_or_else(|| ApiError::NotFound(format!("unknown resource kind {name:?}")))
+}
+
+fn resource_key(kind: &str, id: &str) -> Result<ResourceKey, ApiError> {
+    let kind = collection(kind)?;
+    if !is_valid_id(id) {
+        return Err(ApiError::SchemaViolation(vec![Violation::new(
+            "/id",
+            format!("{id:?} is not a valid id: 1 to 64 of [A-Za-z0-9._-]"),
+        )]));
+    }
+    Ok(ResourceKey::new(kind, id))
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("If-Match is not ASCII".into()))?
+        .trim();
+    if value == "*" {
+        return Ok(Some(IfMatch::Any));
+    }
+    let tag = value.trim_start_matches("W/").trim_matches('"');
+    // An entity tag that is not one of ours can never match: that is a 412, not a 400.
+    Ok(Some(IfMatch::Revision(
+        tag.parse::<u64>().unwrap_or(u64::MAX),
+    )))
+}
+
+fn commit_meta(caller: &Caller, headers: &HeaderMap) -> Result<CommitMeta, ApiError> {
+    let message = match headers.get(CHANGE_MESSAGE_HEADER) {
+        None => None,
+        Some(value) => {
+            let text = value
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("X-Change-Message must be ASCII".into()))?;
+            if text.len() > MAX_MESSAGE_LEN {
+                return Err(ApiError::BadRequest(format!(
+                    "X-Change-Message is longer than {MAX_MESSAGE_LEN} bytes"
+                )));
+            }
+            Some(text.to_owned())
+        }
+    };
+    Ok(CommitMeta {
+        author: caller.name.clone(),
+        message,
+    })
+}
+
+fn with_version(mut response: Response, version: u64) -> Response {
+    response
+        .headers_mut()
+        .insert(CONFIG_VERSION_HEADER, HeaderValue::from(version));
+    response
+}
+
+fn etag(revision: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+/// The answer to a single-resource write: the stored resource, its ETag and the version.
+fn resource_response(outcome: &WriteOutcome, key: &ResourceKey) -> Result<Response, ApiError> {
+    let entry = outcome.state.resources.get(key).ok_or(ApiError::Internal)?;
+    let created = outcome
+        .diff
+        .iter()
+        .any(|d| d.op == ChangeOp::Create && d.kind == key.kind && d.id == key.id);
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut response = (status, Json(render(key, entry))).into_response();
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag(entry.revision));
+    if created {
+        if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/{}/{}", key.kind, key.id)) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+    }
+    Ok(with_version(response, outcome.version))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Path(kind): Path<String>,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let kind = collection(&kind)?;
+    let limit = query.limit()?;
+    let config = state.config.current();
+    let cursor = query.0.get("cursor").cloned().unwrap_or_default();
+    let mut items: Vec<Value> = config
+        .of_kind(kind)
+        .filter(|(key, _)| key.id > cursor)
+        .take(limit + 1)
+        .map(|(key, entry)| render(key, entry))
+        .collect();
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items
+            .last()
+            .and_then(|i| i["id"].as_str())
+            .map(str::to_owned)
+    } else {
+        None
+    };
+    Ok(with_version(
+        Json(json!({"items": items, "next_cursor": next_cursor})).into_response(),
+        config.version,
+    ))
+}
+
+async fn get_one(
+    State(state): State<AppState>,
+    Path((kind, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let key = resource_key(&kind, &id).map_err(|_| not_found_key(&kind, &id))?;
+    let config = state.config.current();
+    let entry = config
+        .resources
+        .get(&key)
+        .ok_or_else(|| not_found_key(&kind, &id))?;
+    let mut response = Json(render(&key, entry)).into_response();
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag(entry.revision));
+    Ok(with_version(response, config.version))
+}
+
+fn not_found_key(kind: &str, id: &str) -> ApiError {
+    ApiError::NotFound(format!("{kind}/{id} does not exist"))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+    JsonBody(document): JsonBody,
+) -> Result<Response, ApiError> {
+    let kind = collection(&kind)?;
+    let id = match document.get("id") {
+        Some(Value::String(id)) => id.clone(),
+        Some(_) => {
+            return Err(ApiError::SchemaViolation(vec![Violation::new(
+                "/id",
+                "id must be a string",
+            )]));
+        }
+        None => generate_id(),
+    };
+    let key = resource_key(kind.as_str(), &id)?;
+    if state.config.current().resources.contains_key(&key) {
+        return Err(ApiError::Conflict(vec![Violation::new(
+            "/id",
+            format!("{key} already exists; PUT replaces it"),
+        )]));
+    }
+    let op = WriteOp::Put {
+        key: key.clone(),
+        document,
+        if_match: None,
+    };
+    let outcome = state
+        .config
+        .write(op, &commit_meta(&caller, &headers)?, false)
+        .await?;
+    resource_response(&outcome, &key)
+}
+
+async fn put_one(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((kind, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(document): JsonBody,
+) -> Result<Response, ApiError> {
+    let key = resource_key(&kind, &id)?;
+    let op = WriteOp::Put {
+        key: key.clone(),
+        document,
+        if_match: if_match(&headers)?,
+    };
+    let outcome = state
+        .config
+        .write(op, &commit_meta(&caller, &headers)?, false)
+        .await?;
+    resource_response(&outcome, &key)
+}
+
+async fn patch_one(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((kind, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(patch): JsonBody,
+) -> Result<Response, ApiError> {
+    let key = resource_key(&kind, &id).map_err(|_| not_found_key(&kind, &id))?;
+    let op = WriteOp::Patch {
+        key: key.clone(),
+        patch,
+        if_match: if_match(&headers)?,
+    };
+    let outcome = state
+        .config
+        .write(op, &commit_meta(&caller, &headers)?, false)
+        .await?;
+    resource_response(&outcome, &key)
+}
+
+async fn delete_one(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((kind, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = resource_key(&kind, &id).map_err(|_| not_found_key(&kind, &id))?;
+    let op = WriteOp::Delete {
+        key: key.clone(),
+        if_match: if_match(&headers)?,
+    };
+    let outcome = state
+        .config
+        .write(op, &commit_meta(&caller, &headers)?, false)
+        .await?;
+    Ok(with_version(
+        Json(json!({"kind": key.kind, "id": key.id, "deleted": true, "version": outcome.version}))
+            .into_response(),
+        outcome.version,
+    ))
+}
+
+fn version_view(info: &VersionInfo) -> Value {
+    json!({
+        "version": info.version,
+        "created_at": info.created_at / 1000,
+        "author": info.author,
+        "message": info.message,
+        "changes": info.changes,
+    })
+}
+
+async fn list_versions(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let limit = query.limit()?;
+    let before = query.version("cursor")?;
+    let page = state
+        .config
+        .store()
+        .list_versions(before, limit as u32)
+        .await?;
+    let next_cursor = (page.len() == limit)
+        .then(|| page.last().map(|v| v.version.to_string()))
+        .flatten()
+        .filter(|v| v != "1");
+    let items: Vec<Value> = page.iter().map(version_view).collect();
+    Ok(with_version(
+        Json(json!({"items": items, "next_cursor": next_cursor})).into_response(),
+        state.config.current().version,
+    ))
+}
+
+async fn existing_version(state: &AppState, raw: &str) -> Result<VersionInfo, ApiError> {
+    let version = parse_version(raw)
+        .map_err(|_| ApiError::NotFound(format!("version {raw:?} does not exist")))?;
+    state
+        .config
+        .store()
+        .version(version)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("version {version} does not exist")))
+}
+
+async fn get_version(
+    State(state): State<AppState>,
+    Path(version): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(version_view(
+        &existing_version(&state, &version).await?,
+    )))
+}
+
+async fn version_config(
+    State(state): State<AppState>,
+    Path(version): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let info = existing_version(&state, &version).await?;
+    let resources = state.config.store().config_at(info.version).await?;
+    let mut document = serde_json::Map::new();
+    document.insert("version".into(), info.version.into());
+    for kind in Kind::ALL {
+        let items: Vec<Value> = resources
+            .iter()
+            .filter(|r| r.key.kind == kind)
+            .map(render_stored)
+            .collect();
+        document.insert(kind.as_str().into(), items.into());
+    }
+    Ok(Json(Value::Object(document)))
+}
+
+async fn version_diff(
+    State(state): State<AppState>,
+    Path(version): Path<String>,
+    query: QueryParams,
+) -> Result<Json<Value>, ApiError> {
+    let to = existing_version(&state, &version).await?.version;
+    let from = query.version("from")?.unwrap_or(to - 1);
+    if from > 0 {
+        existing_version(&state, &from.to_string()).await?;
+    }
+    let changes = state.config.diff_versions(from, to).await?;
+    Ok(Json(json!({"from": from, "to": to, "changes": changes})))
+}
+
+async fn rollback(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(version): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let to = existing_version(&state, &version).await?.version;
+    let mut meta = commit_meta(&caller, &headers)?;
+    meta.message
+        .get_or_insert_with(|| format!("rollback to version {to}"));
+    let outcome = state
+        .config
+        .write(WriteOp::Rollback { to }, &meta, false)
+        .await?;
+    Ok(with_version(
+        Json(json!({
+            "version": outcome.version,
+            "rolled_back_to": to,
+            "written": outcome.written,
+            "changes": outcome.diff,
+        }))
+        .into_response(),
+        outcome.version,
+    ))
+}
+
+fn export(config: &ConfigState) -> Value {
+    let mut document = serde_json::Map::new();
+    document.insert("version".into(), config.version.into());
+    for kind in Kind::ALL {
+        let items: Vec<Value> = config
+            .of_kind(kind)
+            .map(|(key, entry)| render(key, entry))
+            .collect();
+        document.insert(kind.as_str().into(), items.into());
+    }
+    Value::Object(document)
+}
+
+async fn export_config(State(state): State<AppState>) -> Response {
+    let config = state.config.current();
+    with_version(Json(export(&config)).into_response(), config.version)
+}
+
+/// Splits a whole-config document into resources, reporting every structural problem.
+fn parse_config_document(
+    document: Value,
+) -> Result<(BTreeMap<ResourceKey, Value>, BTreeMap<ResourceKey, String>), ApiError> {
+    let Value::Object(sections) = document else {
+        return Err(ApiError::SchemaViolation(vec![Violation::new(
+            "",
+            "the config must be an object: {\"upstreams\": [...], \"routes\": [...]}",
+        )]));
+    };
+    let mut violations = Vec::new();
+    let mut documents = BTreeMap::new();
+    let mut pointers = BTreeMap::new();
+    for (name, items) in sections {
+        if name == "version" {
+            continue;
+        }
+        let Some(kind) = Kind::ALL.into_iter().find(|k| k.as_str() == name) else {
+            violations.push(Violation::new(
+                format!("/{name}"),
+                format!("unknown resource kind {name:?}"),
+            ));
+            continue;
+        };
+        let Value::Array(items) = items else {
+            violations.push(Violation::new(
+                format!("/{name}"),
+                "must be an array of resources",
+            ));
+            continue;
+        };
+        for (index, item) in items.into_iter().enumerate() {
+            let at = format!("/{name}/{index}");
+            let Some(id) = item.get("id").and_then(Value::as_str).map(str::to_owned) else {
+                violations.push(Violation::new(
+                    format!("{at}/id"),
+                    "every resource needs a string id",
+                ));
+                continue;
+            };
+            if !is_valid_id(&id) {
+                violations.push(Violation::new(
+                    format!("{at}/id"),
+                    format!("{id:?} is not a valid id: 1 to 64 of [A-Za-z0-9._-]"),
+                ));
+                continue;
+            }
+            let key = ResourceKey::new(kind, id);
+            if documents.insert(key.clone(), item).is_some() {
+                violations.push(Violation::new(
+                    format!("{at}/id"),
+                    format!("{key} appears twice"),
+                ));
+            }
+            pointers.insert(key, at);
+        }
+    }
+    if violations.is_empty() {
+        Ok((documents, pointers))
+    } else {
+        Err(ApiError::SchemaViolation(violations))
+    }
+}
+
+async fn replace_config(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    query: QueryParams,
+    JsonBody(document): JsonBody,
+) -> Result<Response, ApiError> {
+    let dry_run = query.flag("dry_run")?;
+    let (documents, pointers) = parse_config_document(document)?;
+    let outcome = state
+        .config
+        .write(
+            WriteOp::ReplaceAll {
+                documents,
+                pointers,
+            },
+            &commit_meta(&caller, &headers)?,
+            dry_run,
+        )
+        .await?;
+    Ok(with_version(
+        Json(json!({
+            "version": outcome.version,
+            "dry_run": dry_run,
+            "written": outcome.written,
+            "changes": outcome.diff,
+        }))
+        .into_response(),
+        outcome.version,
+    ))
+}
+
+async fn list_data_planes(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"items": state.fleet.list()}))
+}
+
+async fn status(State(state): State<AppState>) -> Json<Value> {
+    let version = state.config.current().version;
+    let fleet = state.fleet.summary(version);
+    Json(json!({
+        "version": version,
+        "data_planes": {"connected": fleet.connected, "applied_current": fleet.applied_current},
+        "store": format!("{:?}", state.config.store().backend()).to_lowercase(),
+    }))
+}
+
+async fn kind_schema(Path(kind): Path<String>) -> Result<Json<Value>, ApiError> {
+    let kind =
+        Kind::parse(&kind).ok_or_else(|| ApiError::NotFound(format!("no schema for {kind:?}")))?;
+    Ok(Json(schema_of(kind).clone()))
+}
+
+async fn plugin_schemas() -> Json<Value> {
+    // No plugin is compiled into this build yet; the list grows with the plugin framework.
+    Json(json!({"items": []}))
+}
+
+async fn plugin_schema(Path(name): Path<String>) -> ApiError {
+    ApiError::NotFound(format!("no plugin named {name:?}"))
+}
+
+async fn validate(
+    State(state): State<AppState>,
+    Path(kind): Path<String>,
+    JsonBody(document): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let kind = Kind::parse(&kind)
+        .ok_or_else(|| ApiError::NotFound(format!("unknown resource kind {kind:?}")))?;
+    let mut body = document;
+    if let Value::Object(fields) = &mut body {
+        for field in gateway_proto::model::SERVER_FIELDS {
+            fields.remove(field);
+        }
+    }
+    let parsed = validate_resource(kind, &body).map_err(ApiError::SchemaViolation)?;
+    let config = state.config.current();
+    let missing: Vec<Violation> = parsed
+        .references()
+        .into_iter()
+        .filter(|target| !config.resources.contains_key(target))
+        .map(|target| Violation::new("/upstream_id", format!("{target} does not exist")))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::Conflict(missing));
+    }
+    Ok(Json(json!({"valid": true})))
+}
