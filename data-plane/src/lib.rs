@@ -1,1 +1,130 @@
+//! The gateway's data plane: a stateless hyper proxy fed by the control plane's config stream.
+//!
+//! - [`config`]: command-line flags.
+//! - [`xds`]: the config-stream client; compiles each snapshot into a [`runtime::Runtime`],
+//!   swaps it in, ACKs or NACKs.
+//! - [`runtime`]: a snapshot compiled for the request path; [`router`] and [`balance`] are
+//!   parts of it.
+//! - [`proxy`]: the client-traffic listener and the upstream client.
+//! - [`status`]: `/healthz`, `/readyz` and `/metrics` ([`metrics`]).
+//! - [`error`]: the request path's one error type and its JSON responses.
+//! - [`state`]: what all of the above share — the one `ArcSwap<Runtime>`.
+//!
+//! The request path never waits for the control plane: it serves whatever runtime is
+//! installed, the empty one (404 for everything) until the first snapshot arrives.
 
+pub mod balance;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod proxy;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod state;
+pub mod status;
+pub mod xds;
+
+#[cfg(test)]
+mod test_support;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub use config::Config;
+pub use state::State;
+
+/// Why the data plane could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// A listener could not bind its address.
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The socket error.
+        #[source]
+        source: io::Error,
+    },
+    /// No control-plane address was given.
+    #[error("no control-plane address given")]
+    NoControlPlane,
+}
+
+/// Runs the data plane until `shutdown` completes: binds both listeners, streams config from
+/// the control plane, serves traffic; then stops accepting, reports not-ready, and waits for
+/// in-flight requests to finish.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let bind = |what, addr| async move {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { what, addr, source })?;
+        // With port 0 the kernel picks the port: report the real one.
+        let local = listener.local_addr().unwrap_or(addr);
+        Ok::<_, StartError>((listener, local))
+    };
+    let (proxy_listener, proxy_addr) = bind("client traffic", config.listen).await?;
+    let (status_listener, status_addr) = bind("status", config.status_listen).await?;
+
+    if let Some(dir) = &config.cache_dir {
+        warn!(
+            cache_dir = %dir.display(),
+            "--cache-dir is not implemented yet: snapshots are not cached, and a restarted data \
+             plane serves nothing until a control plane answers"
+        );
+    }
+
+    let state = State::new();
+    let node_id = config.node_id();
+    let xds = xds::XdsClient::new(&config.control_planes, node_id.clone(), state.clone())
+        .ok_or(StartError::NoControlPlane)?;
+    let control_planes: Vec<String> = config
+        .control_planes
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    info!(
+        proxy = %format_args!("http://{proxy_addr}"),
+        status = %format_args!("http://{status_addr}"),
+        node_id = %node_id,
+        control_planes = ?control_planes,
+        version = env!("CARGO_PKG_VERSION"),
+        "data plane started"
+    );
+    let xds = tokio::spawn(xds.run());
+
+    let (stop, stopped) = watch::channel(false);
+    let wait_for_stop = |mut stopped: watch::Receiver<bool>| async move {
+        // An error means the sender is gone, which also means stop.
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let proxy = tokio::spawn(proxy::serve(
+        proxy_listener,
+        state.clone(),
+        wait_for_stop(stopped.clone()),
+    ));
+    let status = tokio::spawn(status::serve(
+        status_listener,
+        state.clone(),
+        wait_for_stop(stopped),
+    ));
+
+    shutdown.await;
+    info!("shutting down: no new connections; waiting for in-flight requests");
+    state.start_draining();
+    let _ = stop.send(true);
+    // The listeners' tasks only end by draining; a panic inside one is already logged.
+    let _ = proxy.await;
+    let _ = status.await;
+    xds.abort();
+    info!("data plane stopped");
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! Command-line flags; each also reads an environment variable.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+
+use clap::Parser;
+use http::Uri;
+
+/// The gateway's data plane: proxies client traffic with the config streamed from the control
+/// plane.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "data-plane", version, about)]
+pub struct Config {
+    /// Address for client traffic (HTTP/1.1 and h2c).
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:9080")]
+    pub listen: SocketAddr,
+
+    /// Control-plane config-stream address(es), comma-separated; on reconnect the data plane
+    /// moves on to the next one. `host:port` means `http://host:port`.
+    #[arg(
+        long = "control-plane",
+        env = "GATEWAY_CONTROL_PLANE",
+        default_value = "http://127.0.0.1:9280",
+        value_delimiter = ',',
+        value_parser = parse_control_plane,
+    )]
+    pub control_planes: Vec<Uri>,
+
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "GATEWAY_STATUS_LISTEN", default_value = "127.0.0.1:9091")]
+    pub status_listen: SocketAddr,
+
+    /// This data plane's id on the config stream [default: the host name].
+    #[arg(long, env = "GATEWAY_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
+
+    /// Directory for the last applied snapshot (not implemented yet: accepted and ignored).
+    #[arg(long, env = "GATEWAY_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Request-serving threads [default: the number of cores].
+    #[arg(long, env = "GATEWAY_WORKER_THREADS")]
+    pub worker_threads: Option<NonZeroUsize>,
+}
+
+impl Config {
+    /// The node id: the flag, else the host name (`HOSTNAME`, then `/etc/hostname`), else
+    /// `data-plane`.
+    pub fn node_id(&self) -> String {
+        if let Some(id) = &self.node_id {
+            return id.clone();
+        }
+        let from_env = std::env::var("HOSTNAME").ok();
+        let from_file = || std::fs::read_to_string("/etc/hostname").ok();
+        from_env
+            .into_iter()
+            .chain(std::iter::from_fn(from_file).take(1))
+            .map(|name| name.trim().to_owned())
+            .find(|name| !name.is_empty())
+            .unwrap_or_else(|| "data-plane".to_owned())
+    }
+
+    /// The number of request-serving threads: the flag, else the number of cores.
+    pub fn worker_threads(&self) -> usize {
+        self.worker_threads
+            .or_else(|| std::thread::available_parallelism().ok())
+            .map_or(1, NonZeroUsize::get)
+    }
+}
+
+/// Parses one control-plane address: `http://host:port` (a bare `host:port` gets `http://`).
+fn parse_control_plane(text: &str) -> Result<Uri, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty control-plane address".to_owned());
+    }
+    let with_scheme = if text.contains("://") {
+        text.to_owned()
+    } else {
+        format!("http://{text}")
+    };
+    let uri: Uri = with_scheme
+        .parse()
+        .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "{text:?}: TLS to the control plane is not supported yet; use http://"
+            ));
+        }
+        _ => return Err(format!("{text:?}: the scheme must be http")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("{text:?} has no host"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("{text:?}: a control-plane address has no path"));
+    }
+    Ok(uri)
+}
+
+fn parse_node_id(text: &str) -> Result<String, String> {
+    let id = text.trim();
+    if id.is_empty() {
+        Err("the node id must not be empty".to_owned())
+    } else {
+        Ok(id.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("data-plane").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        // The GATEWAY_* variables are not set in the test environment.
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9080".parse().unwrap());
+        assert_eq!(config.status_listen, "127.0.0.1:9091".parse().unwrap());
+        assert_eq!(
+            config.control_planes,
+            [Uri::from_static("http://127.0.0.1:9280")]
+        );
+        assert!(config.cache_dir.is_none());
+        assert!(config.worker_threads() >= 1);
+        assert!(!config.node_id().is_empty());
+    }
+
+    #[test]
+    fn control_planes_are_a_comma_separated_list() {
+        let config = parse(&["--control-plane", "http://cp-a:9280, cp-b:9280"]).unwrap();
+        let uris: Vec<String> = config.control_planes.iter().map(Uri::to_string).collect();
+        assert_eq!(uris, ["http://cp-a:9280/", "http://cp-b:9280/"]);
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        for args in [
+            &["--control-plane", "https://cp:9280"][..],
+            &["--control-plane", "http://cp:9280/path"],
+            &["--control-plane", "a,,b"],
+            &["--control-plane", "ftp://cp"],
+            &["--listen", "nope"],
+            &["--worker-threads", "0"],
+            &["--node-id", " "],
+        ] {
+            assert!(parse(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn explicit_values_win() {
+        let config = parse(&[
+            "--node-id",
+            "dp-1",
+            "--worker-threads",
+            "3",
+            "--cache-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        assert_eq!(config.node_id(), "dp-1");
+        assert_eq!(config.worker_threads(), 3);
+        assert_eq!(config.cache_dir, Some(PathBuf::from("/tmp/x")));
+    }
+}

@@ -1,0 +1,73 @@
+//! What the listeners and the config-stream client share.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+
+/// The data plane's shared state: the runtime being served, readiness and metrics.
+#[derive(Debug)]
+pub struct State {
+    /// INVARIANT: the only place a runtime is published; a request loads it once.
+    runtime: ArcSwap<Runtime>,
+    /// True once a snapshot has been applied.
+    ready: AtomicBool,
+    /// True once shutdown has begun: the load balancer in front should stop sending.
+    draining: AtomicBool,
+    /// Every exported metric.
+    pub metrics: Metrics,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            runtime: ArcSwap::from_pointee(Runtime::empty()),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            metrics: Metrics::default(),
+        }
+    }
+}
+
+impl State {
+    /// A state serving the empty runtime, not ready yet.
+    pub fn new() -> Arc<State> {
+        Arc::new(State::default())
+    }
+
+    /// The runtime being served. Callers keep the `Arc` for the whole request so that a swap
+    /// in the middle cannot mix two config versions.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Publishes a newly compiled runtime and marks the data plane ready.
+    pub fn install(&self, runtime: Runtime) {
+        let version = runtime.version;
+        self.runtime.store(Arc::new(runtime));
+        // Release pairs with the Acquire in `applied_version`: whoever sees `ready` also sees
+        // the runtime stored before it.
+        self.ready.store(true, Ordering::Release);
+        self.metrics.record_config_applied(version);
+    }
+
+    /// The applied config version, or `None` before the first snapshot.
+    pub fn applied_version(&self) -> Option<u64> {
+        self.ready
+            .load(Ordering::Acquire)
+            .then(|| self.runtime.load().version)
+    }
+
+    /// Marks the data plane as shutting down; `/readyz` answers 503 from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}

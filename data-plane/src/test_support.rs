@@ -1,0 +1,160 @@
+//! Test helpers: snapshots from JSON, a fake upstream that records what it receives, and
+//! polling with a deadline instead of sleeping.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway_proto::model::{Route, Upstream};
+use gateway_proto::{Snapshot, pb};
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::runtime::{CompiledRoute, UpstreamRuntime};
+
+/// How long [`eventually`] waits before failing the test.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Polls `condition` until it holds, failing the test after a generous deadline.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A config-stream response carrying `resources` as (kind, id, body).
+pub fn wire(
+    version: &str,
+    nonce: &str,
+    resources: &[(&str, &str, Value)],
+) -> pb::DiscoveryResponse {
+    pb::DiscoveryResponse {
+        version_info: version.to_owned(),
+        nonce: nonce.to_owned(),
+        type_url: pb::SNAPSHOT_TYPE_URL.to_owned(),
+        control_plane_id: "test-cp".to_owned(),
+        resources: resources
+            .iter()
+            .map(|(kind, id, body)| pb::Resource {
+                kind: (*kind).to_owned(),
+                id: (*id).to_owned(),
+                revision: 1,
+                body: serde_json::to_vec(body).expect("JSON values serialise"),
+            })
+            .collect(),
+    }
+}
+
+/// A validated snapshot of `resources`; panics if they are invalid.
+pub fn snapshot(version: u64, resources: &[(&str, &str, Value)]) -> Snapshot {
+    Snapshot::from_wire(&wire(&version.to_string(), "n", resources)).expect("valid test snapshot")
+}
+
+/// A route for router tests, sent to a dummy upstream. `spec` skips schema validation so that
+/// tests can hand the router patterns the schema would refuse.
+pub fn compiled_route(id: &str, revision: u64, spec: Value) -> Arc<CompiledRoute> {
+    let upstream: Upstream =
+        serde_json::from_value(json!({"nodes": [{"host": "127.0.0.1", "port": 9}]})).unwrap();
+    Arc::new(CompiledRoute {
+        id: id.to_owned(),
+        revision,
+        spec: serde_json::from_value::<Route>(spec).unwrap(),
+        upstream: Arc::new(UpstreamRuntime::compile("dummy", &upstream).unwrap()),
+    })
+}
+
+/// What the fake upstream saw of one request. `body` grows as chunks arrive.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    pub complete: bool,
+}
+
+/// An HTTP/1.1 server on 127.0.0.1:0 that records every request and echoes its body back,
+/// after `delay`. Its response carries hop-by-hop headers that a proxy must strip.
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl FakeUpstream {
+    pub async fn start(delay: Duration) -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let log = Arc::clone(&received);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let log = Arc::clone(&log);
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let log = Arc::clone(&log);
+                    async move { Ok::<_, Infallible>(record_and_echo(request, &log, delay).await) }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeUpstream { addr, received }
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+async fn record_and_echo(
+    request: Request<Incoming>,
+    log: &Mutex<Vec<Received>>,
+    delay: Duration,
+) -> Response<Full<Bytes>> {
+    let (parts, mut body) = request.into_parts();
+    let index = {
+        let mut log = log.lock().unwrap();
+        log.push(Received {
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+            body: Vec::new(),
+            complete: false,
+        });
+        log.len() - 1
+    };
+    let mut echo = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            echo.extend_from_slice(data);
+            log.lock().unwrap()[index].body.extend_from_slice(data);
+        }
+    }
+    log.lock().unwrap()[index].complete = true;
+    tokio::time::sleep(delay).await;
+    Response::builder()
+        .header("x-upstream", "fake")
+        .header("connection", "x-hop-response")
+        .header("x-hop-response", "1")
+        .header("keep-alive", "timeout=5")
+        .body(Full::new(Bytes::from(echo)))
+        .unwrap()
+}
