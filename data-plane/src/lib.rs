@@ -59,72 +59,118 @@ pub enum StartError {
     NoControlPlane,
 }
 
-/// Runs the data plane until `shutdown` completes: binds both listeners, streams config from
-/// the control plane, serves traffic; then stops accepting, reports not-ready, and waits for
-/// in-flight requests to finish.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    let bind = |what, addr| async move {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { what, addr, source })?;
-        // With port 0 the kernel picks the port: report the real one.
-        let local = listener.local_addr().unwrap_or(addr);
-        Ok::<_, StartError>((listener, local))
-    };
-    let (proxy_listener, proxy_addr) = bind("client traffic", config.listen).await?;
-    let (status_listener, status_addr) = bind("status", config.status_listen).await?;
+/// A data plane with its listeners bound, ready to [`run`](DataPlane::run).
+///
+/// Binding is separate from running so that the caller learns the real addresses (with port
+/// 0 the kernel picks them) before serving starts.
+#[derive(Debug)]
+pub struct DataPlane {
+    config: Config,
+    proxy: TcpListener,
+    status: TcpListener,
+    proxy_addr: SocketAddr,
+    status_addr: SocketAddr,
+}
 
-    if let Some(dir) = &config.cache_dir {
-        warn!(
-            cache_dir = %dir.display(),
-            "--cache-dir is not implemented yet: snapshots are not cached, and a restarted data \
-             plane serves nothing until a control plane answers"
-        );
+impl DataPlane {
+    /// Binds the client-traffic and status listeners.
+    pub async fn bind(config: Config) -> Result<DataPlane, StartError> {
+        if config.control_planes.is_empty() {
+            return Err(StartError::NoControlPlane);
+        }
+        let (proxy, proxy_addr) = bind("client traffic", config.listen).await?;
+        let (status, status_addr) = bind("status", config.status_listen).await?;
+        Ok(DataPlane {
+            config,
+            proxy,
+            status,
+            proxy_addr,
+            status_addr,
+        })
     }
 
-    let state = State::new();
-    let node_id = config.node_id();
-    let xds = xds::XdsClient::new(&config.control_planes, node_id.clone(), state.clone())
-        .ok_or(StartError::NoControlPlane)?;
-    let control_planes: Vec<String> = config
-        .control_planes
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    info!(
-        proxy = %format_args!("http://{proxy_addr}"),
-        status = %format_args!("http://{status_addr}"),
-        node_id = %node_id,
-        control_planes = ?control_planes,
-        version = env!("CARGO_PKG_VERSION"),
-        "data plane started"
-    );
-    let xds = tokio::spawn(xds.run());
+    /// The address client traffic is served on.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
 
-    let (stop, stopped) = watch::channel(false);
-    let wait_for_stop = |mut stopped: watch::Receiver<bool>| async move {
-        // An error means the sender is gone, which also means stop.
-        let _ = stopped.wait_for(|stop| *stop).await;
-    };
-    let proxy = tokio::spawn(proxy::serve(
-        proxy_listener,
-        state.clone(),
-        wait_for_stop(stopped.clone()),
-    ));
-    let status = tokio::spawn(status::serve(
-        status_listener,
-        state.clone(),
-        wait_for_stop(stopped),
-    ));
+    /// The address of the status endpoints.
+    pub fn status_addr(&self) -> SocketAddr {
+        self.status_addr
+    }
 
-    shutdown.await;
-    info!("shutting down: no new connections; waiting for in-flight requests");
-    state.start_draining();
-    let _ = stop.send(true);
-    // The listeners' tasks only end by draining; a panic inside one is already logged.
-    let _ = proxy.await;
-    let _ = status.await;
-    xds.abort();
-    info!("data plane stopped");
-    Ok(())
+    /// Runs until `shutdown` completes: streams config from the control plane and serves
+    /// traffic; then stops accepting, reports not-ready, and waits for in-flight requests to
+    /// finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let DataPlane {
+            config,
+            proxy,
+            status,
+            proxy_addr,
+            status_addr,
+        } = self;
+        if let Some(dir) = &config.cache_dir {
+            warn!(
+                cache_dir = %dir.display(),
+                "--cache-dir is not implemented yet: snapshots are not cached, and a restarted \
+                 data plane serves nothing until a control plane answers"
+            );
+        }
+
+        let state = State::new();
+        let node_id = config.node_id();
+        let control_planes: Vec<String> = config
+            .control_planes
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        info!(
+            proxy = %format_args!("http://{proxy_addr}"),
+            status = %format_args!("http://{status_addr}"),
+            node_id = %node_id,
+            control_planes = ?control_planes,
+            version = env!("CARGO_PKG_VERSION"),
+            "data plane started"
+        );
+        // `bind` checked that the list is not empty, so there is always a client.
+        let xds = xds::XdsClient::new(&config.control_planes, node_id, state.clone())
+            .map(|client| tokio::spawn(client.run()));
+
+        let (stop, stopped) = watch::channel(false);
+        let wait_for_stop = |mut stopped: watch::Receiver<bool>| async move {
+            // An error means the sender is gone, which also means stop.
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        let proxy = tokio::spawn(proxy::serve(
+            proxy,
+            state.clone(),
+            wait_for_stop(stopped.clone()),
+        ));
+        let status = tokio::spawn(status::serve(status, state.clone(), wait_for_stop(stopped)));
+
+        shutdown.await;
+        info!("shutting down: no new connections; waiting for in-flight requests");
+        state.start_draining();
+        let _ = stop.send(true);
+        // The listeners' tasks only end by draining; a panic inside one is already logged.
+        let _ = proxy.await;
+        let _ = status.await;
+        if let Some(xds) = xds {
+            xds.abort();
+        }
+        info!("data plane stopped");
+    }
+}
+
+async fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })?;
+    // With port 0 the kernel picks the port: report the real one.
+    let local = listener.local_addr().unwrap_or(addr);
+    Ok((listener, local))
 }

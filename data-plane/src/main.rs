@@ -3,7 +3,7 @@
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use data_plane::Config;
+use data_plane::{Config, DataPlane};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
@@ -12,6 +12,8 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        // stdout is for the machine-readable lines below; logs go to stderr.
+        .with_writer(std::io::stderr)
         .init();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -20,8 +22,14 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(data_plane::run(config, shutdown_signal()))?;
-    Ok(())
+    runtime.block_on(async {
+        let data_plane = DataPlane::bind(config).await?;
+        // Machine-readable lines on stdout: scripts and tests read the bound addresses here.
+        println!("proxy_url=http://{}", data_plane.proxy_addr());
+        println!("status_url=http://{}", data_plane.status_addr());
+        data_plane.run(shutdown_signal()).await;
+        Ok(())
+    })
 }
 
 /// Completes on SIGTERM (what orchestrators send) or Ctrl-C.

@@ -77,9 +77,9 @@ pub struct XdsClient {
 /// How a stream session ended.
 #[derive(Debug, Error)]
 enum SessionEnd {
-    #[error("connecting failed: {0}")]
+    #[error("connecting failed")]
     Connect(#[source] tonic::transport::Error),
-    #[error("stream failed: {0}")]
+    #[error("stream failed")]
     Status(#[source] tonic::Status),
     #[error("the control plane closed the stream")]
     Closed,
@@ -137,25 +137,15 @@ impl XdsClient {
         for endpoint in self.endpoints.iter().cycle() {
             let mut received = false;
             let end = self.session(endpoint, &mut received).await;
-            let control_plane = endpoint.uri();
             if received {
                 backoff.reset();
             }
-            match &end {
-                SessionEnd::Closed => info!(%control_plane, "config stream closed"),
-                end if end.is_transient() => {
-                    warn!(%control_plane, error = %end, "config stream lost")
-                }
-                end => {
-                    error!(%control_plane, error = %end, "the control plane refuses this data plane");
-                    backoff.exhaust();
-                }
+            if !end.is_transient() {
+                backoff.exhaust();
             }
             let delay = backoff.next_delay();
-            info!(
-                delay_ms = delay.as_millis() as u64,
-                "reconnecting to a control plane"
-            );
+            let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            log_session_end(endpoint.uri(), &end, retry_in_ms);
             tokio::time::sleep(delay).await;
         }
     }
@@ -258,6 +248,41 @@ impl XdsClient {
             type_url: pb::SNAPSHOT_TYPE_URL.to_owned(),
             error_detail,
         }
+    }
+}
+
+/// Logs why a session ended: a normal close at info, a lost stream at warn, a refusal at error.
+fn log_session_end(control_plane: &Uri, end: &SessionEnd, retry_in_ms: u64) {
+    let error = ErrorChain(end);
+    match end {
+        SessionEnd::Closed => {
+            info!(%control_plane, retry_in_ms, "config stream closed by the control plane");
+        }
+        SessionEnd::Connect(_) => {
+            warn!(%control_plane, retry_in_ms, %error, "cannot reach the control plane");
+        }
+        SessionEnd::Status(_) if end.is_transient() => {
+            warn!(%control_plane, retry_in_ms, %error, "config stream lost");
+        }
+        SessionEnd::Status(_) => {
+            error!(%control_plane, retry_in_ms, %error, "the control plane refuses this data plane");
+        }
+    }
+}
+
+/// Displays an error with its sources: tonic's transport errors say only "transport error" and
+/// keep the cause ("connection refused") one level down.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
     }
 }
 
