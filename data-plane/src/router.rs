@@ -46,7 +46,6 @@
 use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::Arc;
 
 use http::Method;
@@ -80,10 +79,9 @@ pub enum RouteMatch {
 pub struct Router {
     /// Exact path → its entries, best tie-break first.
     exact: HashMap<Box<str>, Vec<Entry>>,
-    /// Every other pattern, most specific first.
-    patterns: Vec<Entry>,
-    /// Runs of equally specific paths in `patterns`, in order.
-    groups: Vec<Range<usize>>,
+    /// Every other pattern in groups of equally specific paths, the most specific group first;
+    /// each group in tie-break order.
+    groups: Vec<Vec<Entry>>,
 }
 
 #[derive(Debug)]
@@ -188,18 +186,18 @@ impl Router {
         patterns.sort_by(|(sa, ia, a), (sb, ib, b)| {
             (Reverse(*sa), tie_break(&a.route), *ia).cmp(&(Reverse(*sb), tie_break(&b.route), *ib))
         });
-        let mut groups: Vec<Range<usize>> = Vec::new();
-        for (i, (specificity, _, _)) in patterns.iter().enumerate() {
+        let mut groups: Vec<Vec<Entry>> = Vec::new();
+        let mut group_specificity = None;
+        for (specificity, _, entry) in patterns {
             match groups.last_mut() {
-                Some(group) if patterns[group.start].0 == *specificity => group.end = i + 1,
-                _ => groups.push(i..i + 1),
+                Some(group) if group_specificity == Some(specificity) => group.push(entry),
+                _ => {
+                    groups.push(vec![entry]);
+                    group_specificity = Some(specificity);
+                }
             }
         }
-        Ok(Router {
-            exact,
-            patterns: patterns.into_iter().map(|(_, _, entry)| entry).collect(),
-            groups,
-        })
+        Ok(Router { exact, groups })
     }
 
     /// Finds the route for a request. `host` is the request's host as sent (`Host` header or
@@ -216,9 +214,8 @@ impl Router {
             path_rest: rest,
         };
         let mut allow = Vec::new();
-        let exact = self.exact.get(path).map(Vec::as_slice);
-        let groups = self.groups.iter().map(|g| &self.patterns[g.clone()]);
-        for entries in exact.into_iter().chain(groups) {
+        let exact = self.exact.get(path);
+        for entries in exact.into_iter().chain(&self.groups) {
             if let Some((route, params)) = best_in_group(entries, &request, &mut allow) {
                 return RouteMatch::Found { route, params };
             }
@@ -234,7 +231,7 @@ impl Router {
 
     /// The number of enabled (route, path) entries.
     pub fn len(&self) -> usize {
-        self.patterns.len() + self.exact.values().map(Vec::len).sum::<usize>()
+        self.exact.values().chain(&self.groups).map(Vec::len).sum()
     }
 
     /// Whether no route can match.
