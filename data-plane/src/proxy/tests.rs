@@ -315,3 +315,44 @@ async fn a_swap_applies_to_the_next_request() {
         .install(Runtime::compile(&next, Some(&proxy.state.runtime())).unwrap());
     assert_eq!(proxy.get(Method::GET, "/x").await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let slow = FakeUpstream::start(Duration::from_millis(300)).await;
+    let state = State::new();
+    let resources = [(
+        "routes",
+        "r",
+        json!({"paths": ["/*"], "upstream": upstream(slow.addr, json!({}))}),
+    )];
+    state.install(Runtime::compile(&snapshot(1, &resources), None).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+
+    let client: Client<HttpConnector, TestBody> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::get(format!("http://{addr}/in-flight"))
+        .body(empty())
+        .unwrap();
+    let in_flight = tokio::spawn(client.request(request));
+    eventually("the upstream to receive the request", || {
+        slow.requests().first().is_some_and(|r| r.complete)
+    })
+    .await;
+
+    stop.send(()).unwrap();
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the listener stops once the request is done")
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections"
+    );
+}
