@@ -175,6 +175,8 @@ fn upstream_request(
     headers::remove_hop_by_hop(headers);
     // The server already answered `100-continue` to the client when the body was first read.
     headers.remove(EXPECT);
+    // X-Forwarded-For is a chain, so this hop is appended; X-Forwarded-Proto and -Host describe
+    // the hop into this gateway, so whatever the client claimed is replaced.
     headers::append_forwarded_for(headers, remote.ip());
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     match &original_host {
