@@ -632,6 +632,44 @@ pub fn generate_id() -> String {
     id
 }
 
+impl ConfigService {
+    /// What changed from version `from` to version `to` (either may be the older one).
+    /// Costs what changed between them, not the size of the config.
+    pub async fn diff_versions(&self, from: u64, to: u64) -> Result<Vec<DiffEntry>, WriteError> {
+        let head = self.current.load().version;
+        for version in [from, to] {
+            if version > head {
+                return Err(WriteError::VersionNotFound(version));
+            }
+        }
+        let keys = self
+            .store
+            .changed_between(from.min(to), from.max(to))
+            .await?;
+        let mut before = self.store.resources_at(from, &keys).await?;
+        let mut after = self.store.resources_at(to, &keys).await?;
+        let mut diff = Vec::new();
+        for key in keys {
+            let before = before.remove(&key).flatten().map(|r| r.body);
+            let after = after.remove(&key).flatten().map(|r| r.body);
+            let op = match (&before, &after) {
+                (None, Some(_)) => ChangeOp::Create,
+                (Some(_), None) => ChangeOp::Delete,
+                (Some(b), Some(a)) if b != a => ChangeOp::Update,
+                _ => continue,
+            };
+            diff.push(DiffEntry {
+                kind: key.kind,
+                id: key.id,
+                op,
+                before,
+                after,
+            });
+        }
+        Ok(diff)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -673,43 +711,5 @@ mod tests {
         let b = generate_id();
         assert!(is_valid_id(&a));
         assert_ne!(a, b);
-    }
-}
-
-impl ConfigService {
-    /// What changed from version `from` to version `to` (either may be the older one).
-    /// Costs what changed between them, not the size of the config.
-    pub async fn diff_versions(&self, from: u64, to: u64) -> Result<Vec<DiffEntry>, WriteError> {
-        let head = self.current.load().version;
-        for version in [from, to] {
-            if version > head {
-                return Err(WriteError::VersionNotFound(version));
-            }
-        }
-        let keys = self
-            .store
-            .changed_between(from.min(to), from.max(to))
-            .await?;
-        let mut before = self.store.resources_at(from, &keys).await?;
-        let mut after = self.store.resources_at(to, &keys).await?;
-        let mut diff = Vec::new();
-        for key in keys {
-            let before = before.remove(&key).flatten().map(|r| r.body);
-            let after = after.remove(&key).flatten().map(|r| r.body);
-            let op = match (&before, &after) {
-                (None, Some(_)) => ChangeOp::Create,
-                (Some(_), None) => ChangeOp::Delete,
-                (Some(b), Some(a)) if b != a => ChangeOp::Update,
-                _ => continue,
-            };
-            diff.push(DiffEntry {
-                kind: key.kind,
-                id: key.id,
-                op,
-                before,
-                after,
-            });
-        }
-        Ok(diff)
     }
 }

@@ -34,6 +34,9 @@ impl Violation {
 }
 
 const ID_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
+/// A node address: a DNS name, an IPv4 address or a bare IPv6 address (`::1`, `fd00::1`).
+const NODE_HOST_PATTERN: &str =
+    r"^([0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)$";
 const HOST_PATTERN: &str = r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$";
 
 fn common_properties() -> serde_json::Map<String, Value> {
@@ -72,7 +75,7 @@ fn upstream_body_properties() -> serde_json::Map<String, Value> {
             "items": {
                 "type": "object",
                 "properties": {
-                    "host": {"type": "string", "pattern": r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,251}[A-Za-z0-9])?$"},
+                    "host": {"type": "string", "pattern": NODE_HOST_PATTERN},
                     "port": {"type": "integer", "minimum": 1, "maximum": 65535},
                     "weight": {"type": "integer", "minimum": 0, "maximum": 65535, "default": 1}
                 },
@@ -106,7 +109,7 @@ fn upstream_body_properties() -> serde_json::Map<String, Value> {
     );
     props.insert(
         "upstream_host".into(),
-        json!({"type": "string", "pattern": r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,251}[A-Za-z0-9])?$"}),
+        json!({"type": "string", "pattern": NODE_HOST_PATTERN}),
     );
     props
 }
@@ -392,6 +395,24 @@ mod tests {
         for (document, pointer) in cases {
             let errors = validate_resource(Kind::Routes, &document).unwrap_err();
             assert_eq!(errors[0].pointer, pointer, "{document}: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn node_hosts_accept_names_and_both_ip_families() {
+        for host in ["127.0.0.1", "::1", "fd00::1", "api.internal", "a"] {
+            let document = json!({"nodes": [{"host": host, "port": 1}]});
+            assert!(
+                validate_resource(Kind::Upstreams, &document).is_ok(),
+                "{host}"
+            );
+        }
+        for host in ["", "-a", "a b", "[::1]", "a/b", "x:y", "host:80"] {
+            let document = json!({"nodes": [{"host": host, "port": 1}]});
+            assert!(
+                validate_resource(Kind::Upstreams, &document).is_err(),
+                "{host}"
+            );
         }
     }
 

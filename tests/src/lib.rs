@@ -1,1 +1,401 @@
+//! Test support for the end-to-end suite: the real `control-plane` and `data-plane` binaries
+//! as child processes, in-process fake upstreams that record what they receive, an admin
+//! client, and [`eventually`] for convergence (no sleeps as synchronisation, no fixed ports).
 
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+/// How long convergence may take before a test fails.
+pub const CONVERGE: Duration = Duration::from_secs(15);
+
+/// The path of a workspace binary, built next to this test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed (by its own PID) when dropped, with its stdout `key=value` lines.
+pub struct Process {
+    child: Child,
+    values: HashMap<String, String>,
+}
+
+impl Process {
+    /// Spawns `binary` and waits until it has printed every one of `keys` as `key=value`.
+    pub fn spawn(binary: &str, args: &[&str], env: &[(&str, &str)], keys: &[&str]) -> Process {
+        let mut command = Command::new(self::binary(binary));
+        command
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("E2E_SHOW_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
+        let mut child = command.spawn().expect("spawn binary");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (lines_tx, lines) = mpsc::channel();
+        // Keep draining stdout for the life of the process so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let mut values = HashMap::new();
+        let deadline = Instant::now() + CONVERGE;
+        while !keys.iter().all(|k| values.contains_key(*k)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some((key, value)) = line.split_once('=') {
+                        values.insert(key.to_owned(), value.to_owned());
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("{binary} did not print {keys:?} (got {values:?})");
+                }
+            }
+        }
+        Process { child, values }
+    }
+
+    /// A value the process printed.
+    pub fn value(&self, key: &str) -> &str {
+        &self.values[key]
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running control plane and an admin client for it.
+pub struct ControlPlane {
+    /// The process.
+    pub process: Process,
+    /// `http://127.0.0.1:<port>` of the admin API.
+    pub admin_url: String,
+    /// `http://127.0.0.1:<port>` of the config stream.
+    pub xds_url: String,
+    /// The admin token.
+    pub token: String,
+    client: reqwest::Client,
+}
+
+/// The admin token the tests use.
+pub const TOKEN: &str = "e2e-admin-token";
+
+impl ControlPlane {
+    /// Starts a control plane on `database_url`, on ephemeral ports unless `xds_listen` names one.
+    pub fn start(database_url: &str, xds_listen: Option<&str>) -> ControlPlane {
+        let xds = xds_listen.unwrap_or("127.0.0.1:0");
+        let process = Process::spawn(
+            "control-plane",
+            &[
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--xds-listen",
+                xds,
+                "--database-url",
+                database_url,
+                "--admin-token",
+                TOKEN,
+            ],
+            &[],
+            &["admin_url", "xds_url"],
+        );
+        ControlPlane {
+            admin_url: process.value("admin_url").to_owned(),
+            xds_url: process.value("xds_url").to_owned(),
+            process,
+            token: TOKEN.to_owned(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Calls the admin API; returns the status, the `X-Config-Version` and the JSON body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Option<u64>, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.admin_url))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("admin API reachable");
+        let status = response.status().as_u16();
+        let version = response
+            .headers()
+            .get("x-config-version")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, version, body)
+    }
+
+    /// A write that must succeed; returns the version it produced.
+    pub async fn write(&self, method: &str, path: &str, body: Option<Value>) -> u64 {
+        let (status, version, reply) = self.call(method, path, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {reply}"
+        );
+        version.expect("writes carry X-Config-Version")
+    }
+
+    /// The fleet view.
+    pub async fn data_planes(&self) -> Vec<Value> {
+        let (_, _, body) = self.call("GET", "/api/v1/data-planes", None).await;
+        body["items"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// A running data plane.
+pub struct DataPlane {
+    /// The process.
+    pub process: Process,
+    /// `http://127.0.0.1:<port>` of the proxy listener.
+    pub proxy_url: String,
+    /// `http://127.0.0.1:<port>` of the status listener.
+    pub status_url: String,
+    client: reqwest::Client,
+}
+
+impl DataPlane {
+    /// Starts a data plane named `node_id` fed by the config stream at `xds_url`.
+    pub fn start(xds_url: &str, node_id: &str) -> DataPlane {
+        let process = Process::spawn(
+            "data-plane",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--status-listen",
+                "127.0.0.1:0",
+                "--control-plane",
+                xds_url,
+                "--node-id",
+                node_id,
+                "--worker-threads",
+                "1",
+            ],
+            &[],
+            &["proxy_url", "status_url"],
+        );
+        DataPlane {
+            proxy_url: process.value("proxy_url").to_owned(),
+            status_url: process.value("status_url").to_owned(),
+            process,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Sends `GET path` through the proxy; returns the status and the body (JSON or string).
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        match self
+            .client
+            .get(format!("{}{path}", self.proxy_url))
+            .send()
+            .await
+        {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let bytes = response.bytes().await.unwrap_or_default();
+                let body = serde_json::from_slice(&bytes)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+                (status, body)
+            }
+            Err(error) => (0, Value::String(error.to_string())),
+        }
+    }
+
+    /// The version `/readyz` reports, if ready.
+    pub async fn ready_version(&self) -> Option<u64> {
+        let response = self
+            .client
+            .get(format!("{}/readyz", self.status_url))
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json::<Value>().await.ok()?["version"].as_u64()
+    }
+}
+
+/// What a fake upstream received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    /// Headers (lowercase names).
+    pub headers: HashMap<String, String>,
+}
+
+/// An HTTP server on 127.0.0.1:0 that answers `{"upstream": <name>, "uri": <path?query>}` and
+/// records every request.
+pub struct FakeUpstream {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Every request so far.
+    pub received: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeUpstream {
+    /// Starts a fake upstream named `name`.
+    pub async fn start(name: &str) -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let name: Arc<str> = name.into();
+        let log = received.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let name = name.clone();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let name = name.clone();
+                        let log = log.clone();
+                        async move {
+                            let uri = request
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default();
+                            let headers = request
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| {
+                                    (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
+                                })
+                                .collect();
+                            let method = request.method().to_string();
+                            let _ = request.into_body().collect().await;
+                            log.lock().unwrap().push(Received {
+                                method,
+                                uri: uri.clone(),
+                                headers,
+                            });
+                            let body = json!({"upstream": &*name, "uri": uri}).to_string();
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(body)))
+                                    .expect("response"),
+                            )
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeUpstream {
+            addr,
+            received,
+            task,
+        }
+    }
+
+    /// An upstream document pointing at this server.
+    pub fn upstream(&self) -> Value {
+        json!({"nodes": [{"host": "127.0.0.1", "port": self.addr.port()}]})
+    }
+
+    /// How many requests it has received.
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after [`CONVERGE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + CONVERGE;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// A fresh SQLite database URL in the temp directory.
+pub fn sqlite_url() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let n = RandomState::new().hash_one(Instant::now());
+    let path = std::env::temp_dir().join(format!("gateway-e2e-{}-{n:x}.db", std::process::id()));
+    format!("sqlite://{}?mode=rwc", path.display())
+}

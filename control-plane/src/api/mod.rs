@@ -269,10 +269,10 @@ fn resource_response(outcome: &WriteOutcome, key: &ResourceKey) -> Result<Respon
     response
         .headers_mut()
         .insert(header::ETAG, etag(entry.revision));
-    if created {
-        if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/{}/{}", key.kind, key.id)) {
-            response.headers_mut().insert(header::LOCATION, location);
-        }
+    if created
+        && let Ok(location) = HeaderValue::from_str(&format!("/api/v1/{}/{}", key.kind, key.id))
+    {
+        response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(with_version(response, outcome.version))
 }
@@ -556,10 +556,9 @@ async fn export_config(State(state): State<AppState>) -> Response {
     with_version(Json(export(&config)).into_response(), config.version)
 }
 
-/// Splits a whole-config document into resources, reporting every structural problem.
-fn parse_config_document(
-    document: Value,
-) -> Result<(BTreeMap<ResourceKey, Value>, BTreeMap<ResourceKey, String>), ApiError> {
+/// Turns a whole-config document into a [`WriteOp::ReplaceAll`], reporting every structural
+/// problem.
+fn parse_config_document(document: Value) -> Result<WriteOp, ApiError> {
     let Value::Object(sections) = document else {
         return Err(ApiError::SchemaViolation(vec![Violation::new(
             "",
@@ -614,7 +613,10 @@ fn parse_config_document(
         }
     }
     if violations.is_empty() {
-        Ok((documents, pointers))
+        Ok(WriteOp::ReplaceAll {
+            documents,
+            pointers,
+        })
     } else {
         Err(ApiError::SchemaViolation(violations))
     }
@@ -628,17 +630,10 @@ async fn replace_config(
     JsonBody(document): JsonBody,
 ) -> Result<Response, ApiError> {
     let dry_run = query.flag("dry_run")?;
-    let (documents, pointers) = parse_config_document(document)?;
+    let op = parse_config_document(document)?;
     let outcome = state
         .config
-        .write(
-            WriteOp::ReplaceAll {
-                documents,
-                pointers,
-            },
-            &commit_meta(&caller, &headers)?,
-            dry_run,
-        )
+        .write(op, &commit_meta(&caller, &headers)?, dry_run)
         .await?;
     Ok(with_version(
         Json(json!({

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: format and lint gates, the binaries the end-to-end
+# tests spawn, every test (store and end-to-end tests use the Postgres at DATABASE_URL), and
+# validation of the deploy/ manifests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== build the binaries the end-to-end tests spawn"
+cargo build --workspace --bins --quiet
+echo "== tests"
+cargo nextest run --workspace --no-fail-fast --profile "${NEXTEST_PROFILE:-default}"
+echo "== deploy/ manifests"
+python3 scripts/validate_manifests.py deploy
