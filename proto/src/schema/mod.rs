@@ -5,14 +5,20 @@
 //! cannot say well (path syntax, "exactly one target"). Both report every violation with the
 //! JSON pointer of the offending value.
 
-use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use jsonschema::Validator;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::model::{Kind, Parsed, PassHost, Route, Upstream};
+use crate::model::{Kind, Parsed, Route, Upstream};
+
+mod route;
+mod upstream;
+
+pub use route::check_path;
+use route::{check_route, route_schema};
+use upstream::{check_upstream, upstream_schema};
 
 /// One reason a document was refused, located by JSON pointer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,13 +39,13 @@ impl Violation {
     }
 }
 
-const ID_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
+pub(crate) const ID_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
 /// A node address: a DNS name, an IPv4 address or a bare IPv6 address (`::1`, `fd00::1`).
-const NODE_HOST_PATTERN: &str =
+pub(crate) const NODE_HOST_PATTERN: &str =
     r"^([0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)$";
-const HOST_PATTERN: &str = r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$";
+pub(crate) const HOST_PATTERN: &str = r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$";
 
-fn common_properties() -> serde_json::Map<String, Value> {
+pub(crate) fn common_properties() -> serde_json::Map<String, Value> {
     let mut props = serde_json::Map::new();
     props.insert(
         "id".into(),
@@ -62,136 +68,6 @@ fn common_properties() -> serde_json::Map<String, Value> {
         );
     }
     props
-}
-
-fn upstream_body_properties() -> serde_json::Map<String, Value> {
-    let mut props = serde_json::Map::new();
-    props.insert(
-        "nodes".into(),
-        json!({
-            "type": "array",
-            "minItems": 1,
-            "maxItems": 1024,
-            "items": {
-                "type": "object",
-                "properties": {
-                    "host": {"type": "string", "pattern": NODE_HOST_PATTERN},
-                    "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-                    "weight": {"type": "integer", "minimum": 0, "maximum": 65535, "default": 1}
-                },
-                "required": ["host", "port"],
-                "additionalProperties": false
-            }
-        }),
-    );
-    props.insert(
-        "scheme".into(),
-        json!({"enum": ["http"], "default": "http"}),
-    );
-    props.insert(
-        "lb".into(),
-        json!({"enum": ["round_robin"], "default": "round_robin"}),
-    );
-    props.insert(
-        "timeouts".into(),
-        json!({
-            "type": "object",
-            "properties": {
-                "connect_ms": {"type": "integer", "minimum": 1, "maximum": 600000, "default": crate::model::DEFAULT_CONNECT_MS},
-                "read_ms": {"type": "integer", "minimum": 1, "maximum": 3600000, "default": crate::model::DEFAULT_READ_MS}
-            },
-            "additionalProperties": false
-        }),
-    );
-    props.insert(
-        "pass_host".into(),
-        json!({"enum": ["pass", "node", "rewrite"], "default": "pass"}),
-    );
-    props.insert(
-        "upstream_host".into(),
-        json!({"type": "string", "pattern": NODE_HOST_PATTERN}),
-    );
-    props
-}
-
-fn upstream_schema() -> Value {
-    let mut props = common_properties();
-    props.extend(upstream_body_properties());
-    json!({
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "upstream",
-        "type": "object",
-        "properties": props,
-        "required": ["nodes"],
-        "additionalProperties": false
-    })
-}
-
-fn route_schema() -> Value {
-    let mut props = common_properties();
-    props.insert(
-        "paths".into(),
-        json!({
-            "type": "array",
-            "minItems": 1,
-            "maxItems": 64,
-            "uniqueItems": true,
-            "items": {"type": "string", "pattern": "^/[^\\s?#]*$", "maxLength": 4096}
-        }),
-    );
-    props.insert(
-        "hosts".into(),
-        json!({
-            "type": "array",
-            "maxItems": 64,
-            "uniqueItems": true,
-            "items": {"type": "string", "pattern": HOST_PATTERN}
-        }),
-    );
-    props.insert(
-        "methods".into(),
-        json!({
-            "type": "array",
-            "uniqueItems": true,
-            "items": {"enum": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"]}
-        }),
-    );
-    props.insert(
-        "priority".into(),
-        json!({"type": "integer", "minimum": -1000000, "maximum": 1000000, "default": 0}),
-    );
-    props.insert(
-        "enabled".into(),
-        json!({"type": "boolean", "default": true}),
-    );
-    props.insert(
-        "upstream_id".into(),
-        json!({"type": "string", "pattern": ID_PATTERN}),
-    );
-    let mut inline = upstream_body_properties();
-    inline.insert("desc".into(), json!({"type": "string", "maxLength": 1024}));
-    props.insert(
-        "upstream".into(),
-        json!({
-            "type": "object",
-            "properties": inline,
-            "required": ["nodes"],
-            "additionalProperties": false
-        }),
-    );
-    // No plugin is available yet: naming one is refused rather than silently ignored.
-    props.insert(
-        "plugins".into(),
-        json!({"type": "object", "properties": {}, "additionalProperties": false}),
-    );
-    json!({
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "route",
-        "type": "object",
-        "properties": props,
-        "required": ["paths"],
-        "additionalProperties": false
-    })
 }
 
 struct CompiledSchema {
@@ -255,69 +131,6 @@ pub fn validate_resource(kind: Kind, document: &Value) -> Result<Parsed, Vec<Vio
     } else {
         Err(violations)
     }
-}
-
-fn check_upstream(upstream: &Upstream, at: &str, out: &mut Vec<Violation>) {
-    if upstream.pass_host == PassHost::Rewrite && upstream.upstream_host.is_none() {
-        out.push(Violation::new(
-            format!("{at}/upstream_host"),
-            "pass_host \"rewrite\" needs upstream_host",
-        ));
-    }
-}
-
-fn check_route(route: &Route, out: &mut Vec<Violation>) {
-    match (&route.upstream_id, &route.upstream) {
-        (Some(_), Some(_)) => out.push(Violation::new(
-            "/upstream",
-            "a route sends to exactly one of upstream_id or upstream, not both",
-        )),
-        (None, None) => out.push(Violation::new(
-            "",
-            "a route needs a target: upstream_id or upstream",
-        )),
-        _ => {}
-    }
-    if let Some(upstream) = &route.upstream {
-        check_upstream(upstream, "/upstream", out);
-    }
-    for (i, path) in route.paths.iter().enumerate() {
-        if let Err(message) = check_path(path) {
-            out.push(Violation::new(format!("/paths/{i}"), message));
-        }
-    }
-}
-
-/// Checks path-pattern syntax: `:name` segments with unique names, `*` only at the very end.
-pub fn check_path(path: &str) -> Result<(), String> {
-    if let Some(pos) = path.find('*')
-        && pos != path.len() - 1
-    {
-        return Err(format!(
-            "\"*\" is only allowed at the end of a path: {path}"
-        ));
-    }
-    let mut names = HashSet::new();
-    for segment in path.split('/') {
-        if let Some(name) = segment.strip_prefix(':') {
-            let valid = !name.is_empty()
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                && !name.as_bytes()[0].is_ascii_digit();
-            if !valid {
-                return Err(format!(
-                    "a named segment is \":\" followed by [A-Za-z_][A-Za-z0-9_]*, got {segment:?}"
-                ));
-            }
-            if !names.insert(name) {
-                return Err(format!("the segment name {name:?} is used twice"));
-            }
-        } else if segment.contains(':') {
-            return Err(format!(
-                "\":\" may only start a named segment, got {segment:?}"
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

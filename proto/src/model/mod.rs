@@ -1,0 +1,118 @@
+//! Resource model: the typed view of every config resource.
+//!
+//! The JSON Schema in [`crate::schema`] is the authority on what a document may contain; these
+//! types are what a document means once it has passed that schema. Optional fields carry the
+//! defaults an APISIX or Kong user would expect.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+mod route;
+mod upstream;
+
+pub use route::*;
+pub use upstream::*;
+
+/// A kind of config resource, named as its admin API collection.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// Groups of backend nodes with a balancing policy.
+    Upstreams,
+    /// Request matchers that send to an upstream.
+    Routes,
+}
+
+impl Kind {
+    /// Every kind, in dependency order: a kind only references kinds before it.
+    pub const ALL: [Kind; 2] = [Kind::Upstreams, Kind::Routes];
+
+    /// The collection name used in URLs and on the wire (`routes`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Upstreams => "upstreams",
+            Kind::Routes => "routes",
+        }
+    }
+
+    /// The singular name used for schemas (`route`).
+    pub fn singular(self) -> &'static str {
+        match self {
+            Kind::Upstreams => "upstream",
+            Kind::Routes => "route",
+        }
+    }
+
+    /// Parses a collection name (`routes`) or a singular name (`route`).
+    pub fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == name || k.singular() == name)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identifies one resource in a config.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ResourceKey {
+    /// The resource's kind.
+    pub kind: Kind,
+    /// The resource's id, unique within its kind.
+    pub id: String,
+}
+
+impl ResourceKey {
+    /// Builds a key.
+    pub fn new(kind: Kind, id: impl Into<String>) -> Self {
+        ResourceKey {
+            kind,
+            id: id.into(),
+        }
+    }
+}
+
+impl fmt::Display for ResourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind, self.id)
+    }
+}
+
+/// Whether `id` is a valid resource id: `[A-Za-z0-9._-]{1,64}`.
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Fields the server manages; they are accepted on input (so a GET can be PUT back) and ignored.
+pub const SERVER_FIELDS: [&str; 4] = ["id", "created_at", "updated_at", "revision"];
+
+/// A resource document after validation, typed by kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Parsed {
+    /// An upstream.
+    Upstream(Upstream),
+    /// A route.
+    Route(Route),
+}
+
+impl Parsed {
+    /// The resources this one names and that must exist for it to be valid.
+    pub fn references(&self) -> Vec<ResourceKey> {
+        match self {
+            Parsed::Upstream(_) => Vec::new(),
+            Parsed::Route(route) => route
+                .upstream_id
+                .iter()
+                .map(|id| ResourceKey::new(Kind::Upstreams, id.clone()))
+                .collect(),
+        }
+    }
+}
