@@ -1,4 +1,4 @@
-//! Upstreams: groups of backend nodes and how to reach and balance them.
+//! Upstreams: groups of backend nodes and how to reach, balance, check and retry them.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,9 +13,24 @@ pub struct Upstream {
     /// Balancing algorithm.
     #[serde(default)]
     pub lb: LoadBalance,
+    /// Where `consistent_hash` takes its key from.
+    #[serde(default)]
+    pub hash_on: Option<HashOn>,
     /// Connect and read timeouts.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Retries of failed attempts on other nodes; none by default.
+    #[serde(default)]
+    pub retries: Option<Retries>,
+    /// Active and passive health checking; none by default.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// TLS settings for `scheme: https`.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+    /// Keep-alive connection pool limits.
+    #[serde(default)]
+    pub keepalive_pool: Option<KeepalivePool>,
     /// Which `Host` header the upstream request carries.
     #[serde(default)]
     pub pass_host: PassHost,
@@ -47,6 +62,10 @@ pub enum Scheme {
     /// Plain HTTP/1.1.
     #[default]
     Http,
+    /// HTTP over TLS; HTTP/2 when the node offers it through ALPN, else HTTP/1.1.
+    Https,
+    /// HTTP/2 with prior knowledge over plain TCP (gRPC backends, h2c services).
+    H2c,
 }
 
 /// Balancing algorithm.
@@ -56,6 +75,40 @@ pub enum LoadBalance {
     /// Smooth weighted round robin.
     #[default]
     RoundRobin,
+    /// Power of two choices over in-flight requests, weighted.
+    LeastRequests,
+    /// Peak-EWMA latency times in-flight requests, weighted (power of two choices).
+    Ewma,
+    /// A consistent-hash ring over the key `hash_on` names.
+    ConsistentHash,
+    /// Weighted random.
+    Random,
+}
+
+/// Where a consistent-hash key comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HashOn {
+    /// The part of the request.
+    pub source: HashSource,
+    /// The header, cookie or query argument name (for those sources).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A part of the request a consistent-hash key is taken from.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashSource {
+    /// A request header, by `name`.
+    Header,
+    /// A cookie, by `name`.
+    Cookie,
+    /// A query argument, by `name`.
+    Query,
+    /// The client's IP address.
+    RemoteAddr,
+    /// The request path and query.
+    Uri,
 }
 
 /// Upstream timeouts, in milliseconds.
@@ -90,6 +143,166 @@ fn default_connect_ms() -> u64 {
 
 fn default_read_ms() -> u64 {
     DEFAULT_READ_MS
+}
+
+/// Retries of a failed attempt on another node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retries {
+    /// Extra attempts after the first; 0 turns retries off.
+    pub count: u32,
+    /// The failures that allow a retry.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<RetryOn>,
+    /// Retry non-idempotent methods (POST, PATCH) too. Off by default: a POST that reached a
+    /// node may have had its effect even if the answer was lost.
+    #[serde(default)]
+    pub non_idempotent: bool,
+}
+
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![RetryOn::ConnectError, RetryOn::Timeout]
+}
+
+/// A failure that allows a retry.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    /// The connection could not be established (or broke before a response).
+    ConnectError,
+    /// A connect or read deadline passed.
+    Timeout,
+    /// The node answered 502.
+    #[serde(rename = "status_502")]
+    Status502,
+    /// The node answered 503.
+    #[serde(rename = "status_503")]
+    Status503,
+    /// The node answered 504.
+    #[serde(rename = "status_504")]
+    Status504,
+}
+
+/// Health checking of an upstream's nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// Probes sent by each data plane.
+    #[serde(default)]
+    pub active: Option<ActiveHealthCheck>,
+    /// Judgement from real traffic.
+    #[serde(default)]
+    pub passive: Option<PassiveHealthCheck>,
+}
+
+/// Active health checks: an HTTP GET to every node, on a timer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveHealthCheck {
+    /// The path probed; a 2xx or 3xx answer is healthy.
+    #[serde(default = "default_probe_path")]
+    pub path: String,
+    /// Time between probes of one node.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// Time allowed for one probe.
+    #[serde(default = "default_probe_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive successes that make an unhealthy node healthy.
+    #[serde(default = "default_healthy_after")]
+    pub healthy_after: u32,
+    /// Consecutive failures that make a healthy node unhealthy.
+    #[serde(default = "default_unhealthy_after")]
+    pub unhealthy_after: u32,
+}
+
+fn default_probe_path() -> String {
+    "/".to_owned()
+}
+fn default_interval_ms() -> u64 {
+    2_000
+}
+fn default_probe_timeout_ms() -> u64 {
+    1_000
+}
+fn default_healthy_after() -> u32 {
+    2
+}
+fn default_unhealthy_after() -> u32 {
+    3
+}
+
+/// Passive health checks: consecutive failures of real requests eject a node for a while.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassiveHealthCheck {
+    /// Consecutive failures (connect errors, timeouts, 5xx that the retry policy names) that
+    /// eject the node.
+    #[serde(default = "default_passive_unhealthy_after")]
+    pub unhealthy_after: u32,
+    /// How long an ejected node gets no traffic (unless active checks bring it back sooner).
+    #[serde(default = "default_eject_ms")]
+    pub eject_ms: u64,
+}
+
+fn default_passive_unhealthy_after() -> u32 {
+    5
+}
+fn default_eject_ms() -> u64 {
+    30_000
+}
+
+/// TLS to upstream nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamTls {
+    /// Verify the node's certificate chain and name against the web PKI roots.
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    /// The server name sent in SNI and verified; by default the `Host` sent upstream, else the
+    /// node's host.
+    #[serde(default)]
+    pub sni: Option<String>,
+}
+
+impl Default for UpstreamTls {
+    fn default() -> Self {
+        UpstreamTls {
+            verify: true,
+            sni: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Keep-alive pool limits, per node.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepalivePool {
+    /// Idle connections kept per node.
+    #[serde(default = "default_pool_size")]
+    pub size: usize,
+    /// An idle connection is closed after this long.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for KeepalivePool {
+    fn default() -> Self {
+        KeepalivePool {
+            size: default_pool_size(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+        }
+    }
+}
+
+/// Default idle connections kept per node (APISIX's `keepalive_pool.size` is 320).
+pub const DEFAULT_POOL_SIZE: usize = 320;
+/// Default idle timeout of a pooled connection.
+pub const DEFAULT_POOL_IDLE_TIMEOUT_MS: u64 = 60_000;
+
+fn default_pool_size() -> usize {
+    DEFAULT_POOL_SIZE
+}
+fn default_idle_timeout_ms() -> u64 {
+    DEFAULT_POOL_IDLE_TIMEOUT_MS
 }
 
 /// Which `Host` header the upstream request carries.

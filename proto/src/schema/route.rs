@@ -1,12 +1,13 @@
 //! The route schema and its semantic rules.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
-use super::upstream::{check_upstream, upstream_body_properties};
+use super::upstream::{check_upstream, retries_schema, timeouts_schema, upstream_body_properties};
 use super::{HOST_PATTERN, ID_PATTERN, Violation, common_properties};
-use crate::model::Route;
+use crate::model::{MatchOp, Route};
 
 /// The route kind's schema.
 pub(super) fn route_schema() -> Value {
@@ -38,6 +39,17 @@ pub(super) fn route_schema() -> Value {
             "items": {"enum": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"]}
         }),
     );
+    props.insert("headers".into(), conditions_schema(HEADER_NAME_PATTERN));
+    props.insert("query".into(), conditions_schema(".+"));
+    props.insert(
+        "remote_addrs".into(),
+        json!({
+            "type": "array",
+            "maxItems": 256,
+            "uniqueItems": true,
+            "items": {"type": "string", "pattern": "^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$", "maxLength": 64}
+        }),
+    );
     props.insert(
         "priority".into(),
         json!({"type": "integer", "minimum": -1000000, "maximum": 1000000, "default": 0}),
@@ -61,11 +73,9 @@ pub(super) fn route_schema() -> Value {
             "additionalProperties": false
         }),
     );
-    // No plugin is available yet: naming one is refused rather than silently ignored.
-    props.insert(
-        "plugins".into(),
-        json!({"type": "object", "properties": {}, "additionalProperties": false}),
-    );
+    props.insert("timeouts".into(), timeouts_schema());
+    props.insert("retries".into(), retries_schema());
+    props.insert("plugins".into(), crate::plugins::plugins_property());
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "route",
@@ -76,8 +86,52 @@ pub(super) fn route_schema() -> Value {
     })
 }
 
+/// An HTTP header name: an RFC 9110 token.
+const HEADER_NAME_PATTERN: &str = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+
+/// The most memory one compiled `regex` condition may take. Patterns are written by admins,
+/// but a data plane compiles every route's patterns, so one careless `.{1000}{1000}` must not
+/// cost it gigabytes.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// The schema of a `headers` or `query` list: `{"name", "op", "value"}` conditions, `value`
+/// required by the ops that compare (`eq`, `prefix`, `regex`) and refused by the others.
+fn conditions_schema(name_pattern: &str) -> Value {
+    json!({
+        "type": "array",
+        "maxItems": 64,
+        "items": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": name_pattern},
+                "op": {"enum": ["eq", "prefix", "regex", "exists", "absent"]},
+                "value": {"type": "string", "maxLength": 4096}
+            },
+            "required": ["name", "op"],
+            "additionalProperties": false,
+            "if": {"properties": {"op": {"enum": ["exists", "absent"]}}, "required": ["op"]},
+            "then": {"properties": {"value": false}},
+            "else": {"required": ["value"]}
+        }
+    })
+}
+
 /// Semantic rules of a route.
 pub(super) fn check_route(route: &Route, out: &mut Vec<Violation>) {
+    for (field, conditions) in [("headers", &route.headers), ("query", &route.query)] {
+        for (i, condition) in conditions.iter().enumerate() {
+            if let (MatchOp::Regex, Some(pattern)) = (condition.op, &condition.value)
+                && let Err(message) = compile_regex(pattern)
+            {
+                out.push(Violation::new(format!("/{field}/{i}/value"), message));
+            }
+        }
+    }
+    for (i, addr) in route.remote_addrs.iter().enumerate() {
+        if let Err(message) = parse_cidr(addr) {
+            out.push(Violation::new(format!("/remote_addrs/{i}"), message));
+        }
+    }
     match (&route.upstream_id, &route.upstream) {
         (Some(_), Some(_)) => out.push(Violation::new(
             "/upstream",
@@ -129,4 +183,46 @@ pub fn check_path(path: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Compiles the pattern of a `regex` condition, exactly as the data plane does: an unanchored
+/// search over the value's bytes (`^…$` anchors it), at most [`REGEX_SIZE_LIMIT`] compiled.
+pub fn compile_regex(pattern: &str) -> Result<regex::bytes::Regex, String> {
+    regex::bytes::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("invalid regular expression: {e}"))
+}
+
+/// Parses a `remote_addrs` entry: an address (`10.0.0.1`, `::1`, a whole-address block) or a
+/// CIDR block (`10.0.0.0/8`, `fd00::/8`). Returns the block's address with the bits past the
+/// prefix cleared (`10.1.2.3/8` is `10.0.0.0/8`) and the prefix length.
+pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
+    let (addr, len) = match text.split_once('/') {
+        Some((addr, len)) => (addr, Some(len)),
+        None => (text, None),
+    };
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{text:?} is not an IP address or CIDR block"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(len) => len
+            .parse::<u8>()
+            .ok()
+            .filter(|len| *len <= max)
+            .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?,
+    };
+    let masked = match addr {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX.checked_shl(u32::from(32 - len)).unwrap_or(0);
+            IpAddr::V4((u32::from(v4) & mask).into())
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(u32::from(128 - len)).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+    };
+    Ok((masked, len))
 }

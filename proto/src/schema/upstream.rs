@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use super::{NODE_HOST_PATTERN, Violation, common_properties};
-use crate::model::{PassHost, Upstream};
+use crate::model::{HashSource, LoadBalance, PassHost, Scheme, Upstream};
 
 /// The properties of an upstream body, shared by the upstream kind and inline route upstreams.
 pub(super) fn upstream_body_properties() -> serde_json::Map<String, Value> {
@@ -28,19 +28,75 @@ pub(super) fn upstream_body_properties() -> serde_json::Map<String, Value> {
     );
     props.insert(
         "scheme".into(),
-        json!({"enum": ["http"], "default": "http"}),
+        json!({"enum": ["http", "https", "h2c"], "default": "http"}),
     );
     props.insert(
         "lb".into(),
-        json!({"enum": ["round_robin"], "default": "round_robin"}),
+        json!({
+            "enum": ["round_robin", "least_requests", "ewma", "consistent_hash", "random"],
+            "default": "round_robin"
+        }),
     );
     props.insert(
-        "timeouts".into(),
+        "hash_on".into(),
         json!({
             "type": "object",
             "properties": {
-                "connect_ms": {"type": "integer", "minimum": 1, "maximum": 600000, "default": crate::model::DEFAULT_CONNECT_MS},
-                "read_ms": {"type": "integer", "minimum": 1, "maximum": 3600000, "default": crate::model::DEFAULT_READ_MS}
+                "source": {"enum": ["header", "cookie", "query", "remote_addr", "uri"]},
+                "name": {"type": "string", "minLength": 1, "maxLength": 256}
+            },
+            "required": ["source"],
+            "additionalProperties": false
+        }),
+    );
+    props.insert("timeouts".into(), timeouts_schema());
+    props.insert("retries".into(), retries_schema());
+    props.insert(
+        "health_check".into(),
+        json!({
+            "type": "object",
+            "properties": {
+                "active": {
+                    "type": "object",
+                    "properties": {
+                        "path": {"type": "string", "pattern": "^/[^\\s#]*$", "maxLength": 4096, "default": "/"},
+                        "interval_ms": {"type": "integer", "minimum": 100, "maximum": 3600000, "default": 2000},
+                        "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 600000, "default": 1000},
+                        "healthy_after": {"type": "integer", "minimum": 1, "maximum": 255, "default": 2},
+                        "unhealthy_after": {"type": "integer", "minimum": 1, "maximum": 255, "default": 3}
+                    },
+                    "additionalProperties": false
+                },
+                "passive": {
+                    "type": "object",
+                    "properties": {
+                        "unhealthy_after": {"type": "integer", "minimum": 1, "maximum": 255, "default": 5},
+                        "eject_ms": {"type": "integer", "minimum": 1, "maximum": 86400000, "default": 30000}
+                    },
+                    "additionalProperties": false
+                }
+            },
+            "additionalProperties": false
+        }),
+    );
+    props.insert(
+        "tls".into(),
+        json!({
+            "type": "object",
+            "properties": {
+                "verify": {"type": "boolean", "default": true},
+                "sni": {"type": "string", "pattern": NODE_HOST_PATTERN}
+            },
+            "additionalProperties": false
+        }),
+    );
+    props.insert(
+        "keepalive_pool".into(),
+        json!({
+            "type": "object",
+            "properties": {
+                "size": {"type": "integer", "minimum": 0, "maximum": 100000, "default": crate::model::DEFAULT_POOL_SIZE},
+                "idle_timeout_ms": {"type": "integer", "minimum": 1, "maximum": 3600000, "default": crate::model::DEFAULT_POOL_IDLE_TIMEOUT_MS}
             },
             "additionalProperties": false
         }),
@@ -54,6 +110,37 @@ pub(super) fn upstream_body_properties() -> serde_json::Map<String, Value> {
         json!({"type": "string", "pattern": NODE_HOST_PATTERN}),
     );
     props
+}
+
+/// The schema of `timeouts`, shared by upstreams and the route-level override.
+pub(super) fn timeouts_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "connect_ms": {"type": "integer", "minimum": 1, "maximum": 600000, "default": crate::model::DEFAULT_CONNECT_MS},
+            "read_ms": {"type": "integer", "minimum": 1, "maximum": 3600000, "default": crate::model::DEFAULT_READ_MS}
+        },
+        "additionalProperties": false
+    })
+}
+
+/// The schema of `retries`, shared by upstreams and the route-level override.
+pub(super) fn retries_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "count": {"type": "integer", "minimum": 0, "maximum": 16},
+            "on": {
+                "type": "array",
+                "uniqueItems": true,
+                "items": {"enum": ["connect_error", "timeout", "status_502", "status_503", "status_504"]},
+                "default": ["connect_error", "timeout"]
+            },
+            "non_idempotent": {"type": "boolean", "default": false}
+        },
+        "required": ["count"],
+        "additionalProperties": false
+    })
 }
 
 /// The upstream kind's schema.
@@ -77,5 +164,143 @@ pub(super) fn check_upstream(upstream: &Upstream, at: &str, out: &mut Vec<Violat
             format!("{at}/upstream_host"),
             "pass_host \"rewrite\" needs upstream_host",
         ));
+    }
+    match (&upstream.hash_on, upstream.lb) {
+        (None, LoadBalance::ConsistentHash) => out.push(Violation::new(
+            format!("{at}/hash_on"),
+            "lb \"consistent_hash\" needs hash_on",
+        )),
+        (Some(hash_on), lb) => {
+            if lb != LoadBalance::ConsistentHash {
+                out.push(Violation::new(
+                    format!("{at}/hash_on"),
+                    "hash_on is only used by lb \"consistent_hash\"",
+                ));
+            }
+            let needs_name = matches!(
+                hash_on.source,
+                HashSource::Header | HashSource::Cookie | HashSource::Query
+            );
+            if needs_name && hash_on.name.is_none() {
+                out.push(Violation::new(
+                    format!("{at}/hash_on/name"),
+                    "hash_on sources header, cookie and query need a name",
+                ));
+            }
+            if !needs_name && hash_on.name.is_some() {
+                out.push(Violation::new(
+                    format!("{at}/hash_on/name"),
+                    "hash_on sources remote_addr and uri take no name",
+                ));
+            }
+        }
+        (None, _) => {}
+    }
+    if upstream.tls.is_some() && upstream.scheme != Scheme::Https {
+        out.push(Violation::new(
+            format!("{at}/tls"),
+            "tls is only used with scheme \"https\"",
+        ));
+    }
+    if let Some(check) = &upstream.health_check
+        && let Some(active) = &check.active
+        && active.timeout_ms > active.interval_ms
+    {
+        out.push(Violation::new(
+            format!("{at}/health_check/active/timeout_ms"),
+            "a probe's timeout_ms cannot exceed interval_ms",
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::model::{Kind, LoadBalance, Parsed, RetryOn};
+    use crate::schema::validate_resource;
+
+    fn pointers(document: serde_json::Value) -> Vec<String> {
+        match validate_resource(Kind::Upstreams, &document) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.into_iter().map(|v| v.pointer).collect(),
+        }
+    }
+
+    #[test]
+    fn the_full_contract_example_is_accepted() {
+        let document = json!({
+            "nodes": [{"host": "127.0.0.1", "port": 8081, "weight": 1}],
+            "scheme": "http",
+            "lb": "consistent_hash",
+            "hash_on": {"source": "header", "name": "x-user-id"},
+            "timeouts": {"connect_ms": 1000, "read_ms": 30000},
+            "retries": {"count": 1, "on": ["connect_error", "timeout", "status_502", "status_503"]},
+            "health_check": {
+                "active": {"path": "/healthz", "interval_ms": 2000, "timeout_ms": 1000, "healthy_after": 2, "unhealthy_after": 3},
+                "passive": {"unhealthy_after": 5, "eject_ms": 30000}
+            },
+            "keepalive_pool": {"size": 16, "idle_timeout_ms": 1000},
+            "pass_host": "pass"
+        });
+        let parsed = validate_resource(Kind::Upstreams, &document);
+        let Ok(Parsed::Upstream(upstream)) = parsed else {
+            panic!("the contract's example must validate: {parsed:?}")
+        };
+        assert_eq!(upstream.lb, LoadBalance::ConsistentHash);
+        let retries = upstream.retries.unwrap();
+        assert_eq!(retries.on[2], RetryOn::Status502);
+        assert!(!retries.non_idempotent);
+    }
+
+    #[test]
+    fn semantic_rules_point_at_the_offending_value() {
+        let node = json!([{"host": "h", "port": 1}]);
+        let cases = [
+            (json!({"nodes": node, "lb": "consistent_hash"}), "/hash_on"),
+            (
+                json!({"nodes": node, "lb": "consistent_hash", "hash_on": {"source": "cookie"}}),
+                "/hash_on/name",
+            ),
+            (
+                json!({"nodes": node, "lb": "consistent_hash", "hash_on": {"source": "uri", "name": "x"}}),
+                "/hash_on/name",
+            ),
+            (
+                json!({"nodes": node, "hash_on": {"source": "remote_addr"}}),
+                "/hash_on",
+            ),
+            (json!({"nodes": node, "tls": {"verify": false}}), "/tls"),
+            (
+                json!({"nodes": node, "health_check": {"active": {"interval_ms": 100, "timeout_ms": 200}}}),
+                "/health_check/active/timeout_ms",
+            ),
+            (
+                json!({"nodes": node, "retries": {"count": 1, "on": ["status_500"]}}),
+                "/retries/on/0",
+            ),
+            (json!({"nodes": node, "retries": {"on": []}}), "/retries"),
+        ];
+        for (document, pointer) in cases {
+            assert_eq!(pointers(document.clone()), [pointer], "{document}");
+        }
+        assert!(
+            pointers(json!({"nodes": node, "lb": "consistent_hash", "hash_on": {"source": "remote_addr"}}))
+                .is_empty()
+        );
+        assert!(pointers(json!({"nodes": node, "scheme": "https", "tls": {"sni": "api.internal"}})).is_empty());
+    }
+
+    #[test]
+    fn routes_may_override_timeouts_and_retries() {
+        let route = json!({
+            "paths": ["/a"], "upstream_id": "u",
+            "timeouts": {"read_ms": 10}, "retries": {"count": 2, "non_idempotent": true}
+        });
+        let Ok(Parsed::Route(route)) = validate_resource(Kind::Routes, &route) else {
+            panic!("route overrides must validate")
+        };
+        assert_eq!(route.timeouts.unwrap().read_ms, 10);
+        assert!(route.retries.unwrap().non_idempotent);
     }
 }
