@@ -16,7 +16,7 @@ use crate::model::{Kind, Parsed, Route, Upstream};
 mod route;
 mod upstream;
 
-pub use route::check_path;
+pub use route::{check_path, compile_regex, parse_cidr};
 use route::{check_route, route_schema};
 use upstream::{check_upstream, upstream_schema};
 

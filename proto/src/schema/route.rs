@@ -226,3 +226,123 @@ pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
     };
     Ok((masked, len))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::{Kind, Parsed};
+    use crate::schema::validate_resource;
+
+    fn route_with(extra: Value) -> Value {
+        let mut document = json!({"paths": ["/a"], "upstream_id": "u"});
+        if let (Some(document), Some(extra)) = (document.as_object_mut(), extra.as_object()) {
+            document.extend(extra.clone());
+        }
+        document
+    }
+
+    #[test]
+    fn match_conditions_are_accepted_and_typed() {
+        let document = route_with(json!({
+            "headers": [
+                {"name": "X-Version", "op": "eq", "value": "v2"},
+                {"name": "user-agent", "op": "regex", "value": "^curl/"},
+                {"name": "x-debug", "op": "exists"}
+            ],
+            "query": [{"name": "page size", "op": "prefix", "value": ""}, {"name": "x", "op": "absent"}],
+            "remote_addrs": ["10.0.0.0/8", "::1", "192.168.1.7", "fd00::/8", "0.0.0.0/0"]
+        }));
+        let Ok(Parsed::Route(route)) = validate_resource(Kind::Routes, &document) else {
+            panic!("valid route refused")
+        };
+        assert_eq!(route.headers[0].op, MatchOp::Eq);
+        assert_eq!(route.headers[2].value, None);
+        assert_eq!(route.query[1].op, MatchOp::Absent);
+        assert_eq!(route.remote_addrs.len(), 5);
+
+        let Ok(Parsed::Route(plain)) = validate_resource(Kind::Routes, &route_with(json!({}))) else {
+            panic!("valid route refused")
+        };
+        assert!(
+            plain.headers.is_empty() && plain.query.is_empty() && plain.remote_addrs.is_empty()
+        );
+    }
+
+    #[test]
+    fn bad_match_conditions_are_refused_with_their_pointer() {
+        let cases = [
+            (
+                json!({"headers": [{"name": "x", "op": "eq"}]}),
+                "/headers/0",
+            ),
+            (
+                json!({"headers": [{"name": "x", "op": "exists", "value": "1"}]}),
+                "/headers/0/value",
+            ),
+            (
+                json!({"headers": [{"name": "x", "op": "like", "value": "1"}]}),
+                "/headers/0/op",
+            ),
+            (
+                json!({"headers": [{"name": "bad name", "op": "exists"}]}),
+                "/headers/0/name",
+            ),
+            (
+                json!({"headers": [{"name": "x", "op": "exists", "extra": 1}]}),
+                "/headers/0",
+            ),
+            (json!({"headers": [{"op": "exists"}]}), "/headers/0"),
+            (
+                json!({"query": [{"name": "", "op": "absent"}]}),
+                "/query/0/name",
+            ),
+            (
+                json!({"headers": [{"name": "a", "op": "exists"}, {"name": "b", "op": "regex", "value": "(unclosed"}]}),
+                "/headers/1/value",
+            ),
+            (
+                json!({"query": [{"name": "q", "op": "regex", "value": "a{99999}{99999}"}]}),
+                "/query/0/value",
+            ),
+            (json!({"remote_addrs": ["10.0.0.0/33"]}), "/remote_addrs/0"),
+            (
+                json!({"remote_addrs": ["::1", "::1/129"]}),
+                "/remote_addrs/1",
+            ),
+            (json!({"remote_addrs": ["10.0.0"]}), "/remote_addrs/0"),
+            (json!({"remote_addrs": ["example.com"]}), "/remote_addrs/0"),
+            (json!({"remote_addrs": ["1.2.3.4/"]}), "/remote_addrs/0"),
+        ];
+        for (extra, pointer) in cases {
+            let errors = validate_resource(Kind::Routes, &route_with(extra.clone())).unwrap_err();
+            assert!(
+                errors.iter().any(|e| e.pointer == pointer),
+                "{extra}: expected {pointer}, got {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cidrs_are_parsed_and_masked() {
+        let v4 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(parse_cidr("10.1.2.3/8"), Ok((v4("10.0.0.0"), 8)));
+        assert_eq!(parse_cidr("10.1.2.3"), Ok((v4("10.1.2.3"), 32)));
+        assert_eq!(parse_cidr("0.0.0.0/0"), Ok((v4("0.0.0.0"), 0)));
+        assert_eq!(parse_cidr("fd00::1/8"), Ok((v4("fd00::"), 8)));
+        assert_eq!(parse_cidr("::1"), Ok((v4("::1"), 128)));
+        assert_eq!(parse_cidr("::/0"), Ok((v4("::"), 0)));
+        for bad in [
+            "",
+            "/8",
+            "1.2.3.4/x",
+            "1.2.3.4/-1",
+            "::1/200",
+            "[::1]",
+            "1.2.3.4/8/8",
+        ] {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
+    }
+}
