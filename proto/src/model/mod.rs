@@ -8,9 +8,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+mod batch;
 mod route;
 mod upstream;
 
+pub use batch::*;
 pub use route::*;
 pub use upstream::*;
 
@@ -108,11 +110,20 @@ impl Parsed {
     pub fn references(&self) -> Vec<ResourceKey> {
         match self {
             Parsed::Upstream(_) => Vec::new(),
-            Parsed::Route(route) => route
-                .upstream_id
-                .iter()
-                .map(|id| ResourceKey::new(Kind::Upstreams, id.clone()))
-                .collect(),
+            Parsed::Route(route) => {
+                // A batch's sub-requests name upstreams too; they must exist like any other.
+                let batch = route.batch.iter().flat_map(|b| &b.requests);
+                let mut ids: Vec<&String> = route
+                    .upstream_id
+                    .iter()
+                    .chain(batch.map(|r| &r.upstream_id))
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                ids.into_iter()
+                    .map(|id| ResourceKey::new(Kind::Upstreams, id.clone()))
+                    .collect()
+            }
         }
     }
 }

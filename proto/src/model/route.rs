@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Retries, Timeouts, Upstream};
+use super::{Batch, Retries, Timeouts, Upstream};
 
 /// A request matcher and where matching requests go.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,6 +40,9 @@ pub struct Route {
     /// An upstream defined in place.
     #[serde(default)]
     pub upstream: Option<Upstream>,
+    /// A fan-out to several upstreams merged into one answer, instead of one upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Batch>,
     /// Overrides the upstream's timeouts for this route.
     #[serde(default)]
     pub timeouts: Option<Timeouts>,

@@ -13,10 +13,12 @@ use serde_json::{Value, json};
 
 use crate::model::{Kind, Parsed, Route, Upstream};
 
+mod batch;
 mod route;
 mod upstream;
 
 pub use route::{check_path, compile_regex, parse_cidr};
+pub use batch::{MAX_SUB_REQUESTS, topological_order};
 use route::{check_route, route_schema};
 use upstream::{check_upstream, upstream_schema};
 

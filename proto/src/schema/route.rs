@@ -73,6 +73,7 @@ pub(super) fn route_schema() -> Value {
             "additionalProperties": false
         }),
     );
+    props.insert("batch".into(), super::batch::batch_schema());
     props.insert("timeouts".into(), timeouts_schema());
     props.insert("retries".into(), retries_schema());
     props.insert("plugins".into(), crate::plugins::plugins_property());
@@ -132,16 +133,19 @@ pub(super) fn check_route(route: &Route, out: &mut Vec<Violation>) {
             out.push(Violation::new(format!("/remote_addrs/{i}"), message));
         }
     }
-    match (&route.upstream_id, &route.upstream) {
-        (Some(_), Some(_)) => out.push(Violation::new(
-            "/upstream",
-            "a route sends to exactly one of upstream_id or upstream, not both",
-        )),
-        (None, None) => out.push(Violation::new(
+    match (&route.upstream_id, &route.upstream, &route.batch) {
+        (None, None, None) => out.push(Violation::new(
             "",
-            "a route needs a target: upstream_id or upstream",
+            "a route needs a target: upstream_id, upstream or batch",
         )),
-        _ => {}
+        (Some(_), None, None) | (None, Some(_), None) | (None, None, Some(_)) => {}
+        (_, _, batch) => out.push(Violation::new(
+            if batch.is_some() { "/batch" } else { "/upstream" },
+            "a route sends to exactly one of upstream_id, upstream or batch",
+        )),
+    }
+    if let Some(batch) = &route.batch {
+        super::batch::check_batch(batch, &route.paths, out);
     }
     if let Some(upstream) = &route.upstream {
         check_upstream(upstream, "/upstream", out);
