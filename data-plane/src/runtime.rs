@@ -47,6 +47,16 @@ pub enum CompileError {
         /// The offending method.
         method: String,
     },
+    /// A header, query or client-address condition the router cannot use.
+    #[error("route {route}: invalid condition at {pointer}: {reason}")]
+    InvalidCondition {
+        /// The route's id.
+        route: String,
+        /// JSON pointer to the condition in the route (`/headers/0/value`).
+        pointer: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A route names an upstream that is not in the snapshot.
     #[error("route {route}: upstream {upstream} does not exist")]
     UnknownUpstream {
@@ -264,7 +274,7 @@ impl UpstreamRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::RouteMatch;
+    use crate::router::{RequestView, RouteMatch};
     use crate::test_support::snapshot;
     use http::Method;
     use serde_json::json;
@@ -274,7 +284,7 @@ mod tests {
         let runtime = Runtime::empty();
         assert_eq!(runtime.version, 0);
         assert!(matches!(
-            runtime.router.find(&Method::GET, "", "/"),
+            runtime.router.find(&RequestView::new(&Method::GET, "", "/")),
             RouteMatch::NotFound
         ));
     }
@@ -321,13 +331,13 @@ mod tests {
         assert_eq!(inline.upstream_host.as_ref().unwrap(), "b.example");
         assert_eq!(inline.connect_timeout, Duration::from_millis(10));
 
-        let RouteMatch::Found { route, .. } = runtime.router.find(&Method::GET, "h", "/b") else {
+        let RouteMatch::Found { route, .. } = runtime.router.find(&RequestView::new(&Method::GET, "h", "/b")) else {
             panic!("route r2 should match")
         };
         assert_eq!(route.id, "r2");
         assert!(Arc::ptr_eq(&route.upstream, inline));
         assert!(matches!(
-            runtime.router.find(&Method::GET, "h", "/c"),
+            runtime.router.find(&RequestView::new(&Method::GET, "h", "/c")),
             RouteMatch::NotFound
         ));
     }

@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, error, warn};
 
 use crate::error::{Origin, ProxyError};
-use crate::router::RouteMatch;
+use crate::router::{RequestView, RouteMatch};
 use crate::runtime::{Node, Runtime, UpstreamRuntime};
 use crate::state::State;
 use gateway_proto::model::PassHost;
@@ -101,10 +101,14 @@ impl Proxy {
             .as_ref()
             .and_then(|h| h.to_str().ok())
             .unwrap_or_default();
-        let route = match runtime
-            .router
-            .find(request.method(), host, request.uri().path())
-        {
+        let route = match runtime.router.find(&RequestView {
+            method: request.method(),
+            host,
+            path: request.uri().path(),
+            headers: request.headers(),
+            query: request.uri().query(),
+            client: remote.ip(),
+        }) {
             RouteMatch::Found { route, .. } => route,
             RouteMatch::NotFound => return Err(ProxyError::RouteNotFound),
             RouteMatch::MethodNotAllowed { allow } => {
