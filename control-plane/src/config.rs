@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
-use gateway_proto::model::{Parsed, SERVER_FIELDS, is_valid_id};
+use gateway_proto::model::{Parsed, SERVER_FIELDS, credential_conflicts, is_valid_id};
 use gateway_proto::snapshot::dangling_references;
 use gateway_proto::{Kind, ResourceKey, Violation, pb, validate_resource};
 use serde::Serialize;
@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 use tokio::sync::{Mutex, watch};
 
+use crate::secrets;
 use crate::store::{Change, ChangeOp, CommitMeta, Store, StoreError, StoredResource, now_ms};
 
 /// One resource of the current config.
@@ -341,28 +342,20 @@ impl ConfigService {
         let mut changes = Vec::new();
         for (key, document, at) in desired {
             let existing = current.resources.get(&key);
-            let after =
-                match document {
-                    None => None,
-                    Some(document) => match prepare_document(&key, document) {
-                        Ok(body) => match validate_resource(key.kind, &body) {
-                            Ok(parsed) => Some((body, parsed)),
-                            Err(found) => {
-                                violations.extend(found.into_iter().map(|v| {
-                                    Violation::new(format!("{at}{}", v.pointer), v.message)
-                                }));
-                                continue;
-                            }
-                        },
-                        Err(found) => {
-                            violations.push(Violation::new(
-                                format!("{at}{}", found.pointer),
-                                found.message,
-                            ));
-                            continue;
-                        }
-                    },
-                };
+            let after = match document {
+                None => None,
+                Some(document) => match admit(&key, document, existing.map(|e| &e.body)) {
+                    Ok(admitted) => Some(admitted),
+                    Err(found) => {
+                        violations.extend(
+                            found
+                                .into_iter()
+                                .map(|v| Violation::new(format!("{at}{}", v.pointer), v.message)),
+                        );
+                        continue;
+                    }
+                },
+            };
             let op = match (existing, &after) {
                 (None, None) => continue,
                 (None, Some(_)) => ChangeOp::Create,
@@ -405,6 +398,26 @@ fn check_if_match(
             current: revision,
         })
     }
+}
+
+/// Turns a written document into the stored one: server fields stripped, redacted secrets
+/// restored from `existing`, validated, credentials sealed.
+fn admit(
+    key: &ResourceKey,
+    document: Value,
+    existing: Option<&Value>,
+) -> Result<(Value, Parsed), Vec<Violation>> {
+    let mut body = prepare_document(key, document).map_err(|v| vec![v])?;
+    secrets::restore_redacted(key.kind, &mut body, existing).map_err(|v| vec![v])?;
+    let parsed = validate_resource(key.kind, &body)?;
+    let before_sealing = body.clone();
+    secrets::seal(key.kind, &mut body).map_err(|v| vec![v])?;
+    if body == before_sealing {
+        return Ok((body, parsed));
+    }
+    // Sealing only swaps plaintext for digests, which the schema also accepts.
+    let parsed = validate_resource(key.kind, &body)?;
+    Ok((body, parsed))
 }
 
 /// Strips server-managed fields and checks that an `id` in the body names the same resource.
@@ -506,6 +519,7 @@ impl Plan {
                 }
             }
         }
+        violations.extend(self.credential_conflicts(current, &changed));
         if violations.is_empty() {
             Ok(())
         } else {
@@ -513,6 +527,33 @@ impl Plan {
         }
     }
 
+    /// Credentials that a changed consumer would share with another consumer.
+    fn credential_conflicts(
+        &self,
+        current: &ConfigState,
+        changed: &BTreeMap<&ResourceKey, Option<&Parsed>>,
+    ) -> Vec<Violation> {
+        if !changed.keys().any(|k| k.kind == Kind::Consumers) {
+            return Vec::new();
+        }
+        let unchanged = current
+            .of_kind(Kind::Consumers)
+            .filter(|(k, _)| !changed.contains_key(k))
+            .map(|(k, e)| (k, &e.parsed));
+        let updated = changed
+            .iter()
+            .filter(|(k, _)| k.kind == Kind::Consumers)
+            .filter_map(|(k, p)| p.map(|p| (*k, p)));
+        let consumers = unchanged.chain(updated).filter_map(|(k, p)| match p {
+            Parsed::Consumer(c) => Some((k.id.as_str(), c)),
+            _ => None,
+        });
+        credential_conflicts(consumers)
+            .into_iter()
+            .filter(|(id, _)| changed.contains_key(&ResourceKey::new(Kind::Consumers, id.clone())))
+            .map(|(_, message)| Violation::new("/credentials", message))
+            .collect()
+    }
     fn diff(&self, current: &ConfigState) -> Vec<DiffEntry> {
         self.changes
             .iter()
@@ -520,8 +561,14 @@ impl Plan {
                 kind: c.key.kind,
                 id: c.key.id.clone(),
                 op: c.op,
-                before: current.resources.get(&c.key).map(|e| e.body.clone()),
-                after: c.after.as_ref().map(|(body, _)| body.clone()),
+                before: current
+                    .resources
+                    .get(&c.key)
+                    .map(|e| secrets::redact(c.key.kind, &e.body)),
+                after: c
+                    .after
+                    .as_ref()
+                    .map(|(body, _)| secrets::redact(c.key.kind, body)),
             })
             .collect()
     }
@@ -594,7 +641,7 @@ async fn load_head(store: &Store) -> Result<ConfigState, WriteError> {
 /// Renders a resource for the API: its document plus the server-managed fields.
 pub fn render(key: &ResourceKey, entry: &Entry) -> Value {
     render_parts(
-        &key.id,
+        key,
         &entry.body,
         entry.revision,
         entry.created_at,
@@ -605,7 +652,7 @@ pub fn render(key: &ResourceKey, entry: &Entry) -> Value {
 /// Renders a stored resource for the API.
 pub fn render_stored(resource: &StoredResource) -> Value {
     render_parts(
-        &resource.key.id,
+        &resource.key,
         &resource.body,
         resource.revision,
         resource.created_at,
@@ -613,11 +660,17 @@ pub fn render_stored(resource: &StoredResource) -> Value {
     )
 }
 
-fn render_parts(id: &str, body: &Value, revision: u64, created_at: i64, updated_at: i64) -> Value {
+fn render_parts(
+    key: &ResourceKey,
+    body: &Value,
+    revision: u64,
+    created_at: i64,
+    updated_at: i64,
+) -> Value {
     let mut fields = Map::new();
-    fields.insert("id".into(), Value::String(id.to_owned()));
-    if let Value::Object(body) = body {
-        fields.extend(body.iter().map(|(k, v)| (k.clone(), v.clone())));
+    fields.insert("id".into(), Value::String(key.id.clone()));
+    if let Value::Object(body) = secrets::redact(key.kind, body) {
+        fields.extend(body);
     }
     fields.insert("created_at".into(), (created_at / 1000).into());
     fields.insert("updated_at".into(), (updated_at / 1000).into());
@@ -650,8 +703,14 @@ impl ConfigService {
         let mut after = self.store.resources_at(to, &keys).await?;
         let mut diff = Vec::new();
         for key in keys {
-            let before = before.remove(&key).flatten().map(|r| r.body);
-            let after = after.remove(&key).flatten().map(|r| r.body);
+            let before = before
+                .remove(&key)
+                .flatten()
+                .map(|r| secrets::redact(key.kind, &r.body));
+            let after = after
+                .remove(&key)
+                .flatten()
+                .map(|r| secrets::redact(key.kind, &r.body));
             let op = match (&before, &after) {
                 (None, Some(_)) => ChangeOp::Create,
                 (Some(_), None) => ChangeOp::Delete,

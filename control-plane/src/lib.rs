@@ -4,5 +4,6 @@
 pub mod api;
 pub mod config;
 pub mod fleet;
+pub mod secrets;
 pub mod store;
 pub mod xds;

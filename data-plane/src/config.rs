@@ -42,6 +42,11 @@ pub struct Config {
     /// Request-serving threads [default: the number of cores].
     #[arg(long, env = "GATEWAY_WORKER_THREADS")]
     pub worker_threads: Option<NonZeroUsize>,
+
+    /// Redis shared by every data plane for cluster-wide rate limits (`redis://host:port`);
+    /// without it, `limit-count` counts per data plane.
+    #[arg(long, env = "GATEWAY_REDIS_URL")]
+    pub redis_url: Option<String>,
 }
 
 impl Config {

@@ -14,15 +14,19 @@
 //! installed, the empty one (404 for everything) until the first snapshot arrives.
 
 pub mod balance;
+pub mod batch;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod metrics;
+pub mod plugins;
 pub mod proxy;
 pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod state;
 pub mod status;
+pub mod upstream;
 pub mod xds;
 
 #[cfg(test)]
@@ -57,6 +61,9 @@ pub enum StartError {
     /// No control-plane address was given.
     #[error("no control-plane address given")]
     NoControlPlane,
+    /// `--redis-url` is not a Redis URL.
+    #[error("{0}")]
+    Redis(String),
 }
 
 /// A data plane with its listeners bound, ready to [`run`](DataPlane::run).
@@ -70,6 +77,7 @@ pub struct DataPlane {
     status: TcpListener,
     proxy_addr: SocketAddr,
     status_addr: SocketAddr,
+    plugin_env: plugins::BuildEnv,
 }
 
 impl DataPlane {
@@ -77,6 +85,11 @@ impl DataPlane {
     pub async fn bind(config: Config) -> Result<DataPlane, StartError> {
         if config.control_planes.is_empty() {
             return Err(StartError::NoControlPlane);
+        }
+        let mut plugin_env = plugins::BuildEnv::default();
+        if let Some(url) = &config.redis_url {
+            plugin_env.redis =
+                Some(plugins::limit_count::RedisCounters::new(url).map_err(StartError::Redis)?);
         }
         let (proxy, proxy_addr) = bind("client traffic", config.listen).await?;
         let (status, status_addr) = bind("status", config.status_listen).await?;
@@ -86,6 +99,7 @@ impl DataPlane {
             status,
             proxy_addr,
             status_addr,
+            plugin_env,
         })
     }
 
@@ -109,6 +123,7 @@ impl DataPlane {
             status,
             proxy_addr,
             status_addr,
+            plugin_env,
         } = self;
         if let Some(dir) = &config.cache_dir {
             warn!(
@@ -118,7 +133,7 @@ impl DataPlane {
             );
         }
 
-        let state = State::new();
+        let state = State::with_plugin_env(plugin_env);
         let node_id = config.node_id();
         let control_planes: Vec<String> = config
             .control_planes

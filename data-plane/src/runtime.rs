@@ -5,22 +5,23 @@
 //! [`crate::state::State`]. A request loads it once and keeps that `Arc` to the end, so it never
 //! sees two config versions.
 
+use gateway_proto::Snapshot;
+use gateway_proto::model::{Route, Upstream};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
-
-use gateway_proto::Snapshot;
-use gateway_proto::model::{PassHost, Route, Upstream};
-use http::HeaderValue;
-use http::uri::Authority;
 use thiserror::Error;
 
-use crate::balance::Balancer;
+use crate::batch::CompiledBatch;
+use crate::plugins::{BuildEnv, CompiledPlugins, PluginChain, PluginError};
 use crate::router::Router;
+pub use crate::upstream::{Node, UpstreamRuntime};
 
 /// Why a snapshot could not be compiled. The text goes into the NACK's `error_detail`.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CompileError {
+    /// A plugin this data plane lacks, or a plugin config it cannot use.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
     /// A path pattern the router cannot use.
     #[error("route {route}: invalid path {path:?}: {reason}")]
     InvalidPath {
@@ -65,6 +66,14 @@ pub enum CompileError {
         /// The missing upstream's id.
         upstream: String,
     },
+    /// A batch route that cannot be compiled (a snapshot built without validation).
+    #[error("route {route}: invalid batch: {reason}")]
+    InvalidBatch {
+        /// The route's id.
+        route: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A route has neither `upstream_id` nor an inline `upstream`.
     #[error("route {route} has no upstream")]
     NoTarget {
@@ -91,16 +100,25 @@ pub struct Runtime {
     /// Every upstream, keyed by id; a route's inline upstream is keyed `route:<route id>`
     /// (ids cannot contain `:`, so the keys never collide).
     pub upstreams: HashMap<String, Arc<UpstreamRuntime>>,
+    /// Global rules, consumers and the plugin build environment.
+    pub plugins: CompiledPlugins,
 }
 
 impl Runtime {
     /// The runtime served before any snapshot arrives: version 0, no routes, so every request
     /// gets a 404.
     pub fn empty() -> Runtime {
+        Runtime::empty_with(BuildEnv::default())
+    }
+
+    /// The empty runtime of a data plane whose plugins build with `env` (shared counters);
+    /// every runtime compiled after it inherits that environment.
+    pub fn empty_with(env: BuildEnv) -> Runtime {
         Runtime {
             version: 0,
             router: Router::default(),
             upstreams: HashMap::new(),
+            plugins: CompiledPlugins::empty(env),
         }
     }
 
@@ -123,30 +141,39 @@ impl Runtime {
         for (id, _, spec) in snapshot.upstreams() {
             let upstream = match reuse(id, spec) {
                 Some(same) => same,
-                None => Arc::new(UpstreamRuntime::compile(id, spec)?),
+                None => Arc::new(UpstreamRuntime::compile_with(id, spec, previous)?),
             };
             upstreams.insert(id.to_owned(), upstream);
         }
 
+        let env = previous
+            .map(|p| p.plugins.env().clone())
+            .unwrap_or_default();
+        let plugins = CompiledPlugins::compile(snapshot, &env)?;
         let mut routes = Vec::new();
         for (id, resource, route) in snapshot.routes() {
-            let upstream = match (&route.upstream_id, &route.upstream) {
-                (Some(upstream_id), _) => upstreams.get(upstream_id).cloned().ok_or_else(|| {
-                    CompileError::UnknownUpstream {
-                        route: id.to_owned(),
-                        upstream: upstream_id.clone(),
-                    }
-                })?,
-                (None, Some(spec)) => {
+            let target = match (&route.upstream_id, &route.upstream, &route.batch) {
+                (Some(upstream_id), _, _) => {
+                    RouteTarget::Upstream(upstreams.get(upstream_id).cloned().ok_or_else(|| {
+                        CompileError::UnknownUpstream {
+                            route: id.to_owned(),
+                            upstream: upstream_id.clone(),
+                        }
+                    })?)
+                }
+                (None, Some(spec), _) => {
                     let key = format!("route:{id}");
                     let upstream = match reuse(&key, spec) {
                         Some(same) => same,
-                        None => Arc::new(UpstreamRuntime::compile(&key, spec)?),
+                        None => Arc::new(UpstreamRuntime::compile_with(&key, spec, previous)?),
                     };
                     upstreams.insert(key, Arc::clone(&upstream));
-                    upstream
+                    RouteTarget::Upstream(upstream)
                 }
-                (None, None) => {
+                (None, None, Some(batch)) => {
+                    RouteTarget::Batch(Arc::new(CompiledBatch::compile(id, batch, &upstreams)?))
+                }
+                (None, None, None) => {
                     return Err(CompileError::NoTarget {
                         route: id.to_owned(),
                     });
@@ -156,7 +183,8 @@ impl Runtime {
                 id: id.to_owned(),
                 revision: resource.revision,
                 spec: route.clone(),
-                upstream,
+                target,
+                plugins: plugins.route_chain(id, &route.plugins)?,
             }));
         }
 
@@ -164,6 +192,7 @@ impl Runtime {
             version: snapshot.version,
             router: Router::build(routes)?,
             upstreams,
+            plugins,
         })
     }
 }
@@ -178,97 +207,28 @@ pub struct CompiledRoute {
     /// The route as configured.
     pub spec: Route,
     /// Where matching requests go.
-    pub upstream: Arc<UpstreamRuntime>,
+    pub target: RouteTarget,
+    /// The plugins that run on its requests (global rules overlaid by its own).
+    pub plugins: Arc<PluginChain>,
 }
 
-/// An upstream ready for the request path: its nodes, its timeouts and its balancer.
-#[derive(Debug)]
-pub struct UpstreamRuntime {
-    /// The runtime key: the upstream's id, or `route:<route id>` for an inline upstream.
-    pub key: String,
-    /// The nodes, in configured order.
-    pub nodes: Vec<Node>,
-    /// Time allowed to establish a connection to a node.
-    pub connect_timeout: Duration,
-    /// Time allowed for response headers once connected.
-    pub read_timeout: Duration,
-    /// Which `Host` the upstream request carries.
-    pub pass_host: PassHost,
-    /// The `Host` sent when `pass_host` is `rewrite`.
-    pub upstream_host: Option<HeaderValue>,
-    /// Picks the node for each request.
-    pub balancer: Balancer,
-    /// The definition this was compiled from; a new snapshot with an equal definition reuses
-    /// this runtime, balancer state included.
-    pub spec: Upstream,
-}
-
-/// One backend of an upstream.
-#[derive(Debug)]
-pub struct Node {
-    /// `host:port` (IPv6 hosts in brackets): what requests are sent to, and the node's identity
-    /// for logs and, later, health state.
-    pub authority: Authority,
-    /// The same, as the `Host` header value for `pass_host: node`.
-    pub host_header: HeaderValue,
-    /// The configured weight.
-    pub weight: u32,
-}
-
-impl UpstreamRuntime {
-    /// Compiles one upstream definition; `key` names it in errors and logs.
-    pub fn compile(key: &str, spec: &Upstream) -> Result<UpstreamRuntime, CompileError> {
-        let invalid = |reason: String| CompileError::InvalidUpstream {
-            upstream: key.to_owned(),
-            reason,
-        };
-        let mut nodes = Vec::with_capacity(spec.nodes.len());
-        for node in &spec.nodes {
-            // An IPv6 literal needs brackets to be told apart from the port.
-            let address = if node.host.contains(':') && !node.host.starts_with('[') {
-                format!("[{}]:{}", node.host, node.port)
-            } else {
-                format!("{}:{}", node.host, node.port)
-            };
-            let authority = Authority::try_from(address.as_str())
-                .map_err(|e| invalid(format!("node {address:?} is not a valid address: {e}")))?;
-            let host_header = HeaderValue::try_from(address.as_str())
-                .map_err(|e| invalid(format!("node {address:?} is not a valid Host: {e}")))?;
-            nodes.push(Node {
-                authority,
-                host_header,
-                weight: node.weight,
-            });
+impl CompiledRoute {
+    /// The upstream of a route that proxies to one; `None` for a batch route.
+    pub fn upstream(&self) -> Option<&Arc<UpstreamRuntime>> {
+        match &self.target {
+            RouteTarget::Upstream(upstream) => Some(upstream),
+            RouteTarget::Batch(_) => None,
         }
-        let upstream_host = match (&spec.upstream_host, spec.pass_host) {
-            (Some(host), _) => Some(
-                HeaderValue::try_from(host.as_str())
-                    .map_err(|e| invalid(format!("upstream_host {host:?} is invalid: {e}")))?,
-            ),
-            (None, PassHost::Rewrite) => {
-                return Err(invalid(
-                    "pass_host \"rewrite\" needs upstream_host".to_owned(),
-                ));
-            }
-            (None, _) => None,
-        };
-        let weights: Vec<u32> = nodes.iter().map(|n| n.weight).collect();
-        Ok(UpstreamRuntime {
-            key: key.to_owned(),
-            connect_timeout: Duration::from_millis(spec.timeouts.connect_ms),
-            read_timeout: Duration::from_millis(spec.timeouts.read_ms),
-            pass_host: spec.pass_host,
-            upstream_host,
-            balancer: Balancer::new(spec.lb, &weights),
-            nodes,
-            spec: spec.clone(),
-        })
     }
+}
 
-    /// The node that gets the next request, or `None` when every node has weight 0.
-    pub fn pick(&self) -> Option<&Node> {
-        self.balancer.pick().and_then(|i| self.nodes.get(i))
-    }
+/// Where a route sends what it matches.
+#[derive(Debug)]
+pub enum RouteTarget {
+    /// One upstream: the request is proxied, bodies streamed.
+    Upstream(Arc<UpstreamRuntime>),
+    /// A fan-out to several upstreams, merged into one JSON answer.
+    Batch(Arc<CompiledBatch>),
 }
 
 #[cfg(test)]
@@ -276,15 +236,19 @@ mod tests {
     use super::*;
     use crate::router::{RequestView, RouteMatch};
     use crate::test_support::snapshot;
+    use gateway_proto::model::PassHost;
     use http::Method;
     use serde_json::json;
+    use std::time::Duration;
 
     #[test]
     fn the_empty_runtime_matches_nothing() {
         let runtime = Runtime::empty();
         assert_eq!(runtime.version, 0);
         assert!(matches!(
-            runtime.router.find(&RequestView::new(&Method::GET, "", "/")),
+            runtime
+                .router
+                .find(&RequestView::new(&Method::GET, "", "/")),
             RouteMatch::NotFound
         ));
     }
@@ -331,13 +295,19 @@ mod tests {
         assert_eq!(inline.upstream_host.as_ref().unwrap(), "b.example");
         assert_eq!(inline.connect_timeout, Duration::from_millis(10));
 
-        let RouteMatch::Found { route, .. } = runtime.router.find(&RequestView::new(&Method::GET, "h", "/b")) else {
+        let RouteMatch::Found { route, .. } =
+            runtime
+                .router
+                .find(&RequestView::new(&Method::GET, "h", "/b"))
+        else {
             panic!("route r2 should match")
         };
         assert_eq!(route.id, "r2");
-        assert!(Arc::ptr_eq(&route.upstream, inline));
+        assert!(Arc::ptr_eq(route.upstream().unwrap(), inline));
         assert!(matches!(
-            runtime.router.find(&RequestView::new(&Method::GET, "h", "/c")),
+            runtime
+                .router
+                .find(&RequestView::new(&Method::GET, "h", "/c")),
             RouteMatch::NotFound
         ));
     }

@@ -38,6 +38,14 @@ impl State {
         Arc::new(State::default())
     }
 
+    /// Like [`State::new`], with the plugin environment every runtime will inherit.
+    pub fn with_plugin_env(env: crate::plugins::BuildEnv) -> Arc<State> {
+        Arc::new(State {
+            runtime: ArcSwap::from_pointee(Runtime::empty_with(env)),
+            ..State::default()
+        })
+    }
+
     /// The runtime being served. Callers keep the `Arc` for the whole request so that a swap
     /// in the middle cannot mix two config versions.
     pub fn runtime(&self) -> Arc<Runtime> {
@@ -47,7 +55,10 @@ impl State {
     /// Publishes a newly compiled runtime and marks the data plane ready.
     pub fn install(&self, runtime: Runtime) {
         let version = runtime.version;
-        self.runtime.store(Arc::new(runtime));
+        let runtime = Arc::new(runtime);
+        let previous = self.runtime.swap(Arc::clone(&runtime));
+        // Active health checks follow the new upstreams; retired ones stop probing.
+        crate::health::reconcile(&previous, &runtime);
         // Release pairs with the Acquire in `applied_version`: whoever sees `ready` also sees
         // the runtime stored before it.
         self.ready.store(true, Ordering::Release);

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::runtime::{CompiledRoute, UpstreamRuntime};
+use crate::runtime::{CompiledRoute, RouteTarget, UpstreamRuntime};
 
 /// How long [`eventually`] waits before failing the test.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -71,7 +71,10 @@ pub fn compiled_route(id: &str, revision: u64, spec: Value) -> Arc<CompiledRoute
         id: id.to_owned(),
         revision,
         spec: serde_json::from_value::<Route>(spec).unwrap(),
-        upstream: Arc::new(UpstreamRuntime::compile("dummy", &upstream).unwrap()),
+        target: RouteTarget::Upstream(Arc::new(
+            UpstreamRuntime::compile("dummy", &upstream).unwrap(),
+        )),
+        plugins: Default::default(),
     })
 }
 

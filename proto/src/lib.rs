@@ -9,6 +9,7 @@
 //! in the crates at the edges.
 
 pub mod model;
+pub mod plugins;
 pub mod schema;
 pub mod snapshot;
 

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-use crate::model::{Kind, Parsed, ResourceKey, Route, Upstream};
+use crate::model::{
+    Consumer, GlobalRule, Kind, Parsed, ResourceKey, Route, Upstream, credential_conflicts,
+};
 use crate::pb;
 use crate::schema::{Violation, validate_resource};
 
@@ -67,6 +69,9 @@ pub enum SnapshotError {
     /// References that do not resolve.
     #[error("dangling references: {}", describe_dangling(.0))]
     Dangling(Vec<DanglingReference>),
+    /// Credentials claimed by more than one consumer.
+    #[error("conflicting credentials: {}", .0.join("; "))]
+    CredentialConflict(Vec<String>),
 }
 
 /// A reference from one resource to another that is not in the config.
@@ -83,7 +88,7 @@ impl DanglingReference {
     pub fn violation(&self) -> Violation {
         let pointer = match self.to.kind {
             Kind::Upstreams => "/upstream_id",
-            Kind::Routes => "",
+            _ => "",
         };
         Violation::new(
             pointer,
@@ -175,16 +180,23 @@ impl Snapshot {
         Ok(snapshot)
     }
 
-    /// Fails with every reference that does not resolve.
+    /// Fails with every reference that does not resolve, or with credentials that two
+    /// consumers share.
     pub fn check_references(&self) -> Result<(), SnapshotError> {
         let dangling = dangling_references(
             self.resources.iter().map(|(k, r)| (k, &r.parsed)),
             |target| self.resources.contains_key(target),
         );
-        if dangling.is_empty() {
+        if !dangling.is_empty() {
+            return Err(SnapshotError::Dangling(dangling));
+        }
+        let conflicts = credential_conflicts(self.consumers().map(|(id, _, c)| (id, c)));
+        if conflicts.is_empty() {
             Ok(())
         } else {
-            Err(SnapshotError::Dangling(dangling))
+            Err(SnapshotError::CredentialConflict(
+                conflicts.into_iter().map(|(_, message)| message).collect(),
+            ))
         }
     }
 
@@ -194,7 +206,27 @@ impl Snapshot {
             .iter()
             .filter_map(|(key, r)| match &r.parsed {
                 Parsed::Upstream(u) => Some((key.id.as_str(), r, u)),
-                Parsed::Route(_) => None,
+                _ => None,
+            })
+    }
+
+    /// The consumers, by id.
+    pub fn consumers(&self) -> impl Iterator<Item = (&str, &SnapshotResource, &Consumer)> {
+        self.resources
+            .iter()
+            .filter_map(|(key, r)| match &r.parsed {
+                Parsed::Consumer(c) => Some((key.id.as_str(), r, c)),
+                _ => None,
+            })
+    }
+
+    /// The global rules, by id.
+    pub fn global_rules(&self) -> impl Iterator<Item = (&str, &SnapshotResource, &GlobalRule)> {
+        self.resources
+            .iter()
+            .filter_map(|(key, r)| match &r.parsed {
+                Parsed::GlobalRule(g) => Some((key.id.as_str(), r, g)),
+                _ => None,
             })
     }
 
@@ -204,7 +236,7 @@ impl Snapshot {
             .iter()
             .filter_map(|(key, r)| match &r.parsed {
                 Parsed::Route(route) => Some((key.id.as_str(), r, route)),
-                Parsed::Upstream(_) => None,
+                _ => None,
             })
     }
 }

@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router, middleware};
 use gateway_proto::model::is_valid_id;
+use gateway_proto::plugins;
 use gateway_proto::schema::schema_of;
 use gateway_proto::{Kind, ResourceKey, Violation, validate_resource};
 use serde_json::{Value, json};
@@ -668,12 +669,17 @@ async fn kind_schema(Path(kind): Path<String>) -> Result<Json<Value>, ApiError> 
 }
 
 async fn plugin_schemas() -> Json<Value> {
-    // No plugin is compiled into this build yet; the list grows with the plugin framework.
-    Json(json!({"items": []}))
+    let items: Vec<Value> = plugins::PLUGINS
+        .iter()
+        .map(|p| json!({"name": p.name, "priority": p.priority, "description": p.description}))
+        .collect();
+    Json(json!({ "items": items }))
 }
 
-async fn plugin_schema(Path(name): Path<String>) -> ApiError {
-    ApiError::NotFound(format!("no plugin named {name:?}"))
+async fn plugin_schema(Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    plugins::plugin(&name)
+        .map(|def| Json(plugins::schema_document(def)))
+        .ok_or_else(|| ApiError::NotFound(format!("no plugin named {name:?}")))
 }
 
 async fn validate(

@@ -6,6 +6,7 @@
 //! Every failure is a [`ProxyError`], turned into a JSON response at the edge in
 //! [`Proxy::handle`].
 
+mod forward;
 pub mod headers;
 pub mod upstream;
 
@@ -13,24 +14,22 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{EXPECT, HOST, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version};
+use http::header::{HOST, HeaderValue};
+use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use tokio::net::TcpListener;
 use tracing::{debug, error, warn};
 
+use crate::batch;
 use crate::error::{Origin, ProxyError};
+use crate::plugins::RequestCtx;
 use crate::router::{RequestView, RouteMatch};
-use crate::runtime::{Node, Runtime, UpstreamRuntime};
+use crate::runtime::{CompiledRoute, RouteTarget, Runtime};
 use crate::state::State;
-use gateway_proto::model::PassHost;
-use headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use upstream::UpstreamClient;
 
 /// The body of a response to a client: an upstream's body streamed through, or one the
@@ -77,17 +76,20 @@ impl Proxy {
         let runtime = self.state.runtime();
         let response = match self.forward(&runtime, remote, request).await {
             Ok(response) => response,
-            Err(error) => {
-                match error.origin() {
-                    Origin::Downstream => debug!(%remote, %error, "request refused"),
-                    Origin::Upstream => warn!(%remote, %error, "upstream failed"),
-                    Origin::Internal => error!(%remote, %error, "internal error"),
-                }
-                error.into_response()
-            }
+            Err(error) => self.error_response(remote, error),
         };
         self.state.metrics.record_request(response.status());
         response
+    }
+
+    /// Logs a failure by where it came from and turns it into the client's JSON answer.
+    fn error_response(&self, remote: SocketAddr, error: ProxyError) -> Response<ProxyBody> {
+        match error.origin() {
+            Origin::Downstream => debug!(%remote, %error, "request refused"),
+            Origin::Upstream => warn!(%remote, %error, "upstream failed"),
+            Origin::Internal => error!(%remote, %error, "internal error"),
+        }
+        error.into_response()
     }
 
     async fn forward(
@@ -101,7 +103,7 @@ impl Proxy {
             .as_ref()
             .and_then(|h| h.to_str().ok())
             .unwrap_or_default();
-        let route = match runtime.router.find(&RequestView {
+        let (route, params) = match runtime.router.find(&RequestView {
             method: request.method(),
             host,
             path: request.uri().path(),
@@ -109,33 +111,62 @@ impl Proxy {
             query: request.uri().query(),
             client: remote.ip(),
         }) {
-            RouteMatch::Found { route, .. } => route,
+            RouteMatch::Found { route, params } => (route, params),
             RouteMatch::NotFound => return Err(ProxyError::RouteNotFound),
             RouteMatch::MethodNotAllowed { allow } => {
                 return Err(ProxyError::MethodNotAllowed { allow });
             }
         };
-        let upstream = &route.upstream;
-        let node = upstream.pick().ok_or_else(|| ProxyError::NoUpstreamNode {
-            upstream: upstream.key.clone(),
-        })?;
-        let request = upstream_request(request, upstream, node, remote, original_host)?;
+        if route.plugins.plugins.is_empty() {
+            return self
+                .forward_matched(&route, &params, remote, original_host, None, request)
+                .await;
+        }
+        // Plugins: the request phases may change or refuse the request; the response phases
+        // see whatever answer it gets, refusals and errors included.
+        let mut ctx = RequestCtx::new(&route, &params, remote, &runtime.plugins.consumers);
+        let (mut parts, body) = request.into_parts();
+        let mut response = match ctx.run_request_phases(&mut parts).await {
+            Err(refusal) => refusal,
+            Ok(()) => {
+                let request = Request::from_parts(parts, body);
+                let original_host = ctx.host_override.clone().map(Some).unwrap_or(original_host);
+                let result = self
+                    .forward_matched(&route, &params, remote, original_host, Some(&ctx), request)
+                    .await;
+                result.unwrap_or_else(|error| self.error_response(remote, error))
+            }
+        };
+        ctx.run_response_phases(&mut response);
+        Ok(response)
+    }
 
-        let started = Instant::now();
-        let result = self
-            .client
-            .send(
-                request,
-                node.authority.as_str(),
-                upstream.connect_timeout,
-                upstream.read_timeout,
-            )
-            .await;
-        self.state.metrics.record_upstream(started.elapsed());
-        let (mut parts, body) = result?.into_parts();
-        headers::remove_hop_by_hop(&mut parts.headers);
-        debug!(route = %route.id, node = %node.authority, status = %parts.status, "proxied");
-        Ok(Response::from_parts(parts, Either::Left(body)))
+    /// Sends a matched request to its route's target (after the plugins' request phases).
+    async fn forward_matched(
+        &self,
+        route: &CompiledRoute,
+        params: &[(String, String)],
+        remote: SocketAddr,
+        original_host: Option<HeaderValue>,
+        ctx: Option<&RequestCtx<'_>>,
+        request: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let overridden = ctx.and_then(|c| c.upstream_override.as_ref());
+        let upstream = match (&route.target, overridden) {
+            (_, Some(upstream)) => upstream,
+            (RouteTarget::Upstream(upstream), None) => upstream,
+            (RouteTarget::Batch(batch), None) => {
+                let downstream = batch::Downstream {
+                    remote,
+                    original_host,
+                    params,
+                };
+                let metrics = &self.state.metrics;
+                return batch::execute(batch, metrics, downstream, request).await;
+            }
+        };
+        self.send_upstream(route, upstream, request, remote, original_host)
+            .await
     }
 }
 
@@ -147,57 +178,6 @@ fn original_host<B>(request: &Request<B>) -> Option<HeaderValue> {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
         None => request.headers().get(HOST).cloned(),
     }
-}
-
-/// Rewrites the client's request for the hop to `node`. The body is moved, not read.
-fn upstream_request(
-    request: Request<Incoming>,
-    upstream: &UpstreamRuntime,
-    node: &Node,
-    remote: SocketAddr,
-    original_host: Option<HeaderValue>,
-) -> Result<Request<Incoming>, ProxyError> {
-    let (mut parts, body) = request.into_parts();
-    // Path and query are forwarded byte for byte; rewriting is a later feature.
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(node.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| ProxyError::Internal(format!("building the upstream URI: {e}")))?;
-    // Upstreams speak HTTP/1.1 whatever the client spoke.
-    parts.version = Version::HTTP_11;
-    // Extensions belong to the downstream connection (hyper puts its own there).
-    parts.extensions.clear();
-
-    let headers = &mut parts.headers;
-    headers::remove_hop_by_hop(headers);
-    // The server already answered `100-continue` to the client when the body was first read.
-    headers.remove(EXPECT);
-    // X-Forwarded-For is a chain, so this hop is appended; X-Forwarded-Proto and -Host describe
-    // the hop into this gateway, so whatever the client claimed is replaced.
-    headers::append_forwarded_for(headers, remote.ip());
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    match &original_host {
-        Some(host) => headers.insert(&X_FORWARDED_HOST, host.clone()),
-        None => headers.remove(&X_FORWARDED_HOST),
-    };
-    let host = match upstream.pass_host {
-        PassHost::Pass => original_host,
-        PassHost::Node => Some(node.host_header.clone()),
-        PassHost::Rewrite => upstream.upstream_host.clone(),
-    };
-    match host {
-        Some(host) => headers.insert(HOST, host),
-        // No host to pass: the client fills in the node's address.
-        None => headers.remove(HOST),
-    };
-    Ok(Request::from_parts(parts, body))
 }
 
 #[cfg(test)]

@@ -9,10 +9,12 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 mod batch;
+mod consumer;
 mod route;
 mod upstream;
 
 pub use batch::*;
+pub use consumer::*;
 pub use route::*;
 pub use upstream::*;
 
@@ -24,17 +26,28 @@ pub enum Kind {
     Upstreams,
     /// Request matchers that send to an upstream.
     Routes,
+    /// Client identities: credentials and per-consumer plugins.
+    Consumers,
+    /// Plugins that run on every route.
+    GlobalRules,
 }
 
 impl Kind {
     /// Every kind, in dependency order: a kind only references kinds before it.
-    pub const ALL: [Kind; 2] = [Kind::Upstreams, Kind::Routes];
+    pub const ALL: [Kind; 4] = [
+        Kind::Upstreams,
+        Kind::Consumers,
+        Kind::GlobalRules,
+        Kind::Routes,
+    ];
 
     /// The collection name used in URLs and on the wire (`routes`).
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Upstreams => "upstreams",
             Kind::Routes => "routes",
+            Kind::Consumers => "consumers",
+            Kind::GlobalRules => "global-rules",
         }
     }
 
@@ -43,6 +56,8 @@ impl Kind {
         match self {
             Kind::Upstreams => "upstream",
             Kind::Routes => "route",
+            Kind::Consumers => "consumer",
+            Kind::GlobalRules => "global-rule",
         }
     }
 
@@ -103,13 +118,17 @@ pub enum Parsed {
     Upstream(Upstream),
     /// A route.
     Route(Route),
+    /// A consumer.
+    Consumer(Consumer),
+    /// A global rule.
+    GlobalRule(GlobalRule),
 }
 
 impl Parsed {
     /// The resources this one names and that must exist for it to be valid.
     pub fn references(&self) -> Vec<ResourceKey> {
         match self {
-            Parsed::Upstream(_) => Vec::new(),
+            Parsed::Upstream(_) | Parsed::Consumer(_) | Parsed::GlobalRule(_) => Vec::new(),
             Parsed::Route(route) => {
                 // A batch's sub-requests name upstreams too; they must exist like any other.
                 let batch = route.batch.iter().flat_map(|b| &b.requests);

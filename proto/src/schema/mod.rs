@@ -11,14 +11,16 @@ use jsonschema::Validator;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::model::{Kind, Parsed, Route, Upstream};
+use crate::model::{Consumer, GlobalRule, Kind, Parsed, Route, Upstream};
 
 mod batch;
+mod consumer;
 mod route;
 mod upstream;
 
-pub use route::{check_path, compile_regex, parse_cidr};
 pub use batch::{MAX_SUB_REQUESTS, topological_order};
+use consumer::{check_consumer, check_global_rule, consumer_schema, global_rule_schema};
+pub use route::{check_path, compile_regex, parse_cidr};
 use route::{check_route, route_schema};
 use upstream::{check_upstream, upstream_schema};
 
@@ -89,11 +91,15 @@ fn compile(document: Value) -> CompiledSchema {
 
 static UPSTREAM: LazyLock<CompiledSchema> = LazyLock::new(|| compile(upstream_schema()));
 static ROUTE: LazyLock<CompiledSchema> = LazyLock::new(|| compile(route_schema()));
+static CONSUMER: LazyLock<CompiledSchema> = LazyLock::new(|| compile(consumer_schema()));
+static GLOBAL_RULE: LazyLock<CompiledSchema> = LazyLock::new(|| compile(global_rule_schema()));
 
 fn compiled(kind: Kind) -> &'static CompiledSchema {
     match kind {
         Kind::Upstreams => &UPSTREAM,
         Kind::Routes => &ROUTE,
+        Kind::Consumers => &CONSUMER,
+        Kind::GlobalRules => &GLOBAL_RULE,
     }
 }
 
@@ -122,11 +128,19 @@ pub fn validate_resource(kind: Kind, document: &Value) -> Result<Parsed, Vec<Vio
         Kind::Routes => serde_json::from_value::<Route>(document.clone())
             .map(Parsed::Route)
             .map_err(|e| vec![Violation::new("", e.to_string())])?,
+        Kind::Consumers => serde_json::from_value::<Consumer>(document.clone())
+            .map(Parsed::Consumer)
+            .map_err(|e| vec![Violation::new("", e.to_string())])?,
+        Kind::GlobalRules => serde_json::from_value::<GlobalRule>(document.clone())
+            .map(Parsed::GlobalRule)
+            .map_err(|e| vec![Violation::new("", e.to_string())])?,
     };
     let mut violations = Vec::new();
     match &parsed {
         Parsed::Upstream(upstream) => check_upstream(upstream, "", &mut violations),
         Parsed::Route(route) => check_route(route, &mut violations),
+        Parsed::Consumer(consumer) => check_consumer(consumer, &mut violations),
+        Parsed::GlobalRule(rule) => check_global_rule(rule, &mut violations),
     }
     if violations.is_empty() {
         Ok(parsed)
@@ -204,7 +218,15 @@ mod tests {
             ),
             (
                 json!({"paths": ["/a"], "upstream_id": "u", "plugins": {"limit-count": {}}}),
+                "/plugins/limit-count",
+            ),
+            (
+                json!({"paths": ["/a"], "upstream_id": "u", "plugins": {"no-such-plugin": {}}}),
                 "/plugins",
+            ),
+            (
+                json!({"paths": ["/a"], "upstream_id": "u", "plugins": {"limit-count": {"count": 1, "time_window": 1, "key": "nope", "rejected_code": 429}}}),
+                "/plugins/limit-count/key",
             ),
         ];
         for (document, pointer) in cases {

@@ -1,0 +1,113 @@
+//! Secrets at rest and on the way out: consumer credentials are sealed on write (an API key
+//! becomes its SHA-256 digest, a password a salted hash) and the one secret that must stay
+//! usable — a JWT HMAC secret — is redacted on every read. Writing the redacted placeholder
+//! back keeps the stored secret, so a resource read with `GET` can be `PUT` back unchanged.
+
+use gateway_proto::plugins::auth::{REDACTED, hash_password, key_digest};
+use gateway_proto::{Kind, Violation};
+use serde_json::Value;
+
+const JWT_SECRET: &str = "/credentials/jwt-auth/secret";
+
+/// Replaces a redacted placeholder in `document` with the secret stored in `existing`.
+pub fn restore_redacted(
+    kind: Kind,
+    document: &mut Value,
+    existing: Option<&Value>,
+) -> Result<(), Violation> {
+    if kind != Kind::Consumers {
+        return Ok(());
+    }
+    let Some(secret) = document.pointer_mut(JWT_SECRET) else {
+        return Ok(());
+    };
+    if secret.as_str() != Some(REDACTED) {
+        return Ok(());
+    }
+    match existing.and_then(|e| e.pointer(JWT_SECRET)) {
+        Some(stored) => {
+            *secret = stored.clone();
+            Ok(())
+        }
+        None => Err(Violation::new(
+            JWT_SECRET,
+            format!("{REDACTED:?} only keeps an existing secret; this consumer has none"),
+        )),
+    }
+}
+
+/// Seals plaintext credentials in a validated consumer document.
+pub fn seal(kind: Kind, document: &mut Value) -> Result<(), Violation> {
+    if kind != Kind::Consumers {
+        return Ok(());
+    }
+    if let Some(Value::Object(key_auth)) = document.pointer_mut("/credentials/key-auth")
+        && let Some(Value::String(key)) = key_auth.remove("key")
+    {
+        key_auth.insert("key_sha256".into(), key_digest(&key).into());
+    }
+    if let Some(Value::Object(basic)) = document.pointer_mut("/credentials/basic-auth")
+        && let Some(Value::String(password)) = basic.remove("password")
+    {
+        let mut salt = [0u8; 16];
+        getrandom::fill(&mut salt).map_err(|e| {
+            Violation::new(
+                "/credentials/basic-auth/password",
+                format!("no randomness: {e}"),
+            )
+        })?;
+        basic.insert(
+            "password_hash".into(),
+            hash_password(&password, &salt).into(),
+        );
+    }
+    Ok(())
+}
+
+/// The document as the API shows it: secrets that are stored usable are redacted.
+pub fn redact(kind: Kind, document: &Value) -> Value {
+    let mut shown = document.clone();
+    if kind == Kind::Consumers
+        && let Some(secret) = shown.pointer_mut(JWT_SECRET)
+    {
+        *secret = Value::String(REDACTED.into());
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn plaintext_never_survives_sealing_and_secrets_never_leave() {
+        let mut consumer = json!({"credentials": {
+            "key-auth": {"key": "alice-key-123"},
+            "basic-auth": {"username": "alice", "password": "pw"},
+            "jwt-auth": {"key": "alice", "secret": "very-secret-value"}
+        }});
+        seal(Kind::Consumers, &mut consumer).unwrap();
+        let text = consumer.to_string();
+        assert!(!text.contains("alice-key-123"));
+        assert!(!text.contains("\"pw\""));
+        assert_eq!(
+            consumer["credentials"]["key-auth"]["key_sha256"],
+            key_digest("alice-key-123")
+        );
+        assert!(
+            consumer["credentials"]["basic-auth"]["password_hash"]
+                .as_str()
+                .unwrap()
+                .starts_with("sha256$")
+        );
+        let shown = redact(Kind::Consumers, &consumer);
+        assert!(!shown.to_string().contains("very-secret-value"));
+
+        let mut round_trip = shown.clone();
+        restore_redacted(Kind::Consumers, &mut round_trip, Some(&consumer)).unwrap();
+        assert_eq!(round_trip, consumer);
+        let mut orphan = shown;
+        assert!(restore_redacted(Kind::Consumers, &mut orphan, None).is_err());
+    }
+}

@@ -1,0 +1,288 @@
+//! `limit-count`: at most `count` requests per `time_window` seconds per key (fixed window).
+//!
+//! Counting is local to each data plane, or shared by every data plane through Redis when the
+//! data plane runs with `--redis-url` (the plugin's schema is fixed to four properties, so the
+//! policy is a deployment choice). Windows are aligned to the wall clock (`now / window`), so
+//! data planes sharing Redis agree on them. When Redis cannot answer within 100 ms, the data
+//! plane counts locally for that request (the limit then holds per data plane instead of
+//! globally), logs a warning and counts `gateway_ratelimit_redis_errors_total`: a Redis outage
+//! never turns into an outage of the routes it protects.
+//!
+//! Counters live outside the compiled runtime, so a config push does not reset them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderValue, StatusCode, request};
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+use super::{Access, BuildEnv, Plugin, Reject, RequestCtx, reject};
+use gateway_proto::plugins::limit_count::Config;
+
+const SHARDS: usize = 16;
+const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
+const PRUNE_AT: usize = 4096;
+
+/// Per-data-plane fixed-window counters, shared by every snapshot's plugin instances.
+#[derive(Debug, Default)]
+pub struct LocalCounters {
+    shards: [Mutex<HashMap<String, (u64, u64)>>; SHARDS],
+}
+
+impl LocalCounters {
+    /// Counts one request for `key` in window `index`; returns the count so far.
+    fn incr(&self, key: &str, index: u64) -> u64 {
+        let shard = fxhash(key) % SHARDS;
+        let mut counters = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
+        if counters.len() >= PRUNE_AT {
+            counters.retain(|_, (window, _)| *window >= index);
+        }
+        let entry = counters.entry(key.to_owned()).or_insert((index, 0));
+        if entry.0 != index {
+            *entry = (index, 0);
+        }
+        entry.1 += 1;
+        entry.1
+    }
+}
+
+fn fxhash(text: &str) -> usize {
+    text.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    }) as usize
+}
+
+/// Counters shared by every data plane through one Redis.
+#[derive(Clone)]
+pub struct RedisCounters {
+    client: redis::Client,
+    connection: Arc<OnceCell<redis::aio::ConnectionManager>>,
+    errors: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for RedisCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCounters").finish_non_exhaustive()
+    }
+}
+
+const INCR_SCRIPT: &str = r"
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return count";
+
+impl RedisCounters {
+    /// Counters at `url` (`redis://127.0.0.1:6379`); connects on first use.
+    pub fn new(url: &str) -> Result<RedisCounters, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("redis url {url:?}: {e}"))?;
+        Ok(RedisCounters {
+            client,
+            connection: Arc::new(OnceCell::new()),
+            errors: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// How many Redis calls failed (and fell back to local counting).
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    async fn incr(&self, key: &str, ttl_s: u64) -> Result<u64, String> {
+        let call = async {
+            let connection = self
+                .connection
+                .get_or_try_init(|| redis::aio::ConnectionManager::new(self.client.clone()))
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut connection = connection.clone();
+            redis::Script::new(INCR_SCRIPT)
+                .key(key)
+                .arg(ttl_s)
+                .invoke_async::<u64>(&mut connection)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+            Ok(result) => result,
+            Err(_) => Err("timed out".into()),
+        }
+    }
+}
+
+/// What requests are counted by.
+#[derive(Clone, Debug)]
+enum KeySource {
+    RemoteAddr,
+    Consumer,
+    Route,
+    Header(http::header::HeaderName),
+}
+
+/// A compiled `limit-count`.
+#[derive(Debug)]
+pub struct LimitCount {
+    priority: i32,
+    scope: String,
+    count: u64,
+    window_s: u64,
+    key: KeySource,
+    rejected: StatusCode,
+    local: Arc<LocalCounters>,
+    redis: Option<RedisCounters>,
+}
+
+impl LimitCount {
+    /// Compiles a validated config configured at `scope` (e.g. `routes/r1`).
+    pub fn build(
+        priority: i32,
+        config: &Value,
+        scope: &str,
+        env: &BuildEnv,
+    ) -> Result<LimitCount, String> {
+        let config: Config = serde_json::from_value(config.clone()).map_err(|e| e.to_string())?;
+        let key = match config.key.as_str() {
+            "remote_addr" => KeySource::RemoteAddr,
+            "consumer" => KeySource::Consumer,
+            "route" => KeySource::Route,
+            other => match other.strip_prefix("http_") {
+                Some(header) => KeySource::Header(
+                    http::header::HeaderName::from_bytes(header.replace('_', "-").as_bytes())
+                        .map_err(|_| format!("bad key {other:?}"))?,
+                ),
+                None => return Err(format!("unknown key {other:?}")),
+            },
+        };
+        let rejected = StatusCode::from_u16(config.rejected_code)
+            .map_err(|_| format!("rejected_code {} is not a status", config.rejected_code))?;
+        Ok(LimitCount {
+            priority,
+            // The config is part of the counter's name: a changed limit starts a fresh count.
+            scope: format!(
+                "{scope}:{}:{}:{}",
+                config.count, config.time_window, config.key
+            ),
+            count: config.count,
+            window_s: config.time_window.max(1),
+            key,
+            rejected,
+            local: Arc::clone(&env.local_counters),
+            redis: env.redis.clone(),
+        })
+    }
+
+    fn key_value(&self, ctx: &RequestCtx<'_>, request: &request::Parts) -> String {
+        let remote = || ctx.client.ip().to_string();
+        match &self.key {
+            KeySource::RemoteAddr => remote(),
+            KeySource::Consumer => ctx
+                .consumer
+                .as_ref()
+                .map_or_else(remote, |c| format!("consumer:{}", c.id)),
+            KeySource::Route => ctx.route.id.clone(),
+            KeySource::Header(name) => request
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(remote, str::to_owned),
+        }
+    }
+}
+
+/// The rate-limit headers, and the refusal when `used` is over `limit`.
+fn decide(limit: u64, used: u64, reset_s: u64, rejected: StatusCode) -> Result<HeaderMap, Reject> {
+    let mut headers = HeaderMap::new();
+    headers.insert("x-ratelimit-limit", HeaderValue::from(limit));
+    headers.insert(
+        "x-ratelimit-remaining",
+        HeaderValue::from(limit.saturating_sub(used)),
+    );
+    headers.insert("x-ratelimit-reset", HeaderValue::from(reset_s));
+    if used <= limit {
+        return Ok(headers);
+    }
+    let mut response = reject(
+        rejected,
+        "rate_limited",
+        "too many requests in this time window",
+    );
+    response.headers_mut().extend(headers);
+    Err(response)
+}
+
+impl Plugin for LimitCount {
+    fn name(&self) -> &'static str {
+        "limit-count"
+    }
+
+    fn priority(&self) -> i32 {
+        self.priority
+    }
+
+    fn access(&self, ctx: &mut RequestCtx<'_>, request: &mut request::Parts) -> Access {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let index = now / self.window_s;
+        let reset_s = self.window_s - now % self.window_s;
+        let key = format!("{}:{}", self.scope, self.key_value(ctx, request));
+        let (limit, rejected) = (self.count, self.rejected);
+        let Some(redis) = self.redis.clone() else {
+            let used = self.local.incr(&key, index);
+            return match decide(limit, used, reset_s, rejected) {
+                Ok(headers) => {
+                    ctx.response_headers.extend(headers);
+                    Access::Continue
+                }
+                Err(response) => Access::Reject(response),
+            };
+        };
+        let local = Arc::clone(&self.local);
+        let ttl_s = self.window_s + 1;
+        Access::Pending(Box::pin(async move {
+            let shared_key = format!("gw:lc:{key}:{index}");
+            let used = match redis.incr(&shared_key, ttl_s).await {
+                Ok(used) => used,
+                Err(error) => {
+                    let failures = redis.errors.fetch_add(1, Ordering::Relaxed);
+                    if failures % 1000 == 0 {
+                        tracing::warn!(%error, "redis unreachable: limit-count counts locally");
+                    }
+                    local.incr(&key, index)
+                }
+            };
+            decide(limit, used, reset_s, rejected)
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_windows_count_and_reset() {
+        let counters = LocalCounters::default();
+        assert_eq!(counters.incr("k", 1), 1);
+        assert_eq!(counters.incr("k", 1), 2);
+        assert_eq!(counters.incr("other", 1), 1);
+        assert_eq!(counters.incr("k", 2), 1, "a new window starts from zero");
+        for i in 0..(PRUNE_AT * SHARDS) {
+            counters.incr(&format!("key{i}"), 3);
+        }
+        assert_eq!(counters.incr("k", 3), 1);
+    }
+
+    #[test]
+    fn the_third_request_of_two_is_refused_with_headers() {
+        let status = StatusCode::TOO_MANY_REQUESTS;
+        let ok = decide(2, 2, 10, status).unwrap();
+        assert_eq!(ok["x-ratelimit-remaining"], "0");
+        let refused = decide(2, 3, 10, status).unwrap_err();
+        assert_eq!(refused.status(), status);
+        assert_eq!(refused.headers()["x-ratelimit-limit"], "2");
+    }
+}

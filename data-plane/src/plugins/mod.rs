@@ -1,0 +1,439 @@
+//! The plugin framework: what a plugin is, how a snapshot's plugin configs become compiled
+//! plugin instances, and how a request runs through them phase by phase.
+//!
+//! A plugin = a name, a config schema and a priority (all in `gateway_proto::plugins`, the
+//! registry both planes share) + hooks for the request phases, here. [`build`] is the factory:
+//! it turns a validated config into an `Arc<dyn Plugin>` once per snapshot, so a bad config is
+//! a compile error (a NACK), never a per-request error, and what runs per request is cheap.
+//!
+//! Phases, in request order (the chart is in ARCHITECTURE.md):
+//! 1. `rewrite` — change the request before anything checks it;
+//! 2. `access` — authenticate, authorise, limit; may refuse; may be asynchronous;
+//! 3. `before_upstream` — last changes once the request will be proxied;
+//! 4. `response` — status, headers and (rarely) body of the answer, whoever produced it;
+//! 5. `log` — after the response head is sent.
+//!
+//! Within a phase plugins run by descending priority. Levels: a route's chain is the global
+//! rules' plugins overlaid by the route's own; when an access-phase plugin identifies a
+//! consumer, the consumer's plugins overlay that chain for everything not yet run (consumer
+//! beats route beats global rule, as in APISIX).
+
+pub mod basic_auth;
+pub mod jwt_auth;
+pub mod key_auth;
+pub mod limit_count;
+pub mod util;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderMap, HeaderValue, Response, StatusCode, request};
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::error::json_response;
+use crate::proxy::ProxyBody;
+use crate::runtime::{CompiledRoute, UpstreamRuntime};
+use gateway_proto::Snapshot;
+use gateway_proto::model::Consumer;
+
+/// A response a plugin answers with instead of proxying.
+pub type Reject = Response<ProxyBody>;
+
+/// An asynchronous access check; on success, headers to set on the response.
+pub type PendingAccess = Pin<Box<dyn Future<Output = Result<HeaderMap, Reject>> + Send + 'static>>;
+
+/// The outcome of an access hook.
+pub enum Access {
+    /// Go on.
+    Continue,
+    /// Answer with this response.
+    Reject(Reject),
+    /// Wait for this check (a shared counter, a delay) before deciding.
+    Pending(PendingAccess),
+}
+
+/// Builds the refusal every plugin uses: the JSON error shape.
+pub fn reject(status: StatusCode, code: &str, message: &str) -> Reject {
+    json_response(status, code, message)
+}
+
+/// What a request carries through its phases.
+pub struct RequestCtx<'r> {
+    /// The matched route.
+    pub route: &'r CompiledRoute,
+    /// Named path segments the router captured.
+    pub params: &'r [(String, String)],
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The consumer an auth plugin identified.
+    pub consumer: Option<Arc<ConsumerRuntime>>,
+    /// The consumers of this config (for auth plugins).
+    pub consumers: &'r Consumers,
+    /// An upstream chosen by a plugin instead of the route's (traffic splitting).
+    pub upstream_override: Option<Arc<UpstreamRuntime>>,
+    /// A `Host` for the upstream request chosen by a plugin (wins over `pass_host`).
+    pub host_override: Option<HeaderValue>,
+    /// Headers to set on the response, whoever produces it (rate-limit counters, ids).
+    pub response_headers: HeaderMap,
+    /// When the request arrived.
+    pub started: Instant,
+    /// The chain in force (the route's, or overlaid by the consumer's).
+    chain: Arc<PluginChain>,
+}
+
+impl<'r> RequestCtx<'r> {
+    /// A context for a request matched to `route`.
+    pub fn new(
+        route: &'r CompiledRoute,
+        params: &'r [(String, String)],
+        client: SocketAddr,
+        consumers: &'r Consumers,
+    ) -> RequestCtx<'r> {
+        RequestCtx {
+            chain: Arc::clone(&route.plugins),
+            route,
+            params,
+            client,
+            consumer: None,
+            consumers,
+            upstream_override: None,
+            host_override: None,
+            response_headers: HeaderMap::new(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs the rewrite, then the access phase. `Err` is the response to send instead.
+    pub async fn run_request_phases(&mut self, request: &mut request::Parts) -> Result<(), Reject> {
+        let chain = Arc::clone(&self.chain);
+        for plugin in &chain.plugins {
+            plugin.rewrite(self, request)?;
+        }
+        let mut index = 0;
+        loop {
+            let chain = Arc::clone(&self.chain);
+            let Some(plugin) = chain.plugins.get(index) else {
+                break;
+            };
+            let before = self.consumer.as_ref().map(|c| Arc::as_ptr(c) as usize);
+            match plugin.access(self, request) {
+                Access::Continue => {}
+                Access::Reject(response) => return Err(response),
+                Access::Pending(check) => self.response_headers.extend(check.await?),
+            }
+            index += 1;
+            let after = self.consumer.as_ref().map(|c| Arc::as_ptr(c) as usize);
+            if after != before
+                && let Some(consumer) = &self.consumer
+                && !consumer.plugins.is_empty()
+            {
+                // The consumer's plugins overlay the chain; carry on with those not yet run.
+                let overlaid = Arc::new(chain.overlay(&consumer.plugins));
+                index = overlaid
+                    .plugins
+                    .iter()
+                    .position(|p| p.priority() < plugin.priority())
+                    .unwrap_or(overlaid.plugins.len());
+                self.chain = overlaid;
+            }
+        }
+        let chain = Arc::clone(&self.chain);
+        for plugin in &chain.plugins {
+            plugin.before_upstream(self, request);
+        }
+        Ok(())
+    }
+
+    /// Runs the response and log phases over whatever answer the request got.
+    pub fn run_response_phases(&mut self, response: &mut Response<ProxyBody>) {
+        let chain = Arc::clone(&self.chain);
+        for plugin in &chain.plugins {
+            plugin.response(self, response);
+        }
+        for (name, value) in self
+            .response_headers
+            .drain()
+            .filter_map(|(n, v)| Some((n?, v)))
+        {
+            response.headers_mut().insert(name, value);
+        }
+        for plugin in &chain.plugins {
+            plugin.log(self, response.status());
+        }
+    }
+}
+
+/// A compiled plugin instance: one per plugin config per snapshot.
+pub trait Plugin: Send + Sync + fmt::Debug {
+    /// The registry name.
+    fn name(&self) -> &'static str;
+    /// Order within a phase: higher first.
+    fn priority(&self) -> i32;
+    /// Rewrite phase.
+    fn rewrite(
+        &self,
+        _ctx: &mut RequestCtx<'_>,
+        _request: &mut request::Parts,
+    ) -> Result<(), Reject> {
+        Ok(())
+    }
+    /// Access phase.
+    fn access(&self, _ctx: &mut RequestCtx<'_>, _request: &mut request::Parts) -> Access {
+        Access::Continue
+    }
+    /// Just before the upstream call.
+    fn before_upstream(&self, _ctx: &mut RequestCtx<'_>, _request: &mut request::Parts) {}
+    /// Response phase: status, headers, body of whatever answer the request got.
+    fn response(&self, _ctx: &mut RequestCtx<'_>, _response: &mut Response<ProxyBody>) {}
+    /// Log phase.
+    fn log(&self, _ctx: &RequestCtx<'_>, _status: StatusCode) {}
+}
+
+/// Plugins in the order they run.
+#[derive(Debug, Default)]
+pub struct PluginChain {
+    /// By descending priority.
+    pub plugins: Vec<Arc<dyn Plugin>>,
+}
+
+impl PluginChain {
+    fn from_map(map: BTreeMap<&'static str, Arc<dyn Plugin>>) -> PluginChain {
+        let mut plugins: Vec<Arc<dyn Plugin>> = map.into_values().collect();
+        plugins.sort_by_key(|p| std::cmp::Reverse(p.priority()));
+        PluginChain { plugins }
+    }
+
+    /// This chain with `overlay`'s plugins replacing same-named ones and adding the rest.
+    pub fn overlay(&self, overlay: &[Arc<dyn Plugin>]) -> PluginChain {
+        let mut map: BTreeMap<&'static str, Arc<dyn Plugin>> = self
+            .plugins
+            .iter()
+            .map(|p| (p.name(), Arc::clone(p)))
+            .collect();
+        for plugin in overlay {
+            map.insert(plugin.name(), Arc::clone(plugin));
+        }
+        PluginChain::from_map(map)
+    }
+}
+
+/// Why a snapshot's plugins could not be compiled.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PluginError {
+    /// A plugin this build does not have.
+    #[error("{at}: plugin {name:?} is not available in this data plane")]
+    Unknown {
+        /// Where it was configured.
+        at: String,
+        /// Its name.
+        name: String,
+    },
+    /// A config the plugin cannot use.
+    #[error("{at}: plugin {name:?}: {reason}")]
+    Invalid {
+        /// Where it was configured.
+        at: String,
+        /// Its name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What plugin factories need beyond their config; it outlives snapshots, so state such as
+/// rate-limit counters survives a config push.
+#[derive(Clone, Debug, Default)]
+pub struct BuildEnv {
+    /// The shared Redis for cluster-wide counters, if the data plane has one.
+    pub redis: Option<limit_count::RedisCounters>,
+    /// This data plane's own counters.
+    pub local_counters: Arc<limit_count::LocalCounters>,
+}
+
+/// The factory: a validated config → a plugin instance.
+pub fn build(
+    name: &str,
+    config: &Value,
+    scope: &str,
+    env: &BuildEnv,
+) -> Result<Arc<dyn Plugin>, String> {
+    let Some(def) = gateway_proto::plugins::plugin(name) else {
+        return Err(format!(
+            "plugin {name:?} is not available in this data plane"
+        ));
+    };
+    let priority = def.priority;
+    let plugin: Arc<dyn Plugin> = match name {
+        "key-auth" => Arc::new(key_auth::KeyAuth::build(priority, config)?),
+        "basic-auth" => Arc::new(basic_auth::BasicAuth::build(priority, config)?),
+        "jwt-auth" => Arc::new(jwt_auth::JwtAuth::build(priority, config)?),
+        "limit-count" => Arc::new(limit_count::LimitCount::build(
+            priority, config, scope, env,
+        )?),
+        other => {
+            return Err(format!(
+                "plugin {other:?} has a schema but no implementation"
+            ));
+        }
+    };
+    Ok(plugin)
+}
+
+fn build_map(
+    at: &str,
+    configs: &BTreeMap<String, Value>,
+    env: &BuildEnv,
+) -> Result<BTreeMap<&'static str, Arc<dyn Plugin>>, PluginError> {
+    let mut map = BTreeMap::new();
+    for (name, config) in configs {
+        let plugin = build(name, config, at, env).map_err(|reason| {
+            if gateway_proto::plugins::plugin(name).is_none() {
+                PluginError::Unknown {
+                    at: at.to_owned(),
+                    name: name.clone(),
+                }
+            } else {
+                PluginError::Invalid {
+                    at: at.to_owned(),
+                    name: name.clone(),
+                    reason,
+                }
+            }
+        })?;
+        map.insert(plugin.name(), plugin);
+    }
+    Ok(map)
+}
+
+/// A consumer ready for the request path.
+#[derive(Debug)]
+pub struct ConsumerRuntime {
+    /// The consumer's id.
+    pub id: String,
+    /// Its display name (the id unless set).
+    pub username: String,
+    /// Its plugins (they overlay the route's chain once it is identified).
+    pub plugins: Vec<Arc<dyn Plugin>>,
+    /// Checks its JWTs, if it has a `jwt-auth` credential.
+    pub jwt: Option<jwt_auth::Verifier>,
+    /// Its configuration.
+    pub spec: Consumer,
+}
+
+/// The consumers of a config, indexed by each credential.
+#[derive(Debug, Default)]
+pub struct Consumers {
+    /// By SHA-256 of the API key.
+    pub by_key_digest: HashMap<String, Arc<ConsumerRuntime>>,
+    /// By basic-auth user name.
+    pub by_basic_username: HashMap<String, Arc<ConsumerRuntime>>,
+    /// By JWT key.
+    pub by_jwt_key: HashMap<String, Arc<ConsumerRuntime>>,
+}
+
+/// The plugin part of a compiled snapshot.
+#[derive(Debug, Default)]
+pub struct CompiledPlugins {
+    /// The global rules' plugins, merged.
+    global: BTreeMap<&'static str, Arc<dyn Plugin>>,
+    /// The consumers.
+    pub consumers: Consumers,
+    env: BuildEnv,
+}
+
+impl CompiledPlugins {
+    /// No global rules, no consumers.
+    pub fn empty(env: BuildEnv) -> CompiledPlugins {
+        CompiledPlugins {
+            global: BTreeMap::new(),
+            consumers: Consumers::default(),
+            env,
+        }
+    }
+
+    /// The build environment (outlives snapshots).
+    pub fn env(&self) -> &BuildEnv {
+        &self.env
+    }
+
+    /// Compiles the global rules and the consumers of `snapshot`.
+    pub fn compile(snapshot: &Snapshot, env: &BuildEnv) -> Result<CompiledPlugins, PluginError> {
+        // Global rules apply in id order; a later rule's config of the same plugin wins.
+        let mut global = BTreeMap::new();
+        for (id, _, rule) in snapshot.global_rules() {
+            global.extend(build_map(
+                &format!("global-rules/{id}"),
+                &rule.plugins,
+                env,
+            )?);
+        }
+        let mut consumers = Consumers::default();
+        for (id, _, spec) in snapshot.consumers() {
+            let at = format!("consumers/{id}");
+            let plugins = build_map(&at, &spec.plugins, env)?;
+            let jwt = spec
+                .credentials
+                .jwt_auth
+                .as_ref()
+                .map(jwt_auth::Verifier::new)
+                .transpose()
+                .map_err(|reason| PluginError::Invalid {
+                    at: at.clone(),
+                    name: "jwt-auth".into(),
+                    reason,
+                })?;
+            let consumer = Arc::new(ConsumerRuntime {
+                jwt,
+                id: id.to_owned(),
+                username: spec.username.clone().unwrap_or_else(|| id.to_owned()),
+                plugins: PluginChain::from_map(plugins).plugins,
+                spec: spec.clone(),
+            });
+            let credentials = &spec.credentials;
+            if let Some(digest) = credentials.key_auth.as_ref().and_then(|k| k.digest()) {
+                consumers
+                    .by_key_digest
+                    .insert(digest, Arc::clone(&consumer));
+            }
+            if let Some(basic) = &credentials.basic_auth {
+                consumers
+                    .by_basic_username
+                    .insert(basic.username.clone(), Arc::clone(&consumer));
+            }
+            if let Some(jwt) = &credentials.jwt_auth {
+                consumers
+                    .by_jwt_key
+                    .insert(jwt.key.clone(), Arc::clone(&consumer));
+            }
+        }
+        Ok(CompiledPlugins {
+            global,
+            consumers,
+            env: env.clone(),
+        })
+    }
+
+    /// The chain of a route: the global plugins overlaid by the route's own.
+    pub fn route_chain(
+        &self,
+        route_id: &str,
+        configs: &BTreeMap<String, Value>,
+    ) -> Result<Arc<PluginChain>, PluginError> {
+        let mut map = self.global.clone();
+        map.extend(build_map(
+            &format!("routes/{route_id}"),
+            configs,
+            &self.env,
+        )?);
+        Ok(Arc::new(PluginChain::from_map(map)))
+    }
+}
+
+#[cfg(test)]
+mod tests;

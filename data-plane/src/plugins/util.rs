@@ -1,0 +1,73 @@
+//! Small request helpers shared by plugins.
+
+use http::Uri;
+use http::uri::PathAndQuery;
+
+/// Percent-decodes a query component (`+` is a space, as in forms).
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                Ok(byte) => {
+                    out.push(byte);
+                    i += 2;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The first value of query argument `name` in `uri`, decoded.
+pub fn query_arg(uri: &Uri, name: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(key) == name).then(|| percent_decode(value))
+    })
+}
+
+/// `uri` without query argument `name`.
+pub fn without_query_arg(uri: &Uri, name: &str) -> Uri {
+    let Some(query) = uri.query() else {
+        return uri.clone();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| percent_decode(pair.split_once('=').map_or(*pair, |(k, _)| k)) != name)
+        .collect();
+    let path_and_query = if kept.is_empty() {
+        uri.path().to_owned()
+    } else {
+        format!("{}?{}", uri.path(), kept.join("&"))
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = PathAndQuery::try_from(path_and_query).ok();
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_arguments_are_found_decoded_and_removed() {
+        let uri: Uri = "/p?a=1&apikey=k%20y+z&b".parse().unwrap();
+        assert_eq!(query_arg(&uri, "apikey").as_deref(), Some("k y z"));
+        assert_eq!(query_arg(&uri, "b").as_deref(), Some(""));
+        assert_eq!(query_arg(&uri, "c"), None);
+        assert_eq!(without_query_arg(&uri, "apikey").to_string(), "/p?a=1&b");
+        let only: Uri = "/p?apikey=x".parse().unwrap();
+        assert_eq!(without_query_arg(&only, "apikey").to_string(), "/p");
+        for odd in ["%", "%4", "%zz", "a%", "%%%"] {
+            let _ = percent_decode(odd);
+        }
+        assert_eq!(percent_decode("%41%zz%"), "A%zz%");
+    }
+}

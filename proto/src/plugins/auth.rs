@@ -1,0 +1,324 @@
+//! The authentication plugins' configs, and the consumer credentials they check.
+//!
+//! Secrets at rest: an API key is stored as its SHA-256 digest (keys are high-entropy, so an
+//! unsalted digest is safe and lets the data plane find the consumer by digest); a password is
+//! stored salted (`sha256$<salt hex>$<digest hex>`). The control plane seals plaintext on write
+//! ([`KeyAuthCredential::key`] → `key_sha256`); a leaked snapshot or database dump holds no
+//! usable key or password. A JWT HMAC secret cannot be hashed (it is needed to verify), so it is
+//! stored as given and redacted on every read.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// `key-auth` config schema.
+pub fn key_auth_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "header": {"type": "string", "minLength": 1, "maxLength": 128, "default": "apikey"},
+            "query": {"type": "string", "minLength": 1, "maxLength": 128, "default": "apikey"},
+            "hide_credentials": {"type": "boolean", "default": false}
+        },
+        "additionalProperties": false
+    })
+}
+
+/// `key-auth` config.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyAuthConfig {
+    /// The request header carrying the key.
+    #[serde(default = "default_key_name")]
+    pub header: String,
+    /// The query argument carrying the key (checked when the header is absent).
+    #[serde(default = "default_key_name")]
+    pub query: String,
+    /// Remove the key from the request before it goes upstream.
+    #[serde(default)]
+    pub hide_credentials: bool,
+}
+
+fn default_key_name() -> String {
+    "apikey".into()
+}
+
+/// `basic-auth` config schema.
+pub fn basic_auth_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {"hide_credentials": {"type": "boolean", "default": false}},
+        "additionalProperties": false
+    })
+}
+
+/// `basic-auth` config.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasicAuthConfig {
+    /// Remove `Authorization` before the request goes upstream.
+    #[serde(default)]
+    pub hide_credentials: bool,
+}
+
+/// `jwt-auth` config schema.
+pub fn jwt_auth_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "header": {"type": "string", "minLength": 1, "maxLength": 128, "default": "authorization"},
+            "query": {"type": "string", "minLength": 1, "maxLength": 128, "default": "jwt"},
+            "cookie": {"type": "string", "minLength": 1, "maxLength": 128, "default": "jwt"},
+            "hide_credentials": {"type": "boolean", "default": false},
+            "clock_skew_s": {"type": "integer", "minimum": 0, "maximum": 3600, "default": 0}
+        },
+        "additionalProperties": false
+    })
+}
+
+/// `jwt-auth` config.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JwtAuthConfig {
+    /// The header carrying `Bearer <token>` (or the bare token).
+    #[serde(default = "default_jwt_header")]
+    pub header: String,
+    /// The query argument carrying the token.
+    #[serde(default = "default_jwt_name")]
+    pub query: String,
+    /// The cookie carrying the token.
+    #[serde(default = "default_jwt_name")]
+    pub cookie: String,
+    /// Remove the token from the header before the request goes upstream.
+    #[serde(default)]
+    pub hide_credentials: bool,
+    /// Leeway for `exp` and `nbf`, in seconds.
+    #[serde(default)]
+    pub clock_skew_s: u64,
+}
+
+fn default_jwt_header() -> String {
+    "authorization".into()
+}
+
+fn default_jwt_name() -> String {
+    "jwt".into()
+}
+
+/// The `credentials` schema of a consumer.
+pub fn credentials_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "key-auth": {
+                "type": "object",
+                "properties": {
+                    "key": {"type": "string", "minLength": 8, "maxLength": 512, "description": "Write-only; stored as key_sha256."},
+                    "key_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+                },
+                "oneOf": [{"required": ["key"]}, {"required": ["key_sha256"]}],
+                "additionalProperties": false
+            },
+            "basic-auth": {
+                "type": "object",
+                "properties": {
+                    "username": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^:]+$"},
+                    "password": {"type": "string", "minLength": 1, "maxLength": 512, "description": "Write-only; stored salted as password_hash."},
+                    "password_hash": {"type": "string", "pattern": "^sha256\\$[0-9a-f]{32}\\$[0-9a-f]{64}$"}
+                },
+                "required": ["username"],
+                "oneOf": [{"required": ["password"]}, {"required": ["password_hash"]}],
+                "additionalProperties": false
+            },
+            "jwt-auth": {
+                "type": "object",
+                "properties": {
+                    "key": {"type": "string", "minLength": 1, "maxLength": 256, "description": "Matched against the token's `key` (or `iss`) claim."},
+                    "algorithm": {"enum": ["HS256", "RS256"], "default": "HS256"},
+                    "secret": {"type": "string", "minLength": 8, "maxLength": 4096, "description": "HS256 secret; redacted on reads."},
+                    "public_key": {"type": "string", "minLength": 1, "maxLength": 16384, "description": "RS256 public key, PEM."}
+                },
+                "required": ["key"],
+                "additionalProperties": false
+            }
+        },
+        "additionalProperties": false
+    })
+}
+
+/// A consumer's credentials, per scheme.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// API key.
+    #[serde(rename = "key-auth", default)]
+    pub key_auth: Option<KeyAuthCredential>,
+    /// User name and password.
+    #[serde(rename = "basic-auth", default)]
+    pub basic_auth: Option<BasicAuthCredential>,
+    /// JWT verification key.
+    #[serde(rename = "jwt-auth", default)]
+    pub jwt_auth: Option<JwtCredential>,
+}
+
+/// An API key: plaintext on input, its digest once sealed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyAuthCredential {
+    /// The key as written (only before sealing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// SHA-256 of the key, lowercase hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_sha256: Option<String>,
+}
+
+impl KeyAuthCredential {
+    /// The key's digest, however it was written.
+    pub fn digest(&self) -> Option<String> {
+        self.key_sha256
+            .clone()
+            .or_else(|| self.key.as_deref().map(key_digest))
+    }
+}
+
+/// User name and password: plaintext password on input, salted hash once sealed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasicAuthCredential {
+    /// The user name.
+    pub username: String,
+    /// The password as written (only before sealing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// `sha256$<salt hex>$<digest hex>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+}
+
+impl BasicAuthCredential {
+    /// Whether `candidate` is this credential's password.
+    pub fn verify(&self, candidate: &str) -> bool {
+        match (&self.password_hash, &self.password) {
+            (Some(hash), _) => verify_password(hash, candidate),
+            (None, Some(plain)) => constant_time_eq(plain.as_bytes(), candidate.as_bytes()),
+            (None, None) => false,
+        }
+    }
+}
+
+/// JWT signing algorithm.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    /// HMAC with SHA-256 and a shared secret.
+    #[default]
+    HS256,
+    /// RSA PKCS#1 v1.5 with SHA-256 and a public key.
+    RS256,
+}
+
+/// How to verify a consumer's JWTs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JwtCredential {
+    /// Matched against the token's `key` claim (or `iss` when there is no `key`).
+    pub key: String,
+    /// The algorithm tokens must use.
+    #[serde(default)]
+    pub algorithm: JwtAlgorithm,
+    /// HS256 secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// RS256 public key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+}
+
+/// What a redacted secret reads as. Writing it back keeps the stored secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// SHA-256 of an API key, lowercase hex.
+pub fn key_digest(key: &str) -> String {
+    hex_digest(key.as_bytes())
+}
+
+/// Hashes `password` with `salt` into the stored `sha256$<salt>$<digest>` form.
+pub fn hash_password(password: &str, salt: &[u8; 16]) -> String {
+    let salt_hex = to_hex(salt);
+    let mut hasher = Sha256::new();
+    hasher.update(salt);
+    hasher.update(password.as_bytes());
+    format!("sha256${salt_hex}${}", to_hex(&hasher.finalize()))
+}
+
+/// Whether `candidate` matches a stored `sha256$<salt>$<digest>` hash.
+pub fn verify_password(stored: &str, candidate: &str) -> bool {
+    let mut parts = stored.split('$');
+    let (Some("sha256"), Some(salt_hex), Some(digest_hex), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let Some(salt) = from_hex(salt_hex) else {
+        return false;
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(&salt);
+    hasher.update(candidate.as_bytes());
+    constant_time_eq(to_hex(&hasher.finalize()).as_bytes(), digest_hex.as_bytes())
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    to_hex(&Sha256::digest(bytes))
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 0xf)] as char);
+    }
+    out
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Compares without an early exit, so timing does not reveal the matching prefix.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_verify_only_with_the_right_secret() {
+        let stored = hash_password("s3cret", &[7; 16]);
+        assert!(stored.starts_with("sha256$07070707"));
+        assert!(verify_password(&stored, "s3cret"));
+        assert!(!verify_password(&stored, "s3cre"));
+        assert!(!verify_password("sha256$zz$00", "s3cret"));
+        assert!(!verify_password("garbage", "s3cret"));
+        assert!(!verify_password(&format!("{stored}$x"), "s3cret"));
+    }
+
+    #[test]
+    fn key_digests_are_stable_hex() {
+        assert_eq!(
+            key_digest("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let sealed = KeyAuthCredential {
+            key: None,
+            key_sha256: Some(key_digest("abc")),
+        };
+        let plain = KeyAuthCredential {
+            key: Some("abc".into()),
+            key_sha256: None,
+        };
+        assert_eq!(sealed.digest(), plain.digest());
+    }
+}
