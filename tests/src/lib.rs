@@ -374,6 +374,176 @@ impl Drop for FakeUpstream {
     }
 }
 
+/// What a [`ScriptedUpstream`] answers to one request.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Body bytes.
+    pub body: Bytes,
+    /// Content type.
+    pub content_type: &'static str,
+    /// How long to wait before answering (an upstream that is slow, not a synchronisation).
+    pub delay: Duration,
+}
+
+impl Reply {
+    /// A 200 answer with `body` as JSON.
+    pub fn json(body: Value) -> Reply {
+        Reply {
+            status: 200,
+            body: Bytes::from(body.to_string()),
+            content_type: "application/json",
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// A 200 answer with a plain-text body.
+    pub fn text(body: &str) -> Reply {
+        Reply {
+            status: 200,
+            body: Bytes::from(body.to_owned()),
+            content_type: "text/plain",
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// The same answer with another status.
+    pub fn with_status(mut self, status: u16) -> Reply {
+        self.status = status;
+        self
+    }
+
+    /// The same answer, sent after `delay`.
+    pub fn after(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+}
+
+/// One exchange a [`ScriptedUpstream`] served, with when it started and finished.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    /// The request line and headers.
+    pub request: Received,
+    /// The request body.
+    pub body: Bytes,
+    /// When the request arrived (its head).
+    pub started: Instant,
+    /// When the answer was ready to be sent (after its delay).
+    pub finished: Instant,
+}
+
+/// An HTTP server on 127.0.0.1:0 whose answers a test chooses per request, and which records
+/// every exchange with its start and finish instants (to prove order or overlap of calls).
+pub struct ScriptedUpstream {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Every exchange so far, in the order they finished.
+    pub exchanges: Arc<Mutex<Vec<Exchange>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedUpstream {
+    /// Starts a server answering each request with `respond(request)`.
+    pub async fn start<F>(respond: F) -> ScriptedUpstream
+    where
+        F: Fn(&Received) -> Reply + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind scripted upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let exchanges = Arc::new(Mutex::new(Vec::new()));
+        let respond = Arc::new(respond);
+        let log = exchanges.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let respond = respond.clone();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let respond = respond.clone();
+                        let log = log.clone();
+                        async move {
+                            let started = Instant::now();
+                            let received = Received {
+                                method: request.method().to_string(),
+                                uri: request
+                                    .uri()
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default(),
+                                headers: request
+                                    .headers()
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
+                                    })
+                                    .collect(),
+                            };
+                            let body = request
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let reply = respond(&received);
+                            tokio::time::sleep(reply.delay).await;
+                            log.lock().unwrap().push(Exchange {
+                                request: received,
+                                body,
+                                started,
+                                finished: Instant::now(),
+                            });
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .status(reply.status)
+                                    .header("content-type", reply.content_type)
+                                    .body(Full::new(reply.body))
+                                    .expect("response"),
+                            )
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        ScriptedUpstream {
+            addr,
+            exchanges,
+            task,
+        }
+    }
+
+    /// An upstream document pointing at this server.
+    pub fn upstream(&self) -> Value {
+        json!({"nodes": [{"host": "127.0.0.1", "port": self.addr.port()}]})
+    }
+
+    /// The exchange whose path and query start with `prefix` (the last one, if several).
+    pub fn exchange(&self, prefix: &str) -> Option<Exchange> {
+        self.exchanges
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|e| e.request.uri.starts_with(prefix))
+            .cloned()
+    }
+}
+
+impl Drop for ScriptedUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after [`CONVERGE`].
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
