@@ -284,6 +284,26 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_naming_a_plugin_this_build_lacks_is_refused_with_its_name() {
+        let error = Snapshot::from_wire(&wire(
+            "3",
+            &[
+                ("upstreams", "u", json!({"nodes": [{"host": "127.0.0.1", "port": 1}]})),
+                (
+                    "routes",
+                    "r",
+                    json!({"paths": ["/"], "upstream_id": "u", "plugins": {"wasm-magic": {}}}),
+                ),
+            ],
+        ))
+        .unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("routes/r"), "{text}");
+        assert!(text.contains("wasm-magic"), "{text}");
+        assert!(text.contains("/plugins"), "{text}");
+    }
+
+    #[test]
     fn broken_snapshots_are_refused_with_a_reason() {
         let route = json!({"paths": ["/"], "upstream_id": "u"});
         let cases = [

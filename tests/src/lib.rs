@@ -214,23 +214,25 @@ pub struct DataPlane {
 impl DataPlane {
     /// Starts a data plane named `node_id` fed by the config stream at `xds_url`.
     pub fn start(xds_url: &str, node_id: &str) -> DataPlane {
-        let process = Process::spawn(
-            "data-plane",
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--status-listen",
-                "127.0.0.1:0",
-                "--control-plane",
-                xds_url,
-                "--node-id",
-                node_id,
-                "--worker-threads",
-                "1",
-            ],
-            &[],
-            &["proxy_url", "status_url"],
-        );
+        DataPlane::start_with(xds_url, node_id, &[])
+    }
+
+    /// Like [`DataPlane::start`], with extra command-line arguments.
+    pub fn start_with(xds_url: &str, node_id: &str, extra: &[&str]) -> DataPlane {
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--status-listen",
+            "127.0.0.1:0",
+            "--control-plane",
+            xds_url,
+            "--node-id",
+            node_id,
+            "--worker-threads",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let process = Process::spawn("data-plane", &args, &[], &["proxy_url", "status_url"]);
         DataPlane {
             proxy_url: process.value("proxy_url").to_owned(),
             status_url: process.value("status_url").to_owned(),
@@ -255,6 +257,34 @@ impl DataPlane {
                 (status, body)
             }
             Err(error) => (0, Value::String(error.to_string())),
+        }
+    }
+
+    /// Sends a request through the proxy with extra headers; returns the status, the response
+    /// headers and the body (JSON, or the text as a JSON string).
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.proxy_url));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                let bytes = response.bytes().await.unwrap_or_default();
+                let body = serde_json::from_slice(&bytes)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+                (status, headers, body)
+            }
+            Err(error) => (0, Default::default(), Value::String(error.to_string())),
         }
     }
 
