@@ -19,6 +19,7 @@ pub struct Metrics {
     requests_by_code: Box<[AtomicU64; CODES]>,
     upstream_duration_micros: AtomicU64,
     upstream_requests: AtomicU64,
+    upstream_retries: AtomicU64,
     config_version: AtomicU64,
     config_applied: AtomicU64,
     config_rejected: AtomicU64,
@@ -31,6 +32,7 @@ impl Default for Metrics {
             requests_by_code: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
             upstream_duration_micros: AtomicU64::new(0),
             upstream_requests: AtomicU64::new(0),
+            upstream_retries: AtomicU64::new(0),
             config_version: AtomicU64::new(0),
             config_applied: AtomicU64::new(0),
             config_rejected: AtomicU64::new(0),
@@ -51,6 +53,16 @@ impl Metrics {
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.upstream_duration_micros.fetch_add(micros, Relaxed);
         self.upstream_requests.fetch_add(1, Relaxed);
+    }
+
+    /// Records a retry of a failed upstream attempt on another node.
+    pub fn record_retry(&self) {
+        self.upstream_retries.fetch_add(1, Relaxed);
+    }
+
+    /// Retries so far.
+    pub fn retries(&self) -> u64 {
+        self.upstream_retries.load(Relaxed)
     }
 
     /// Records a snapshot that was applied.
@@ -109,6 +121,12 @@ impl Metrics {
         );
 
         let gauges_and_counters = [
+            (
+                "gateway_upstream_retries_total",
+                "counter",
+                "Failed upstream attempts retried on another node.",
+                self.upstream_retries.load(Relaxed),
+            ),
             (
                 "gateway_config_version",
                 "gauge",

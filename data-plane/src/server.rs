@@ -68,8 +68,9 @@ pub async fn serve<F, S, B>(
         if let Err(error) = stream.set_nodelay(true) {
             debug!(listener = name, %error, "set_nodelay failed");
         }
+        // With upgrades: a WebSocket handshake's 101 hands the connection to the proxy's tunnel.
         let connection = builder
-            .serve_connection(TokioIo::new(stream), make_service(remote))
+            .serve_connection_with_upgrades(TokioIo::new(stream), make_service(remote))
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

@@ -3,7 +3,8 @@
 //! - `GET /healthz` → 200 `{"status":"ok"}` while the process serves at all;
 //! - `GET /readyz` → 200 `{"status":"ready","version":N}` once a snapshot is applied, 503
 //!   `{"status":"not_ready"}` before that and `{"status":"draining"}` during shutdown;
-//! - `GET /metrics` → the Prometheus text format.
+//! - `GET /metrics` → the Prometheus text format;
+//! - `GET /upstreams` → every upstream's nodes with their health and load (JSON).
 //!
 //! Anything else is a 404 (405 for another method on a known path) in the JSON error shape.
 
@@ -39,7 +40,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
 /// Answers one status request. Only the method and path are looked at.
 pub fn respond<B>(state: &State, request: &Request<B>) -> Response<ProxyBody> {
     let path = request.uri().path();
-    if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
+    if !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/upstreams") {
         return json_response(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -59,6 +60,10 @@ pub fn respond<B>(state: &State, request: &Request<B>) -> Response<ProxyBody> {
     }
     match path {
         "/healthz" => json_body(StatusCode::OK, &json!({"status": "ok"})),
+        "/upstreams" => json_body(
+            StatusCode::OK,
+            &crate::health::upstreams_json(&state.runtime()),
+        ),
         "/readyz" => match (state.is_draining(), state.applied_version()) {
             (true, _) => json_body(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -74,9 +79,9 @@ pub fn respond<B>(state: &State, request: &Request<B>) -> Response<ProxyBody> {
             ),
         },
         _ => {
-            let mut response = Response::new(Either::Right(Full::new(Bytes::from(
-                state.metrics.render(),
-            ))));
+            let mut text = state.metrics.render();
+            crate::health::render_metrics(&state.runtime(), &mut text);
+            let mut response = Response::new(Either::Right(Full::new(Bytes::from(text))));
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

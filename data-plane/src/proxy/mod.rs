@@ -30,7 +30,6 @@ use crate::plugins::RequestCtx;
 use crate::router::{RequestView, RouteMatch};
 use crate::runtime::{CompiledRoute, RouteTarget, Runtime};
 use crate::state::State;
-use upstream::UpstreamClient;
 
 /// The body of a response to a client: an upstream's body streamed through, or one the
 /// gateway wrote itself (errors).
@@ -54,16 +53,12 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
 #[derive(Debug)]
 pub struct Proxy {
     state: Arc<State>,
-    client: UpstreamClient,
 }
 
 impl Proxy {
     /// A handler serving whatever runtime `state` holds.
     pub fn new(state: Arc<State>) -> Proxy {
-        Proxy {
-            state,
-            client: UpstreamClient::new(),
-        }
+        Proxy { state }
     }
 
     /// Handles one client request; never fails: errors become JSON responses here.

@@ -1,50 +1,141 @@
-//! The upstream client: one shared connection pool, with per-request connect and read
-//! deadlines.
+//! The upstream transport: pooled clients (plain HTTP/1.1, h2c, or TLS with ALPN), with
+//! per-request connect and read deadlines.
+//!
+//! One [`UpstreamClient`] serves every upstream with the same transport settings (scheme, TLS,
+//! keep-alive pool): connections are keyed by node address inside it, and the runtime compiler
+//! hands the same client to the next snapshot's upstreams, so a config push keeps connections
+//! warm.
 
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use gateway_proto::model::{KeepalivePool, PassHost, Scheme, Upstream, UpstreamTls};
 use http::{Request, Response};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper_rustls::{
+    ConfigBuilderExt as _, FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder,
+};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::ServerName;
 
 use crate::error::{ProxyError, TimeoutPhase};
-
-/// An idle pooled connection is closed after this long. Most servers close idle keep-alive
-/// connections sooner (nginx: 75 s); a longer timeout here would only meet closed sockets.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// TCP keep-alive probes on upstream connections, so a pooled connection to a vanished host is
 /// noticed by the kernel rather than by the next request.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// Sends requests to upstream nodes over one pool shared by every upstream and every config
-/// version (connections are keyed by node address, so a snapshot swap keeps them warm).
-#[derive(Clone, Debug)]
-pub struct UpstreamClient {
-    client: Client<HttpConnector, Incoming>,
+/// The body of a request sent upstream: the client's body streamed through, or one the gateway
+/// holds whole (an absent body, which can be sent again on a retry).
+pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+
+/// An empty upstream request body.
+pub fn empty_body() -> UpstreamBody {
+    Either::Right(Full::new(Bytes::new()))
 }
 
-impl Default for UpstreamClient {
-    fn default() -> Self {
-        UpstreamClient::new()
+/// The transport settings that decide which client an upstream uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportKey {
+    scheme: Scheme,
+    tls: UpstreamTls,
+    /// The server name for SNI and verification when it is fixed by config.
+    server_name: Option<String>,
+    pool: KeepalivePool,
+}
+
+impl TransportKey {
+    /// The transport an upstream definition asks for.
+    pub fn of(spec: &Upstream) -> TransportKey {
+        let tls = spec.tls.clone().unwrap_or_default();
+        let server_name = match (spec.scheme, &tls.sni, spec.pass_host) {
+            (Scheme::Https, Some(sni), _) => Some(sni.clone()),
+            // The Host sent upstream is fixed: it is the name the node serves.
+            (Scheme::Https, None, PassHost::Rewrite) => spec.upstream_host.clone(),
+            _ => None,
+        };
+        TransportKey {
+            scheme: spec.scheme,
+            tls,
+            server_name,
+            pool: spec.keepalive_pool.unwrap_or_default(),
+        }
     }
 }
 
+#[derive(Clone, Debug)]
+enum Inner {
+    Plain(Client<HttpConnector, UpstreamBody>),
+    Tls(Client<HttpsConnector<HttpConnector>, UpstreamBody>),
+}
+
+/// Sends requests to upstream nodes over one pool.
+#[derive(Clone, Debug)]
+pub struct UpstreamClient {
+    inner: Inner,
+}
+
+/// Why a transport could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TransportError(String);
+
 impl UpstreamClient {
-    /// Builds the client and its (empty) pool.
+    /// A plain HTTP/1.1 client with the default pool.
     pub fn new() -> UpstreamClient {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(TCP_KEEPALIVE));
+        let key = TransportKey {
+            scheme: Scheme::Http,
+            tls: UpstreamTls::default(),
+            server_name: None,
+            pool: KeepalivePool::default(),
+        };
+        // A plain client has nothing that can fail to build.
+        UpstreamClient::build(&key).unwrap_or_else(|_| unreachable!("plain clients always build"))
+    }
+
+    /// Builds the client a transport key describes.
+    pub fn build(key: &TransportKey) -> Result<UpstreamClient, TransportError> {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_keepalive(Some(TCP_KEEPALIVE));
         // No connector-wide connect timeout: each upstream has its own, enforced in `send`.
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
-        UpstreamClient { client }
+            .pool_idle_timeout(Duration::from_millis(key.pool.idle_timeout_ms))
+            .pool_max_idle_per_host(key.pool.size);
+        let inner = match key.scheme {
+            Scheme::Http => Inner::Plain(builder.build(http)),
+            Scheme::H2c => {
+                builder.http2_only(true).timer(TokioTimer::new());
+                Inner::Plain(builder.build(http))
+            }
+            Scheme::Https => {
+                http.enforce_http(false);
+                let config = tls_config(&key.tls)?;
+                let https = HttpsConnectorBuilder::new()
+                    .with_tls_config(config)
+                    .https_only();
+                let https = match &key.server_name {
+                    Some(name) => {
+                        let name = ServerName::try_from(name.clone()).map_err(|e| {
+                            TransportError(format!("invalid TLS server name {name:?}: {e}"))
+                        })?;
+                        https.with_server_name_resolver(FixedServerNameResolver::new(name))
+                    }
+                    None => https,
+                };
+                // ALPN offers h2 and http/1.1; the node picks.
+                let connector = https.enable_all_versions().wrap_connector(http);
+                builder.timer(TokioTimer::new());
+                Inner::Tls(builder.build(connector))
+            }
+        };
+        Ok(UpstreamClient { inner })
     }
 
     /// Sends `request` (its URI names the node) and waits for the response headers; the body
@@ -57,13 +148,18 @@ impl UpstreamClient {
     /// (`is_connect`), which tells "refused" (502) apart from "too slow" (504).
     pub async fn send(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<UpstreamBody>,
         node: &str,
         connect_timeout: Duration,
         read_timeout: Duration,
     ) -> Result<Response<Incoming>, ProxyError> {
         let mut connection = capture_connection(&mut request);
-        let mut response = pin!(self.client.request(request));
+        let mut response = pin!(async {
+            match &self.inner {
+                Inner::Plain(client) => client.request(request).await,
+                Inner::Tls(client) => client.request(request).await,
+            }
+        });
         tokio::select! {
             // Poll the exchange first: when it is already done, its own result is the truth.
             biased;
@@ -87,5 +183,79 @@ impl UpstreamClient {
                 after: read_timeout,
             }),
         }
+    }
+}
+
+impl Default for UpstreamClient {
+    fn default() -> Self {
+        UpstreamClient::new()
+    }
+}
+
+/// rustls settings: the web PKI roots (Mozilla's, compiled in, so a container without a CA
+/// bundle still verifies), or no verification at all when `verify` is false.
+fn tls_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, TransportError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TransportError(format!("TLS setup failed: {e}")))?;
+    let config = if tls.verify {
+        builder.with_webpki_roots().with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            .with_no_client_auth()
+    };
+    Ok(config)
+}
+
+/// Accepts any certificate (`tls.verify: false`), still checking that the handshake signatures
+/// are valid for the presented key.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

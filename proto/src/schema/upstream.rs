@@ -288,7 +288,10 @@ mod tests {
             pointers(json!({"nodes": node, "lb": "consistent_hash", "hash_on": {"source": "remote_addr"}}))
                 .is_empty()
         );
-        assert!(pointers(json!({"nodes": node, "scheme": "https", "tls": {"sni": "api.internal"}})).is_empty());
+        assert!(
+            pointers(json!({"nodes": node, "scheme": "https", "tls": {"sni": "api.internal"}}))
+                .is_empty()
+        );
     }
 
     #[test]

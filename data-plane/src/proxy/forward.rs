@@ -1,0 +1,360 @@
+//! Sending a routed request upstream: node selection, the hop's request rewrite, the
+//! exchange, retries, passive health, and WebSocket upgrades.
+//!
+//! Retry rules (like Envoy and APISIX, stricter where they are loose):
+//! - only the conditions the policy lists (`connect_error`, `timeout`, `status_50x`);
+//! - only idempotent methods, unless the policy says `non_idempotent: true`;
+//! - only requests without a body: a streamed body is consumed by the first attempt, so a
+//!   request is never re-sent after its body was partly sent;
+//! - each retry goes to a node not tried yet, and takes a token from the upstream's retry budget
+//!   (20% of requests + 10/s over 10 s), so a failing upstream sees at most ~1.2× its load.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use gateway_proto::model::{HashSource, PassHost, Retries, RetryOn};
+use http::header::{CONNECTION, COOKIE, EXPECT, HOST, HeaderValue, UPGRADE};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tracing::{debug, warn};
+
+use super::headers::{self, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use super::upstream::{UpstreamBody, empty_body};
+use super::{Proxy, ProxyBody};
+use crate::balance::hash_bytes;
+use crate::error::ProxyError;
+use crate::runtime::{CompiledRoute, Node, UpstreamRuntime};
+
+/// The hop's request, before the node is known.
+struct Prepared {
+    method: Method,
+    path_and_query: PathAndQuery,
+    headers: http::HeaderMap,
+    original_host: Option<HeaderValue>,
+}
+
+impl Proxy {
+    /// Sends `request` (already routed to `route`) to a node of `upstream` and returns the
+    /// response with its body streaming; retries per the route's or upstream's policy.
+    pub(super) async fn send_upstream(
+        &self,
+        route: &CompiledRoute,
+        upstream: &UpstreamRuntime,
+        mut request: Request<Incoming>,
+        remote: SocketAddr,
+        original_host: Option<HeaderValue>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let upgrade = upgrade_protocol(&request);
+        let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+        let key = upstream
+            .balancer
+            .wants_key()
+            .then(|| hash_key(upstream, &request, remote));
+        let (connect_timeout, read_timeout) = match &route.spec.timeouts {
+            Some(t) => (
+                std::time::Duration::from_millis(t.connect_ms),
+                std::time::Duration::from_millis(t.read_ms),
+            ),
+            None => (upstream.connect_timeout, upstream.read_timeout),
+        };
+        let retries = route
+            .spec
+            .retries
+            .as_ref()
+            .or(upstream.retries.as_ref())
+            .filter(|r| r.count > 0);
+
+        let (parts, body) = request.into_parts();
+        // A body that is already complete and empty can be sent again; a streamed one cannot.
+        let bodiless = body.is_end_stream();
+        let retries = retries.filter(|r| {
+            bodiless && upgrade.is_none() && (is_idempotent(&parts.method) || r.non_idempotent)
+        });
+        let mut body = if bodiless {
+            None
+        } else {
+            Some(Either::Left(body))
+        };
+        let mut prepared = prepare(parts, remote, original_host, upgrade.as_ref());
+        upstream.budget.record_request();
+
+        let mut tried: Vec<usize> = Vec::new();
+        loop {
+            let index = upstream
+                .pick_index(key, |i| tried.contains(&i))
+                .ok_or_else(|| ProxyError::NoUpstreamNode {
+                    upstream: upstream.key.clone(),
+                })?;
+            let node = &upstream.nodes[index];
+            // Without retries there is one attempt: its head is moved, not copied.
+            let request = build(
+                &mut prepared,
+                retries.is_some(),
+                upstream,
+                node,
+                body.take().unwrap_or_else(empty_body),
+            )?;
+
+            let in_flight = node.load.start();
+            let started = Instant::now();
+            let result = upstream
+                .client
+                .send(
+                    request,
+                    node.authority.as_str(),
+                    connect_timeout,
+                    read_timeout,
+                )
+                .await;
+            let elapsed = started.elapsed();
+            drop(in_flight);
+            self.state.metrics.record_upstream(elapsed);
+            node.load.observe_latency(elapsed);
+
+            let failure = failure_of(&result);
+            let node_failed = failure.is_some_and(|f| f != Failure::Client);
+            if node
+                .health
+                .record_request(!node_failed, upstream.passive_check())
+            {
+                warn!(upstream = %upstream.key, node = %node.authority, "node ejected by passive health checks");
+            }
+            let may_retry = retries.is_some_and(|policy| {
+                failure.is_some_and(|f| f.allows_retry(policy))
+                    && tried.len() < policy.count as usize
+                    && tried.len() + 1 < upstream.nodes.len()
+            });
+            if may_retry && upstream.budget.try_retry() {
+                debug!(upstream = %upstream.key, node = %node.authority, failure = ?failure, "retrying on another node");
+                self.state.metrics.record_retry();
+                tried.push(index);
+                continue;
+            }
+
+            let mut response = result?;
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let (Some(protocol), Some(downstream)) = (upgrade, downstream_upgrade)
+            {
+                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                tokio::spawn(async move {
+                    match (downstream.await, upstream_upgrade.await) {
+                        (Ok(client), Ok(server)) => {
+                            let (mut client, mut server) =
+                                (TokioIo::new(client), TokioIo::new(server));
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                        (Err(error), _) | (_, Err(error)) => {
+                            debug!(%error, "upgrade failed");
+                        }
+                    }
+                });
+                let (mut parts, body) = response.into_parts();
+                headers::remove_hop_by_hop(&mut parts.headers);
+                parts
+                    .headers
+                    .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                parts.headers.insert(UPGRADE, protocol);
+                return Ok(Response::from_parts(parts, Either::Left(body)));
+            }
+            let (mut parts, body) = response.into_parts();
+            headers::remove_hop_by_hop(&mut parts.headers);
+            debug!(route = %route.id, node = %node.authority, status = %parts.status, "proxied");
+            return Ok(Response::from_parts(parts, Either::Left(body)));
+        }
+    }
+}
+
+/// How an attempt failed, for the retry and passive-health rules.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Failure {
+    /// No connection, or it broke before a response.
+    Connect,
+    /// A deadline passed.
+    Timeout,
+    /// The node answered this 5xx status.
+    Status(u16),
+    /// The client's side failed (its body): neither the node's fault nor retryable.
+    Client,
+}
+
+impl Failure {
+    fn allows_retry(self, policy: &Retries) -> bool {
+        let condition = match self {
+            Failure::Connect => RetryOn::ConnectError,
+            Failure::Timeout => RetryOn::Timeout,
+            Failure::Status(502) => RetryOn::Status502,
+            Failure::Status(503) => RetryOn::Status503,
+            Failure::Status(504) => RetryOn::Status504,
+            Failure::Status(_) | Failure::Client => return false,
+        };
+        policy.on.contains(&condition)
+    }
+}
+
+fn failure_of(result: &Result<Response<Incoming>, ProxyError>) -> Option<Failure> {
+    match result {
+        Ok(response) => match response.status().as_u16() {
+            status @ 502..=504 => Some(Failure::Status(status)),
+            _ => None,
+        },
+        Err(ProxyError::UpstreamTimeout { .. }) => Some(Failure::Timeout),
+        Err(ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamRequest { .. }) => {
+            Some(Failure::Connect)
+        }
+        Err(_) => Some(Failure::Client),
+    }
+}
+
+/// Methods that RFC 9110 §9.2.2 defines as idempotent.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The protocol an HTTP/1.1 client asks to upgrade to (`Connection: upgrade` + `Upgrade`).
+fn upgrade_protocol<B>(request: &Request<B>) -> Option<HeaderValue> {
+    if request.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = request
+        .headers()
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| request.headers().get(UPGRADE).cloned())
+        .flatten()
+}
+
+/// The consistent-hash key of a request. A request without the configured header, cookie or
+/// argument is hashed by its client address instead, so it still sticks somewhere.
+fn hash_key<B>(upstream: &UpstreamRuntime, request: &Request<B>, remote: SocketAddr) -> u64 {
+    let by_address = || hash_bytes(remote.ip().to_canonical().to_string().as_bytes());
+    let Some(hash_on) = &upstream.hash_on else {
+        return by_address();
+    };
+    let name = hash_on.name.as_deref().unwrap_or_default();
+    let found = match hash_on.source {
+        HashSource::Header => request
+            .headers()
+            .get(name)
+            .map(|v| hash_bytes(v.as_bytes())),
+        HashSource::Cookie => request
+            .headers()
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| hash_bytes(v.as_bytes())),
+        HashSource::Query => request
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| hash_bytes(v.as_bytes())),
+        HashSource::RemoteAddr => None,
+        HashSource::Uri => request
+            .uri()
+            .path_and_query()
+            .map(|pq| hash_bytes(pq.as_str().as_bytes())),
+    };
+    found.unwrap_or_else(by_address)
+}
+
+/// Rewrites the client's request head for the hop, except what depends on the node.
+fn prepare(
+    parts: http::request::Parts,
+    remote: SocketAddr,
+    original_host: Option<HeaderValue>,
+    upgrade: Option<&HeaderValue>,
+) -> Prepared {
+    let http::request::Parts {
+        method,
+        uri,
+        mut headers,
+        ..
+    } = parts;
+    // Path and query are forwarded byte for byte; rewriting is a later feature.
+    let path_and_query = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    headers::remove_hop_by_hop(&mut headers);
+    if let Some(protocol) = upgrade {
+        // The one hop-by-hop exchange a proxy passes on: the upgrade handshake.
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, protocol.clone());
+    }
+    // The server already answered `100-continue` to the client when the body was first read.
+    headers.remove(EXPECT);
+    // X-Forwarded-For is a chain, so this hop is appended; X-Forwarded-Proto and -Host describe
+    // the hop into this gateway, so whatever the client claimed is replaced.
+    headers::append_forwarded_for(&mut headers, remote.ip());
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    match &original_host {
+        Some(host) => headers.insert(&X_FORWARDED_HOST, host.clone()),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
+    Prepared {
+        method,
+        path_and_query,
+        headers,
+        original_host,
+    }
+}
+
+/// The request for one attempt on `node`; `again` keeps `prepared` whole for another attempt.
+fn build(
+    prepared: &mut Prepared,
+    again: bool,
+    upstream: &UpstreamRuntime,
+    node: &Node,
+    body: UpstreamBody,
+) -> Result<Request<UpstreamBody>, ProxyError> {
+    let scheme = match upstream.uri_scheme() {
+        "https" => Scheme::HTTPS,
+        _ => Scheme::HTTP,
+    };
+    let uri = Uri::builder()
+        .scheme(scheme)
+        .authority(node.authority.clone())
+        .path_and_query(prepared.path_and_query.clone())
+        .build()
+        .map_err(|e| ProxyError::Internal(format!("building the upstream URI: {e}")))?;
+    let mut request = Request::new(body);
+    *request.method_mut() = prepared.method.clone();
+    *request.uri_mut() = uri;
+    // The client picks the version the node speaks (HTTP/1.1, or HTTP/2 by ALPN or h2c).
+    *request.version_mut() = Version::HTTP_11;
+    let mut headers = if again {
+        prepared.headers.clone()
+    } else {
+        std::mem::take(&mut prepared.headers)
+    };
+    let host = match upstream.pass_host {
+        PassHost::Pass => prepared.original_host.clone(),
+        PassHost::Node => Some(node.host_header.clone()),
+        PassHost::Rewrite => upstream.upstream_host.clone(),
+    };
+    match host {
+        Some(host) => headers.insert(HOST, host),
+        // No host to pass: the client fills in the node's address.
+        None => headers.remove(HOST),
+    };
+    *request.headers_mut() = headers;
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests;
