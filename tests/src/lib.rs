@@ -25,19 +25,25 @@ pub const CONVERGE: Duration = Duration::from_secs(15);
 
 /// The path of a workspace binary, built next to this test executable.
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target directory");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the binaries first (cargo build --workspace --bins)",
-        path.display()
-    );
-    path
+    let exe = std::env::current_exe().expect("executable path");
+    // Tests run from target/<profile>/deps/, examples and bench tools from target/<profile>/
+    // or below it: the binaries sit in target/<profile>/.
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(name))
+        .collect();
+    candidates
+        .iter()
+        .find(|path| path.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is missing next to {}: build the binaries first (cargo build --workspace --bins)",
+                exe.display()
+            )
+        })
 }
 
 /// A child process killed (by its own PID) when dropped, with its stdout `key=value` lines.
