@@ -359,7 +359,8 @@ mod tests {
     #[test]
     fn graphs_order_and_cycles() {
         // (dependencies per node, a topological order or None for a cycle)
-        let cases: Vec<(Vec<Vec<usize>>, Option<Vec<usize>>)> = vec![
+        type Graph = Vec<Vec<usize>>;
+        let cases: Vec<(Graph, Option<Vec<usize>>)> = vec![
             (vec![], Some(vec![])),
             (vec![vec![], vec![]], Some(vec![0, 1])),
             (vec![vec![1], vec![]], Some(vec![1, 0])),
