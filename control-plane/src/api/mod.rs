@@ -254,6 +254,21 @@ fn etag(revision: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
+/// Applies a single-resource write and answers with the stored resource.
+async fn write_resource(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    op: WriteOp,
+    key: &ResourceKey,
+) -> Result<Response, ApiError> {
+    let outcome = state
+        .config
+        .write(op, &commit_meta(caller, headers)?, false)
+        .await?;
+    resource_response(&outcome, key)
+}
+
 /// The answer to a single-resource write: the stored resource, its ETag and the version.
 fn resource_response(outcome: &WriteOutcome, key: &ResourceKey) -> Result<Response, ApiError> {
     let entry = outcome.state.resources.get(key).ok_or(ApiError::Internal)?;
@@ -359,11 +374,7 @@ async fn create(
         document,
         if_match: None,
     };
-    let outcome = state
-        .config
-        .write(op, &commit_meta(&caller, &headers)?, false)
-        .await?;
-    resource_response(&outcome, &key)
+    write_resource(&state, &caller, &headers, op, &key).await
 }
 
 async fn put_one(
@@ -379,11 +390,7 @@ async fn put_one(
         document,
         if_match: if_match(&headers)?,
     };
-    let outcome = state
-        .config
-        .write(op, &commit_meta(&caller, &headers)?, false)
-        .await?;
-    resource_response(&outcome, &key)
+    write_resource(&state, &caller, &headers, op, &key).await
 }
 
 async fn patch_one(
@@ -399,11 +406,7 @@ async fn patch_one(
         patch,
         if_match: if_match(&headers)?,
     };
-    let outcome = state
-        .config
-        .write(op, &commit_meta(&caller, &headers)?, false)
-        .await?;
-    resource_response(&outcome, &key)
+    write_resource(&state, &caller, &headers, op, &key).await
 }
 
 async fn delete_one(
