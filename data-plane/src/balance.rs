@@ -107,6 +107,10 @@ fn nanos_since_epoch() -> u64 {
 pub trait Candidates {
     /// How many nodes there are.
     fn len(&self) -> usize;
+    /// Whether there are no nodes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Node `i`'s configured weight.
     fn weight(&self, i: usize) -> u32;
     /// Node `i`'s shared load.
@@ -265,10 +269,11 @@ impl HashRing {
             .collect();
         let total_weight: u64 = live.iter().map(|&i| u64::from(weights[i])).sum();
         let mut points = Vec::new();
-        if total_weight > 0 {
-            let budget = (VNODES_PER_NODE * live.len() as u64).min(MAX_RING);
-            for &i in &live {
-                let share = (budget * u64::from(weights[i]) / total_weight).max(1);
+        let budget = (VNODES_PER_NODE * live.len() as u64).min(MAX_RING);
+        for &i in &live {
+            // `live` is empty when the total weight is 0, so the division never sees 0.
+            if let Some(share) = (budget * u64::from(weights[i])).checked_div(total_weight) {
+                let share = share.max(1);
                 for replica in 0..share {
                     points.push((hash_parts(addresses[i].as_bytes(), replica), i));
                 }

@@ -334,7 +334,8 @@ pub fn render_metrics(runtime: &Runtime, out: &mut String) {
     let now = now_ms();
     let mut upstreams: Vec<&Arc<UpstreamRuntime>> = runtime.upstreams.values().collect();
     upstreams.sort_by(|a, b| a.key.cmp(&b.key));
-    let families: [(&str, &str, &str, fn(&crate::upstream::Node, u64) -> u64); 3] = [
+    type Value = fn(&crate::upstream::Node, u64) -> u64;
+    let families: [(&str, &str, &str, Value); 3] = [
         (
             "gateway_upstream_node_healthy",
             "gauge",

@@ -691,3 +691,76 @@ async fn health_and_load_show_on_the_status_listener_and_in_metrics() {
         "{line} missing from\n{text}"
     );
 }
+
+/// What a TLS fake node saw of each request: the SNI and the HTTP version.
+type TlsSeen = Arc<Mutex<Vec<(Option<String>, http::Version)>>>;
+
+/// An HTTPS node with a self-signed certificate for `upstream.test`, offering h2 and http/1.1.
+async fn tls_node() -> (std::net::SocketAddr, TlsSeen) {
+    let certified = rcgen::generate_simple_self_signed(vec!["upstream.test".to_owned()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![certified.cert.der().clone()], key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: TlsSeen = Arc::default();
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, log) = (acceptor.clone(), Arc::clone(&log));
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let sni = tls.get_ref().1.server_name().map(str::to_owned);
+                let service = service_fn(move |request: Request<Incoming>| {
+                    log.lock().unwrap().push((sni.clone(), request.version()));
+                    async move {
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .header("x-node", "tls")
+                                .body(Full::new(Bytes::new()))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn https_upstreams_use_sni_alpn_h2_and_verify_certificates_by_default() {
+    let (addr, seen) = tls_node().await;
+    let node = json!([{"host": "127.0.0.1", "port": addr.port()}]);
+    // Verification on (the default): a self-signed certificate is refused.
+    let gateway = Gateway::start(json!({"nodes": node, "scheme": "https"})).await;
+    let (status, body) = gateway.get("/").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(seen.lock().unwrap().is_empty());
+
+    // Verification off, SNI set: the handshake names the host, ALPN picks HTTP/2.
+    gateway.install(json!({
+        "nodes": node,
+        "scheme": "https",
+        "tls": {"verify": false, "sni": "upstream.test"}
+    }));
+    assert_eq!(gateway.get("/").await, (StatusCode::OK, "tls".to_owned()));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [(Some("upstream.test".to_owned()), http::Version::HTTP_2)]
+    );
+}
