@@ -28,25 +28,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared, join_all};
-use gateway_proto::model::{Batch, Merge, PassHost, Retries, RetryOn, Template};
-use http::header::{
-    ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, HeaderName, HeaderValue,
-};
-use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use gateway_proto::model::{Batch, Merge, Template};
+use http::header::{ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::debug;
 
 use crate::error::{ProxyError, json_body, json_response};
-use crate::metrics::Metrics;
-use crate::proxy::ProxyBody;
-use crate::proxy::headers::{self, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::proxy::upstream::UpstreamBody;
-use crate::runtime::{CompileError, Node, UpstreamRuntime};
+use crate::proxy::{Proxy, ProxyBody};
+use crate::runtime::{CompileError, CompiledRoute, UpstreamRuntime};
 use merge::{Part, error_value};
 use template::{Context, Place, render};
 
@@ -271,10 +267,11 @@ type SharedOutcome<'a> = Shared<BoxFuture<'a, Arc<Outcome>>>;
 
 /// Runs `batch` for one client request and merges the answers.
 pub async fn execute(
+    proxy: &Proxy,
+    route: &CompiledRoute,
     batch: &CompiledBatch,
-    metrics: &Metrics,
     downstream: Downstream<'_>,
-    request: Request<Incoming>,
+    request: Request<UpstreamBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let deadline = Instant::now() + batch.timeout;
     let (parts, body) = request.into_parts();
@@ -299,11 +296,13 @@ pub async fn execute(
             ));
         }
     };
-    let forwarded = forwarded_headers(&parts.headers, &downstream);
+    let forwarded = forwarded_headers(&parts.headers);
     let query = parts.uri.query().unwrap_or("");
     let exchange = Exchange {
+        proxy,
+        route,
         batch,
-        metrics,
+        remote: downstream.remote,
         context: Context {
             path: parts.uri.path(),
             query,
@@ -377,32 +376,28 @@ pub async fn execute(
     Ok(response)
 }
 
-/// The client's headers as every sub-request starts from them: hop-by-hop headers out,
-/// `X-Forwarded-*` in, as for a proxied request. `Content-Length` is recomputed for each
-/// body, and `Accept-Encoding` is dropped because the gateway must read the answers: a
-/// compressed one could not be merged.
-fn forwarded_headers(client: &HeaderMap, downstream: &Downstream<'_>) -> HeaderMap {
+/// The client's headers as every sub-request starts from them. The hop's own rewrite
+/// (hop-by-hop headers out, `X-Forwarded-*` in, `Host` per `pass_host`) happens where every
+/// proxied request gets it; here `Content-Length` goes because each body is measured again,
+/// and `Accept-Encoding` because the gateway must read the answers: a compressed one could not
+/// be merged.
+fn forwarded_headers(client: &HeaderMap) -> HeaderMap {
     let mut headers = client.clone();
-    headers::remove_hop_by_hop(&mut headers);
-    for name in [EXPECT, CONTENT_LENGTH, ACCEPT_ENCODING, HOST] {
+    for name in [CONTENT_LENGTH, ACCEPT_ENCODING] {
         headers.remove(name);
     }
-    headers::append_forwarded_for(&mut headers, downstream.remote.ip());
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    match &downstream.original_host {
-        Some(host) => headers.insert(&X_FORWARDED_HOST, host.clone()),
-        None => headers.remove(&X_FORWARDED_HOST),
-    };
     headers
 }
 
 /// One client request's batch in progress.
 struct Exchange<'a> {
+    proxy: &'a Proxy,
+    route: &'a CompiledRoute,
     batch: &'a CompiledBatch,
-    metrics: &'a Metrics,
+    remote: SocketAddr,
     context: Context<'a>,
     method: &'a Method,
-    /// The client's headers prepared for a hop (see [`forwarded_headers`]).
+    /// The client's headers as sub-requests start from them (see [`forwarded_headers`]).
     headers: HeaderMap,
     body: Bytes,
     original_host: Option<HeaderValue>,
@@ -524,23 +519,37 @@ impl Exchange<'_> {
         })
     }
 
-    /// Sends the sub-request to a node of its upstream and reads its answer.
+    /// Sends the sub-request the way proxied requests are sent (the upstream's pool, balancer,
+    /// health state and retry policy; the route's timeouts) and reads its answer.
     async fn send(
         &self,
         sub: &CompiledSubRequest,
         prepared: Prepared,
     ) -> Result<(StatusCode, Value), Failure> {
-        let response = send_buffered(
-            &sub.upstream,
-            prepared,
-            self.original_host.as_ref(),
-            self.metrics,
-        )
-        .await
-        .map_err(|e| {
-            debug!(sub_request = %sub.name, error = %e, "sub-request failed");
-            Failure::from_proxy(&e)
-        })?;
+        let Prepared {
+            method,
+            path_and_query,
+            headers,
+            body,
+        } = prepared;
+        let mut request = Request::new(Either::Right(Full::new(body)));
+        *request.method_mut() = method;
+        *request.uri_mut() = Uri::from(path_and_query);
+        *request.headers_mut() = headers;
+        let response = self
+            .proxy
+            .send_upstream(
+                self.route,
+                &sub.upstream,
+                request,
+                self.remote,
+                self.original_host.clone(),
+            )
+            .await
+            .map_err(|e| {
+                debug!(sub_request = %sub.name, error = %e, "sub-request failed");
+                Failure::from_proxy(&e)
+            })?;
         let status = response.status();
         // Read even an error answer, so that the connection goes back to the pool.
         let body = read_capped(response.into_body(), self.batch.max_body_bytes).await?;
@@ -554,147 +563,12 @@ impl Exchange<'_> {
     }
 }
 
-/// Sends a request whose body is in memory to a node of `upstream`, with the upstream's own
-/// client (pool), balancer, health state and retry policy: what proxied requests get.
-///
-/// A buffered body can be sent again, so a retry (where the policy allows one for the method)
-/// re-sends it to a node not tried yet, within the upstream's retry budget.
-async fn send_buffered(
-    upstream: &UpstreamRuntime,
-    prepared: Prepared,
-    original_host: Option<&HeaderValue>,
-    metrics: &Metrics,
-) -> Result<Response<Incoming>, ProxyError> {
-    let retries = upstream
-        .retries
-        .as_ref()
-        .filter(|r| r.count > 0 && (is_idempotent(&prepared.method) || r.non_idempotent));
-    upstream.budget.record_request();
-    let mut tried: Vec<usize> = Vec::new();
-    loop {
-        let index = upstream
-            .pick_index(None, |i| tried.contains(&i))
-            .ok_or_else(|| ProxyError::NoUpstreamNode {
-                upstream: upstream.key.clone(),
-            })?;
-        let node = &upstream.nodes[index];
-        let request = build(upstream, node, &prepared, original_host)?;
-
-        let in_flight = node.load.start();
-        let started = std::time::Instant::now();
-        let result = upstream
-            .client
-            .send(
-                request,
-                node.authority.as_str(),
-                upstream.connect_timeout,
-                upstream.read_timeout,
-            )
-            .await;
-        let elapsed = started.elapsed();
-        drop(in_flight);
-        metrics.record_upstream(elapsed);
-        node.load.observe_latency(elapsed);
-
-        let failure = retry_condition(&result);
-        let node_failed = !matches!(failure, None | Some(RetryCondition::Client));
-        node.health
-            .record_request(!node_failed, upstream.passive_check());
-        let may_retry = retries.is_some_and(|policy| {
-            failure.is_some_and(|f| f.allowed_by(policy))
-                && tried.len() < policy.count as usize
-                && tried.len() + 1 < upstream.nodes.len()
-        });
-        if may_retry && upstream.budget.try_retry() {
-            tried.push(index);
-            continue;
-        }
-        return result;
-    }
-}
-
-/// The request for one attempt on `node`.
-fn build(
-    upstream: &UpstreamRuntime,
-    node: &Node,
-    prepared: &Prepared,
-    original_host: Option<&HeaderValue>,
-) -> Result<Request<UpstreamBody>, ProxyError> {
-    let scheme = match upstream.uri_scheme() {
-        "https" => Scheme::HTTPS,
-        _ => Scheme::HTTP,
-    };
-    let uri = Uri::builder()
-        .scheme(scheme)
-        .authority(node.authority.clone())
-        .path_and_query(prepared.path_and_query.clone())
-        .build()
-        .map_err(|e| ProxyError::Internal(format!("building the sub-request URI: {e}")))?;
-    let mut request = Request::new(Either::Right(Full::new(prepared.body.clone())));
-    *request.method_mut() = prepared.method.clone();
-    *request.uri_mut() = uri;
-    *request.version_mut() = Version::HTTP_11;
-    let mut headers = prepared.headers.clone();
-    let host = match upstream.pass_host {
-        PassHost::Pass => original_host.cloned(),
-        PassHost::Node => Some(node.host_header.clone()),
-        PassHost::Rewrite => upstream.upstream_host.clone(),
-    };
-    if let Some(host) = host {
-        headers.insert(HOST, host);
-    }
-    *request.headers_mut() = headers;
-    Ok(request)
-}
-
-/// How an attempt failed, in the terms of a retry policy.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-enum RetryCondition {
-    Connect,
-    Timeout,
-    Status(u16),
-    /// Not the node's fault, and not worth another node.
-    Client,
-}
-
-impl RetryCondition {
-    fn allowed_by(self, policy: &Retries) -> bool {
-        let condition = match self {
-            RetryCondition::Connect => RetryOn::ConnectError,
-            RetryCondition::Timeout => RetryOn::Timeout,
-            RetryCondition::Status(502) => RetryOn::Status502,
-            RetryCondition::Status(503) => RetryOn::Status503,
-            RetryCondition::Status(504) => RetryOn::Status504,
-            RetryCondition::Status(_) | RetryCondition::Client => return false,
-        };
-        policy.on.contains(&condition)
-    }
-}
-
-fn retry_condition(result: &Result<Response<Incoming>, ProxyError>) -> Option<RetryCondition> {
-    match result {
-        Ok(response) => match response.status().as_u16() {
-            status @ 502..=504 => Some(RetryCondition::Status(status)),
-            _ => None,
-        },
-        Err(ProxyError::UpstreamTimeout { .. }) => Some(RetryCondition::Timeout),
-        Err(ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamRequest { .. }) => {
-            Some(RetryCondition::Connect)
-        }
-        Err(_) => Some(RetryCondition::Client),
-    }
-}
-
-/// Methods that RFC 9110 §9.2.2 defines as idempotent.
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
 /// Reads an upstream body into memory, refusing one larger than `max` bytes.
-async fn read_capped(body: Incoming, max: usize) -> Result<Bytes, Failure> {
+async fn read_capped<B>(body: B, max: usize) -> Result<Bytes, Failure>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     match Limited::new(body, max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(Failure::new(

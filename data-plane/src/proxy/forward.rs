@@ -40,11 +40,11 @@ struct Prepared {
 impl Proxy {
     /// Sends `request` (already routed to `route`) to a node of `upstream` and returns the
     /// response with its body streaming; retries per the route's or upstream's policy.
-    pub(super) async fn send_upstream(
+    pub(crate) async fn send_upstream(
         &self,
         route: &CompiledRoute,
         upstream: &UpstreamRuntime,
-        mut request: Request<Incoming>,
+        mut request: Request<UpstreamBody>,
         remote: SocketAddr,
         original_host: Option<HeaderValue>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -74,11 +74,7 @@ impl Proxy {
         let retries = retries.filter(|r| {
             bodiless && upgrade.is_none() && (is_idempotent(&parts.method) || r.non_idempotent)
         });
-        let mut body = if bodiless {
-            None
-        } else {
-            Some(Either::Left(body))
-        };
+        let mut body = if bodiless { None } else { Some(body) };
         let mut prepared = prepare(parts, remote, original_host, upgrade.as_ref());
         upstream.budget.record_request();
 

@@ -30,6 +30,7 @@ use crate::plugins::RequestCtx;
 use crate::router::{RequestView, RouteMatch};
 use crate::runtime::{CompiledRoute, RouteTarget, Runtime};
 use crate::state::State;
+use upstream::UpstreamBody;
 
 /// The body of a response to a client: an upstream's body streamed through, or one the
 /// gateway wrote itself (errors).
@@ -43,6 +44,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
         let proxy = Arc::clone(&proxy);
         service_fn(move |request| {
             let proxy = Arc::clone(&proxy);
+            let request = request.map(Either::Left);
             async move { Ok::<_, Infallible>(proxy.handle(remote, request).await) }
         })
     };
@@ -65,7 +67,7 @@ impl Proxy {
     pub async fn handle(
         &self,
         remote: SocketAddr,
-        request: Request<Incoming>,
+        request: Request<UpstreamBody>,
     ) -> Response<ProxyBody> {
         // One load per request: the whole exchange sees one config version.
         let runtime = self.state.runtime();
@@ -91,7 +93,7 @@ impl Proxy {
         &self,
         runtime: &Runtime,
         remote: SocketAddr,
-        request: Request<Incoming>,
+        request: Request<UpstreamBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let original_host = original_host(&request);
         let host = original_host
@@ -144,7 +146,7 @@ impl Proxy {
         remote: SocketAddr,
         original_host: Option<HeaderValue>,
         ctx: Option<&RequestCtx<'_>>,
-        request: Request<Incoming>,
+        request: Request<UpstreamBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let overridden = ctx.and_then(|c| c.upstream_override.as_ref());
         let upstream = match (&route.target, overridden) {
@@ -156,8 +158,7 @@ impl Proxy {
                     original_host,
                     params,
                 };
-                let metrics = &self.state.metrics;
-                return batch::execute(batch, metrics, downstream, request).await;
+                return batch::execute(self, route, batch, downstream, request).await;
             }
         };
         self.send_upstream(route, upstream, request, remote, original_host)
