@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# P1: the gateway as a plain reverse proxy beside nginx and haproxy, in one peerbench run.
+#
+#   benches/load/p1.sh                 build release, start CP + DP, add the route, run peerbench
+#   ROUNDS=1 DURATION=5 benches/load/p1.sh     a short run
+#   PROFILE=perf benches/load/p1.sh    also record `perf` on the data plane during a gateway-only load
+#
+# The data plane runs with one worker thread, pinned to cpu 0 like the peers (nginx
+# worker_processes 1, haproxy nbthread 1); peerbench puts wrk and the upstreams on cpu 1. Every
+# peerbench variable (DURATION, WARMUP, ROUNDS, CONNECTIONS, QUIET_WAIT, TARGETS, ...) passes
+# through. The table lands in $RUN_DIR/table.txt (peerbench prints it too).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+PEERBENCH=${PEERBENCH:-$ROOT/../shared/peerbench/run.sh}
+UP1=${UP1:-18081}
+PROFILE=${PROFILE:-}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gateway-p1.XXXXXX")
+TOKEN=p1-bench-token
+pids=()
+
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+die() { echo "p1: $*" >&2; exit 1; }
+
+# Waits until process output file $1 has a `$2=` line and prints its value.
+value_of() {
+  for _ in $(seq 200); do
+    if grep -q "^$2=" "$1" 2>/dev/null; then grep "^$2=" "$1" | head -n 1 | cut -d= -f2-; return 0; fi
+    sleep 0.05
+  done
+  die "no $2= line in $1"
+}
+
+echo "p1: building release binaries" >&2
+(cd "$ROOT" && cargo build --release -q -p control-plane -p data-plane --bins)
+BIN=$ROOT/target/release
+
+"$BIN/control-plane" --admin-listen 127.0.0.1:0 --xds-listen 127.0.0.1:0 \
+  --database-url "sqlite://$WORK/gateway.db?mode=rwc" --admin-token "$TOKEN" \
+  >"$WORK/cp.out" 2>"$WORK/cp.log" &
+pids+=($!)
+ADMIN=$(value_of "$WORK/cp.out" admin_url)
+XDS=$(value_of "$WORK/cp.out" xds_url)
+
+RUST_LOG=${RUST_LOG:-warn} taskset -c 0 "$BIN/data-plane" --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 \
+  --control-plane "$XDS" --node-id p1 --worker-threads 1 \
+  >"$WORK/dp.out" 2>"$WORK/dp.log" &
+DP_PID=$!
+pids+=("$DP_PID")
+PROXY=$(value_of "$WORK/dp.out" proxy_url)
+STATUS=$(value_of "$WORK/dp.out" status_url)
+
+auth=(-H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json')
+curl -sf -X PUT "$ADMIN/api/v1/upstreams/catalog" "${auth[@]}" \
+  -d "{\"nodes\": [{\"host\": \"127.0.0.1\", \"port\": $UP1}], \"keepalive_pool\": {\"size\": 320}}" >/dev/null \
+  || die "creating the upstream failed"
+version=$(curl -sf -D - -o /dev/null -X PUT "$ADMIN/api/v1/routes/catalog" "${auth[@]}" \
+  -d '{"paths": ["/catalog"], "methods": ["GET"], "upstream_id": "catalog"}' \
+  | tr -d '\r' | awk -F': ' 'tolower($1)=="x-config-version"{print $2}')
+[ -n "$version" ] || die "creating the route failed"
+for _ in $(seq 200); do
+  applied=$(curl -sf "$STATUS/readyz" | sed -n 's/.*"version":\([0-9]*\).*/\1/p' || true)
+  [ "${applied:-0}" -ge "$version" ] && break
+  sleep 0.05
+done
+[ "${applied:-0}" -ge "$version" ] || die "the data plane did not apply version $version"
+
+URL="$PROXY/catalog?item=14286"
+echo "p1: gateway at $URL (data plane pid $DP_PID, logs in $WORK)" >&2
+
+if [ "$PROFILE" = perf ]; then
+  # A gateway-only load with perf attached: the upstreams and wrk from peerbench's `up`.
+  "$PEERBENCH" up
+  trap '"$PEERBENCH" down; cleanup' EXIT
+  taskset -c 1 wrk -t1 -c"${CONNECTIONS:-32}" -d"${DURATION:-10}"s "$URL" >"$WORK/wrk-perf.txt" &
+  wrk_pid=$!
+  perf record -F 999 -g -p "$DP_PID" -o "$WORK/perf.data" -- sleep "${DURATION:-10}" 2>/dev/null || true
+  wait "$wrk_pid" || true
+  perf report -i "$WORK/perf.data" --no-children --percent-limit 1.5 --stdio 2>/dev/null \
+    | grep -v '^$' | head -n 80 > "$WORK/perf-top.txt" || true
+  cat "$WORK/wrk-perf.txt" "$WORK/perf-top.txt"
+  echo "p1: profile in $WORK/perf.data, summary in $WORK/perf-top.txt" >&2
+  exit 0
+fi
+
+GATEWAY_URL_PROXY=$URL GATEWAY_PID=$DP_PID TARGETS=${TARGETS:-direct,nginx-proxy,haproxy-proxy,gw-proxy} \
+  "$PEERBENCH"
