@@ -29,6 +29,9 @@ use crate::balance::hash_bytes;
 use crate::error::ProxyError;
 use crate::runtime::{CompiledRoute, Node, UpstreamRuntime};
 
+/// The latency a failed attempt counts as for peak-EWMA.
+const FAILURE_LATENCY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The hop's request, before the node is known.
 struct Prepared {
     method: Method,
@@ -79,12 +82,13 @@ impl Proxy {
         upstream.budget.record_request();
 
         let mut tried: Vec<usize> = Vec::new();
-        loop {
-            let index = upstream
-                .pick_index(key, |i| tried.contains(&i))
+        let mut index =
+            upstream
+                .pick_index(key, |_| false)
                 .ok_or_else(|| ProxyError::NoUpstreamNode {
                     upstream: upstream.key.clone(),
                 })?;
+        loop {
             let node = &upstream.nodes[index];
             // Without retries there is one attempt: its head is moved, not copied.
             let request = build(
@@ -109,10 +113,15 @@ impl Proxy {
             let elapsed = started.elapsed();
             drop(in_flight);
             self.state.metrics.record_upstream(elapsed);
-            node.load.observe_latency(elapsed);
-
             let failure = failure_of(&result);
             let node_failed = failure.is_some_and(|f| f != Failure::Client);
+            // A refused connection is quick; counting it as a fast answer would make `ewma`
+            // send more traffic to a dead node. A failure counts as a slow answer instead.
+            node.load.observe_latency(if node_failed {
+                elapsed.max(FAILURE_LATENCY)
+            } else {
+                elapsed
+            });
             if node
                 .health
                 .record_request(!node_failed, upstream.passive_check())
@@ -122,13 +131,20 @@ impl Proxy {
             let may_retry = retries.is_some_and(|policy| {
                 failure.is_some_and(|f| f.allows_retry(policy))
                     && tried.len() < policy.count as usize
-                    && tried.len() + 1 < upstream.nodes.len()
             });
-            if may_retry && upstream.budget.try_retry() {
-                debug!(upstream = %upstream.key, node = %node.authority, failure = ?failure, "retrying on another node");
-                self.state.metrics.record_retry();
+            if may_retry {
                 tried.push(index);
-                continue;
+                // Another node, not tried yet, and a token from the budget: else this answer
+                // (or error) is the client's.
+                let next = upstream.pick_index(key, |i| tried.contains(&i));
+                if let Some(next) = next
+                    && upstream.budget.try_retry()
+                {
+                    debug!(upstream = %upstream.key, node = %node.authority, failure = ?failure, "retrying on another node");
+                    self.state.metrics.record_retry();
+                    index = next;
+                    continue;
+                }
             }
 
             let mut response = result?;
