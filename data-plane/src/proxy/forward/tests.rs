@@ -764,3 +764,77 @@ async fn https_upstreams_use_sni_alpn_h2_and_verify_certificates_by_default() {
         [(Some("upstream.test".to_owned()), http::Version::HTTP_2)]
     );
 }
+
+#[test]
+fn hash_keys_come_from_the_configured_source_or_the_client_address() {
+    let runtime = |hash_on: Value| {
+        let snap = snapshot(
+            1,
+            &[(
+                "upstreams",
+                "u",
+                json!({"nodes": [{"host": "h", "port": 1}], "lb": "consistent_hash", "hash_on": hash_on}),
+            )],
+        );
+        Runtime::compile(&snap, None).unwrap()
+    };
+    let client: std::net::SocketAddr = "10.0.0.7:5555".parse().unwrap();
+    let other_port: std::net::SocketAddr = "10.0.0.7:6666".parse().unwrap();
+    let request = |uri: &str, headers: &[(&str, &str)]| {
+        let mut builder = Request::get(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    };
+    let by_address = crate::balance::hash_bytes(b"10.0.0.7");
+    let cases = [
+        (
+            json!({"source": "header", "name": "x-user"}),
+            request("/a", &[("x-user", "alice")]),
+            crate::balance::hash_bytes(b"alice"),
+        ),
+        (
+            json!({"source": "cookie", "name": "sid"}),
+            request("/a", &[("cookie", "theme=dark; sid=s-42")]),
+            crate::balance::hash_bytes(b"s-42"),
+        ),
+        (
+            json!({"source": "query", "name": "item"}),
+            request("/a?x=1&item=14286", &[]),
+            crate::balance::hash_bytes(b"14286"),
+        ),
+        (
+            json!({"source": "uri"}),
+            request("/a/b?c=d", &[]),
+            crate::balance::hash_bytes(b"/a/b?c=d"),
+        ),
+        (
+            json!({"source": "remote_addr"}),
+            request("/a", &[]),
+            by_address,
+        ),
+        // Missing header, cookie or argument: the client address.
+        (
+            json!({"source": "header", "name": "x-user"}),
+            request("/a", &[]),
+            by_address,
+        ),
+        (
+            json!({"source": "cookie", "name": "sid"}),
+            request("/a", &[("cookie", "other=1")]),
+            by_address,
+        ),
+    ];
+    for (hash_on, request, expected) in cases {
+        let rt = runtime(hash_on.clone());
+        let upstream = &rt.upstreams["u"];
+        assert_eq!(
+            super::hash_key(upstream, &request, client),
+            expected,
+            "{hash_on}"
+        );
+        // The client's port never matters.
+        assert_eq!(super::hash_key(upstream, &request, other_port), expected);
+    }
+}
