@@ -43,7 +43,10 @@ fn route(i: usize) -> (Value, Request) {
         _ => (json!(["/shared/:id"]), "/shared/42".to_owned()),
     };
     let (hosts, host) = match (i % 8, i % 3) {
-        (7, _) => (json!([format!("t{i}.example.com")]), format!("t{i}.example.com")),
+        (7, _) => (
+            json!([format!("t{i}.example.com")]),
+            format!("t{i}.example.com"),
+        ),
         (_, 0) => (
             json!([format!("api{}.example.com", i % 50)]),
             format!("api{}.example.com", i % 50),
@@ -144,7 +147,11 @@ fn bench_router(c: &mut Criterion) {
                 matches!(runtime.router.find(&view), RouteMatch::Found { .. })
             })
             .count();
-        assert!(found >= requests.len() * 3 / 4, "{found} of {} found", requests.len());
+        assert!(
+            found >= requests.len() * 3 / 4,
+            "{found} of {} found",
+            requests.len()
+        );
 
         let mut next = 0usize;
         group.bench_function(format!("match/{n}"), |b| {
