@@ -173,6 +173,9 @@ impl Runtime {
                 (None, None, Some(batch)) => {
                     RouteTarget::Batch(Arc::new(CompiledBatch::compile(id, batch, &upstreams)?))
                 }
+                (None, None, None) if route.plugins.contains_key("batch-requests") => {
+                    RouteTarget::Endpoint
+                }
                 (None, None, None) => {
                     return Err(CompileError::NoTarget {
                         route: id.to_owned(),
@@ -217,7 +220,7 @@ impl CompiledRoute {
     pub fn upstream(&self) -> Option<&Arc<UpstreamRuntime>> {
         match &self.target {
             RouteTarget::Upstream(upstream) => Some(upstream),
-            RouteTarget::Batch(_) => None,
+            RouteTarget::Batch(_) | RouteTarget::Endpoint => None,
         }
     }
 }
@@ -229,6 +232,8 @@ pub enum RouteTarget {
     Upstream(Arc<UpstreamRuntime>),
     /// A fan-out to several upstreams, merged into one JSON answer.
     Batch(Arc<CompiledBatch>),
+    /// None: a plugin answers (`batch-requests`).
+    Endpoint,
 }
 
 #[cfg(test)]

@@ -471,3 +471,99 @@ async fn bad_batches_are_refused_on_write_with_pointers() {
     let (status, _, body) = cp.call("DELETE", "/api/v1/upstreams/api", None).await;
     assert_eq!(status, 409, "{body}");
 }
+
+#[tokio::test]
+async fn batch_requests_runs_each_item_through_the_router_and_plugins() {
+    let api = FakeUpstream::start("api").await;
+    let (cp, dp) = gateway().await;
+    cp.write("PUT", "/api/v1/upstreams/api", Some(api.upstream()))
+        .await;
+    cp.write(
+        "PUT",
+        "/api/v1/consumers/alice",
+        Some(
+            json!({"username": "alice", "credentials": {"key-auth": {"key": "alice-secret-key"}}}),
+        ),
+    )
+    .await;
+    cp.write(
+        "PUT",
+        "/api/v1/routes/open",
+        Some(json!({"paths": ["/open/*"], "upstream_id": "api"})),
+    )
+    .await;
+    cp.write(
+        "PUT",
+        "/api/v1/routes/private",
+        Some(json!({"paths": ["/private/*"], "upstream_id": "api", "plugins": {"key-auth": {}}})),
+    )
+    .await;
+    cp.write(
+        "PUT",
+        "/api/v1/routes/batch",
+        Some(json!({"paths": ["/batch"], "methods": ["POST"], "plugins": {"batch-requests": {"max_items": 3, "max_body_bytes": 2048}}})),
+    )
+    .await;
+
+    let post = |body: Value| {
+        send(
+            reqwest::Client::new()
+                .post(format!("{}/batch", dp.proxy_url))
+                .json(&body),
+        )
+    };
+    let batch = json!({"timeout_ms": 5000, "requests": [
+        {"method": "GET", "path": "/open/a?x=1"},
+        {"method": "GET", "path": "/private/b", "headers": {"apikey": "wrong-key"}},
+        {"method": "POST", "path": "/private/c", "headers": {"apikey": "alice-secret-key"}, "body": {"n": 1}}
+    ]});
+    let answer = eventually("the batch endpoint is served", || async {
+        let answer = post(batch.clone()).await;
+        (answer.status != 404).then_some(answer)
+    })
+    .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let items = answer.body.as_array().expect("an array");
+    assert_eq!(items.len(), 3, "{answer:?}");
+    assert_eq!(items[0]["status"], 200);
+    // JSON bodies come back as JSON.
+    assert_eq!(
+        items[0]["body"],
+        json!({"upstream": "api", "uri": "/open/a?x=1"})
+    );
+    assert_eq!(items[0]["headers"]["content-type"], "application/json");
+    assert_eq!(items[1]["status"], 401, "{answer:?}");
+    assert_eq!(items[2]["status"], 200, "{answer:?}");
+    assert_eq!(items[2]["body"]["uri"], "/private/c");
+    // The refused item never reached the upstream; the others did, in process.
+    let uris: Vec<String> = api
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.uri.clone())
+        .collect();
+    assert!(
+        !uris.iter().any(|u| u.starts_with("/private/b")),
+        "{uris:?}"
+    );
+    let c = api
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|r| r.uri == "/private/c")
+        .cloned()
+        .unwrap();
+    assert_eq!(c.method, "POST");
+
+    // Bounds: too many items → 400, too large a body → 413, an item that is a batch → 400.
+    let four = json!({"requests": [{"path": "/open/1"}, {"path": "/open/2"}, {"path": "/open/3"}, {"path": "/open/4"}]});
+    assert_eq!(post(four).await.status, 400);
+    let large = json!({"requests": [{"path": "/open/1", "body": "z".repeat(4096)}]});
+    assert_eq!(post(large).await.status, 413);
+    let nested = post(json!({"requests": [{"method": "POST", "path": "/batch", "body": {"requests": [{"path": "/open/1"}]}}]})).await;
+    assert_eq!(nested.status, 200, "{nested:?}");
+    assert_eq!(nested.body[0]["status"], 400, "{nested:?}");
+}

@@ -19,6 +19,7 @@
 //! beats route beats global rule, as in APISIX).
 
 pub mod basic_auth;
+pub mod batch_requests;
 pub mod jwt_auth;
 pub mod key_auth;
 pub mod limit_count;
@@ -193,6 +194,23 @@ pub trait Plugin: Send + Sync + fmt::Debug {
     fn response(&self, _ctx: &mut RequestCtx<'_>, _response: &mut Response<ProxyBody>) {}
     /// Log phase.
     fn log(&self, _ctx: &RequestCtx<'_>, _status: StatusCode) {}
+    /// A plugin that answers the route's requests itself, after the request phases, instead of
+    /// sending them to a target (`batch-requests`).
+    fn endpoint(&self) -> Option<&dyn Endpoint> {
+        None
+    }
+}
+
+/// What a plugin that answers requests itself implements. It gets the proxy, so that it can
+/// hand synthetic requests back to [`crate::proxy::Proxy::handle`].
+pub trait Endpoint: Send + Sync {
+    /// Answers `request` (its request phases have run).
+    fn serve<'a>(
+        &'a self,
+        proxy: &'a crate::proxy::Proxy,
+        remote: SocketAddr,
+        request: http::Request<crate::proxy::upstream::UpstreamBody>,
+    ) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send + 'a>>;
 }
 
 /// Plugins in the order they run.
@@ -271,6 +289,7 @@ pub fn build(
     let priority = def.priority;
     let plugin: Arc<dyn Plugin> = match name {
         "key-auth" => Arc::new(key_auth::KeyAuth::build(priority, config)?),
+        "batch-requests" => Arc::new(batch_requests::BatchRequests::build(priority, config)?),
         "basic-auth" => Arc::new(basic_auth::BasicAuth::build(priority, config)?),
         "jwt-auth" => Arc::new(jwt_auth::JwtAuth::build(priority, config)?),
         "limit-count" => Arc::new(limit_count::LimitCount::build(

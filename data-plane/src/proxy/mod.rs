@@ -148,6 +148,11 @@ impl Proxy {
         ctx: Option<&RequestCtx<'_>>,
         request: Request<UpstreamBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        if route.spec.plugins.contains_key("batch-requests")
+            && let Some(endpoint) = route.plugins.plugins.iter().find_map(|p| p.endpoint())
+        {
+            return Ok(endpoint.serve(self, remote, request).await);
+        }
         let overridden = ctx.and_then(|c| c.upstream_override.as_ref());
         let upstream = match (&route.target, overridden) {
             (_, Some(upstream)) => upstream,
@@ -159,6 +164,13 @@ impl Proxy {
                     params,
                 };
                 return batch::execute(self, route, batch, downstream, request).await;
+            }
+            // Only a route with an endpoint plugin has no target, and it was served above.
+            (RouteTarget::Endpoint, None) => {
+                return Err(ProxyError::Internal(format!(
+                    "route {} has no target and no endpoint plugin",
+                    route.id
+                )));
             }
         };
         self.send_upstream(route, upstream, request, remote, original_host)

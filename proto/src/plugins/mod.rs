@@ -12,6 +12,7 @@
 use serde_json::{Map, Value, json};
 
 pub mod auth;
+pub mod batch_requests;
 pub mod limit_count;
 
 /// One plugin known to this build.
@@ -29,6 +30,12 @@ pub struct PluginDef {
 
 /// Every plugin this build knows, by descending priority.
 pub static PLUGINS: &[PluginDef] = &[
+    PluginDef {
+        name: "batch-requests",
+        priority: 4010,
+        description: "Turns the route into an endpoint that runs a client-defined list of requests through the gateway and answers all their responses.",
+        schema: batch_requests::schema,
+    },
     PluginDef {
         name: "basic-auth",
         priority: 2520,

@@ -134,6 +134,8 @@ pub(super) fn check_route(route: &Route, out: &mut Vec<Violation>) {
         }
     }
     match (&route.upstream_id, &route.upstream, &route.batch) {
+        // `batch-requests` answers the route's requests itself: it needs no target.
+        (None, None, None) if route.plugins.contains_key("batch-requests") => {}
         (None, None, None) => out.push(Violation::new(
             "",
             "a route needs a target: upstream_id, upstream or batch",
