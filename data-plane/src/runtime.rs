@@ -146,9 +146,11 @@ impl Runtime {
             upstreams.insert(id.to_owned(), upstream);
         }
 
-        let env = previous
+        let mut env = previous
             .map(|p| p.plugins.env().clone())
             .unwrap_or_default();
+        // `traffic-split` resolves its upstream ids against this snapshot's named upstreams.
+        env.upstreams = Arc::new(upstreams.clone());
         let plugins = CompiledPlugins::compile(snapshot, &env)?;
         let mut routes = Vec::new();
         for (id, resource, route) in snapshot.routes() {

@@ -81,6 +81,8 @@ pub fn respond<B>(state: &State, request: &Request<B>) -> Response<ProxyBody> {
         _ => {
             let mut text = state.metrics.render();
             crate::health::render_metrics(&state.runtime(), &mut text);
+            // The `prometheus` plugin's per-route series.
+            state.runtime().plugins.env().prometheus.render(&mut text);
             let mut response = Response::new(Either::Right(Full::new(Bytes::from(text))));
             response.headers_mut().insert(
                 CONTENT_TYPE,

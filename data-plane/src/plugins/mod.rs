@@ -18,11 +18,20 @@
 //! consumer, the consumer's plugins overlay that chain for everything not yet run (consumer
 //! beats route beats global rule, as in APISIX).
 
+pub mod api_breaker;
 pub mod basic_auth;
 pub mod batch_requests;
+pub mod cors;
+pub mod ip_restriction;
 pub mod jwt_auth;
 pub mod key_auth;
 pub mod limit_count;
+pub mod limit_req;
+pub mod prometheus;
+pub mod proxy_rewrite;
+pub mod request_id;
+pub mod response_rewrite;
+pub mod traffic_split;
 pub mod util;
 
 use std::collections::{BTreeMap, HashMap};
@@ -272,6 +281,16 @@ pub struct BuildEnv {
     pub redis: Option<limit_count::RedisCounters>,
     /// This data plane's own counters.
     pub local_counters: Arc<limit_count::LocalCounters>,
+    /// `limit-req`'s leaky buckets.
+    pub limit_req: Arc<limit_req::Buckets>,
+    /// `api-breaker`'s circuits.
+    pub breakers: Arc<api_breaker::Breakers>,
+    /// `prometheus`'s per-route series.
+    pub prometheus: Arc<prometheus::Registry>,
+    /// The named upstreams of the snapshot being compiled (for `traffic-split`). Unlike the
+    /// fields above it is per snapshot: `Runtime::compile` replaces it before building any
+    /// plugin.
+    pub upstreams: Arc<HashMap<String, Arc<UpstreamRuntime>>>,
 }
 
 /// The factory: a validated config → a plugin instance.
@@ -295,6 +314,17 @@ pub fn build(
         "limit-count" => Arc::new(limit_count::LimitCount::build(
             priority, config, scope, env,
         )?),
+        "request-id" => Arc::new(request_id::RequestId::build(priority, config)?),
+        "cors" => Arc::new(cors::Cors::build(priority, config)?),
+        "ip-restriction" => Arc::new(ip_restriction::IpRestriction::build(priority, config)?),
+        "proxy-rewrite" => Arc::new(proxy_rewrite::ProxyRewrite::build(priority, config)?),
+        "api-breaker" => Arc::new(api_breaker::ApiBreaker::build(
+            priority, config, scope, env,
+        )?),
+        "limit-req" => Arc::new(limit_req::LimitReq::build(priority, config, scope, env)?),
+        "traffic-split" => Arc::new(traffic_split::TrafficSplit::build(priority, config, env)?),
+        "response-rewrite" => Arc::new(response_rewrite::ResponseRewrite::build(priority, config)?),
+        "prometheus" => Arc::new(prometheus::Prometheus::build(priority, config, scope, env)?),
         other => {
             return Err(format!(
                 "plugin {other:?} has a schema but no implementation"
@@ -454,5 +484,7 @@ impl CompiledPlugins {
     }
 }
 
+#[cfg(test)]
+mod e2e_tests;
 #[cfg(test)]
 mod tests;

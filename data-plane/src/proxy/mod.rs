@@ -100,18 +100,25 @@ impl Proxy {
             .as_ref()
             .and_then(|h| h.to_str().ok())
             .unwrap_or_default();
-        let (route, params) = match runtime.router.find(&RequestView {
+        let view = RequestView {
             method: request.method(),
             host,
             path: request.uri().path(),
             headers: request.headers(),
             query: request.uri().query(),
             client: remote.ip(),
-        }) {
+        };
+        let (route, params) = match runtime.router.find(&view) {
             RouteMatch::Found { route, params } => (route, params),
             RouteMatch::NotFound => return Err(ProxyError::RouteNotFound),
             RouteMatch::MethodNotAllowed { allow } => {
-                return Err(ProxyError::MethodNotAllowed { allow });
+                // A CORS preflight asks about the method in `Access-Control-Request-Method`;
+                // routes rarely list OPTIONS. It goes to the route that would serve that method
+                // if that route has `cors` (which answers it without proxying); otherwise 405.
+                match preflight_route(runtime, &view) {
+                    Some(found) => found,
+                    None => return Err(ProxyError::MethodNotAllowed { allow }),
+                }
             }
         };
         if route.plugins.plugins.is_empty() {
@@ -175,6 +182,33 @@ impl Proxy {
         };
         self.send_upstream(route, upstream, request, remote, original_host)
             .await
+    }
+}
+
+/// For a CORS preflight (`OPTIONS` with `Access-Control-Request-Method`) that matched no route
+/// by its own method: the route the announced method would reach, if that route runs `cors`.
+fn preflight_route(
+    runtime: &Runtime,
+    view: &RequestView<'_>,
+) -> Option<(Arc<CompiledRoute>, crate::router::Params)> {
+    if view.method != http::Method::OPTIONS || !view.headers.contains_key(http::header::ORIGIN) {
+        return None;
+    }
+    let announced = view
+        .headers
+        .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())?;
+    let as_announced = RequestView {
+        method: &announced,
+        ..*view
+    };
+    match runtime.router.find(&as_announced) {
+        RouteMatch::Found { route, params }
+            if route.plugins.plugins.iter().any(|p| p.name() == "cors") =>
+        {
+            Some((route, params))
+        }
+        _ => None,
     }
 }
 

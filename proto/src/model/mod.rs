@@ -112,6 +112,9 @@ pub fn is_valid_id(id: &str) -> bool {
 pub const SERVER_FIELDS: [&str; 4] = ["id", "created_at", "updated_at", "revision"];
 
 /// A resource document after validation, typed by kind.
+// Built once per resource per snapshot, never on the request path: boxing the large variants
+// would save memory nobody misses and cost every match a deref.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Parsed {
     /// An upstream.
@@ -127,22 +130,39 @@ pub enum Parsed {
 impl Parsed {
     /// The resources this one names and that must exist for it to be valid.
     pub fn references(&self) -> Vec<ResourceKey> {
-        match self {
-            Parsed::Upstream(_) | Parsed::Consumer(_) | Parsed::GlobalRule(_) => Vec::new(),
+        // A `traffic-split` plugin (on any level) names upstreams too.
+        let split = self
+            .plugins()
+            .map(crate::plugins::traffic_split::upstream_ids)
+            .unwrap_or_default();
+        let mut ids: Vec<String> = match self {
+            Parsed::Upstream(_) | Parsed::Consumer(_) | Parsed::GlobalRule(_) => split,
             Parsed::Route(route) => {
                 // A batch's sub-requests name upstreams too; they must exist like any other.
                 let batch = route.batch.iter().flat_map(|b| &b.requests);
-                let mut ids: Vec<&String> = route
+                route
                     .upstream_id
                     .iter()
                     .chain(batch.map(|r| &r.upstream_id))
-                    .collect();
-                ids.sort_unstable();
-                ids.dedup();
-                ids.into_iter()
-                    .map(|id| ResourceKey::new(Kind::Upstreams, id.clone()))
+                    .cloned()
+                    .chain(split)
                     .collect()
             }
+        };
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter()
+            .map(|id| ResourceKey::new(Kind::Upstreams, id))
+            .collect()
+    }
+
+    /// The `plugins` map of a kind that has one.
+    pub fn plugins(&self) -> Option<&std::collections::BTreeMap<String, serde_json::Value>> {
+        match self {
+            Parsed::Upstream(_) => None,
+            Parsed::Route(route) => Some(&route.plugins),
+            Parsed::Consumer(consumer) => Some(&consumer.plugins),
+            Parsed::GlobalRule(rule) => Some(&rule.plugins),
         }
     }
 }

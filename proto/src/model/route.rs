@@ -52,6 +52,9 @@ pub struct Route {
     /// Plugin name → plugin config.
     #[serde(default)]
     pub plugins: BTreeMap<String, Value>,
+    /// The common `labels` (the `prometheus` plugin reports `labels.name` with `prefer_name`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A condition on one request header or query argument.

@@ -9,11 +9,22 @@
 //! Priority decides the order within a phase: higher runs first (the APISIX convention, with
 //! APISIX's numbers where the plugin exists there). The chart is in ARCHITECTURE.md.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value, json};
 
+pub mod api_breaker;
 pub mod auth;
 pub mod batch_requests;
+pub mod cors;
+pub mod ip_restriction;
 pub mod limit_count;
+pub mod limit_req;
+pub mod prometheus;
+pub mod proxy_rewrite;
+pub mod request_id;
+pub mod response_rewrite;
+pub mod traffic_split;
 
 /// One plugin known to this build.
 #[derive(Debug)]
@@ -31,10 +42,28 @@ pub struct PluginDef {
 /// Every plugin this build knows, by descending priority.
 pub static PLUGINS: &[PluginDef] = &[
     PluginDef {
+        name: "request-id",
+        priority: 12015,
+        description: "Gives every request an id (the client's or a new UUID), sent upstream and echoed back.",
+        schema: request_id::schema,
+    },
+    PluginDef {
         name: "batch-requests",
         priority: 4010,
         description: "Turns the route into an endpoint that runs a client-defined list of requests through the gateway and answers all their responses.",
         schema: batch_requests::schema,
+    },
+    PluginDef {
+        name: "cors",
+        priority: 4000,
+        description: "Answers CORS preflights at the gateway and adds CORS headers to answers.",
+        schema: cors::schema,
+    },
+    PluginDef {
+        name: "ip-restriction",
+        priority: 3000,
+        description: "Allows (whitelist) or refuses (blacklist) clients by IPv4/IPv6 CIDR block.",
+        schema: ip_restriction::schema,
     },
     PluginDef {
         name: "basic-auth",
@@ -55,16 +84,67 @@ pub static PLUGINS: &[PluginDef] = &[
         schema: auth::key_auth_schema,
     },
     PluginDef {
+        name: "proxy-rewrite",
+        priority: 1008,
+        description: "Rewrites the upstream request: uri or regex_uri, host, method, headers.",
+        schema: proxy_rewrite::schema,
+    },
+    PluginDef {
+        name: "api-breaker",
+        priority: 1005,
+        description: "Circuit breaker: answers break_response_code after repeated unhealthy upstream statuses.",
+        schema: api_breaker::schema,
+    },
+    PluginDef {
         name: "limit-count",
         priority: 1002,
         description: "Allows at most `count` requests per `time_window` seconds per key.",
         schema: limit_count::schema,
+    },
+    PluginDef {
+        name: "limit-req",
+        priority: 1001,
+        description: "Leaky bucket: `rate` requests per second per key, `burst` more delayed, the rest refused.",
+        schema: limit_req::schema,
+    },
+    PluginDef {
+        name: "traffic-split",
+        priority: 966,
+        description: "Sends requests to other upstreams by weight and by header/query match (canaries).",
+        schema: traffic_split::schema,
+    },
+    PluginDef {
+        name: "response-rewrite",
+        priority: 899,
+        description: "Rewrites the answer: status, headers, body.",
+        schema: response_rewrite::schema,
+    },
+    PluginDef {
+        name: "prometheus",
+        priority: 500,
+        description: "Per-route request counters and latency histograms on the data plane's /metrics.",
+        schema: prometheus::schema,
     },
 ];
 
 /// The plugin named `name`, if this build has it.
 pub fn plugin(name: &str) -> Option<&'static PluginDef> {
     PLUGINS.iter().find(|p| p.name == name)
+}
+
+/// The semantic rules of a `plugins` map that its schema cannot say (CIDR blocks, regular
+/// expressions, `*` with credentials), each violation located under `at` (`/plugins`).
+pub fn check(plugins: &BTreeMap<String, Value>, at: &str, out: &mut Vec<crate::schema::Violation>) {
+    for (name, config) in plugins {
+        let at = format!("{at}/{name}");
+        match name.as_str() {
+            "ip-restriction" => ip_restriction::check(config, &at, out),
+            "cors" => cors::check(config, &at, out),
+            "proxy-rewrite" => proxy_rewrite::check(config, &at, out),
+            "traffic-split" => traffic_split::check(config, &at, out),
+            _ => {}
+        }
+    }
 }
 
 /// The schema of a `plugins` map: known names only, each with its own config schema.

@@ -142,6 +142,9 @@ pub fn validate_resource(kind: Kind, document: &Value) -> Result<Parsed, Vec<Vio
         Parsed::Consumer(consumer) => check_consumer(consumer, &mut violations),
         Parsed::GlobalRule(rule) => check_global_rule(rule, &mut violations),
     }
+    if let Some(plugins) = parsed.plugins() {
+        crate::plugins::check(plugins, "/plugins", &mut violations);
+    }
     if violations.is_empty() {
         Ok(parsed)
     } else {

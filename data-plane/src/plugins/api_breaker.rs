@@ -1,0 +1,225 @@
+//! `api-breaker`: a circuit breaker on upstream statuses (APISIX's algorithm).
+//!
+//! - Closed: requests pass; the log phase counts unhealthy statuses. Every
+//!   `unhealthy.failures`-th unhealthy status (without the circuit having closed in between)
+//!   opens the circuit for 2^n seconds, n being how many times it has opened in this run
+//!   (2 s, 4 s, 8 s, …, at most `max_breaker_sec`).
+//! - Open: the access phase answers `break_response_code` without calling the upstream.
+//!   Statuses seen while open are ignored (they are the breaker's own answers, or answers to
+//!   requests that started before it opened).
+//! - Half-open, once the break is over: requests pass again; `healthy.successes` healthy
+//!   statuses close the circuit and reset the backoff; another `unhealthy.failures` unhealthy
+//!   statuses re-open it, for twice as long.
+//!
+//! State is per configured instance (a route's, a consumer's or a global rule's) and lives in
+//! [`super::BuildEnv`], so it survives config pushes while that config is unchanged; a changed
+//! config starts closed. Statuses neither healthy nor unhealthy count for nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Response, StatusCode, request};
+use http_body_util::{Either, Full};
+use serde_json::Value;
+
+use super::{Access, BuildEnv, Plugin, RequestCtx, reject};
+use gateway_proto::plugins::api_breaker::Config;
+
+/// How many breakers a data plane keeps at most; beyond, closed ones are forgotten.
+const MAX_BREAKERS: usize = 10_000;
+
+/// Every breaker of this data plane, by instance and config; shared by every snapshot.
+#[derive(Debug, Default)]
+pub struct Breakers {
+    by_key: Mutex<HashMap<String, Arc<Mutex<Circuit>>>>,
+}
+
+impl Breakers {
+    fn circuit(&self, key: String) -> Arc<Mutex<Circuit>> {
+        let mut map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_BREAKERS {
+            map.retain(|_, c| c.lock().map(|c| c.unhealthy > 0).unwrap_or(false));
+        }
+        Arc::clone(map.entry(key).or_default())
+    }
+}
+
+/// One circuit's state.
+#[derive(Debug, Default)]
+struct Circuit {
+    /// Unhealthy statuses since the circuit last closed.
+    unhealthy: u32,
+    /// Healthy statuses since the last break.
+    healthy: u32,
+    /// Until when the circuit is open.
+    open_until: Option<Instant>,
+}
+
+/// A compiled `api-breaker`.
+#[derive(Debug)]
+pub struct ApiBreaker {
+    priority: i32,
+    code: StatusCode,
+    body: Option<Bytes>,
+    max_break: Duration,
+    unhealthy: Vec<StatusCode>,
+    failures: u32,
+    healthy: Vec<StatusCode>,
+    successes: u32,
+    circuit: Arc<Mutex<Circuit>>,
+}
+
+impl ApiBreaker {
+    /// Compiles a validated config configured at `scope`.
+    pub fn build(
+        priority: i32,
+        config: &Value,
+        scope: &str,
+        env: &BuildEnv,
+    ) -> Result<ApiBreaker, String> {
+        let parsed: Config = serde_json::from_value(config.clone()).map_err(|e| e.to_string())?;
+        let status = |code: u16| StatusCode::from_u16(code).map_err(|_| format!("status {code}"));
+        let statuses = |codes: &[u16]| {
+            codes
+                .iter()
+                .map(|&c| status(c))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(ApiBreaker {
+            priority,
+            code: status(parsed.break_response_code)?,
+            body: parsed.break_response_body.map(Bytes::from),
+            max_break: Duration::from_secs(parsed.max_breaker_sec),
+            unhealthy: statuses(&parsed.unhealthy.http_statuses)?,
+            failures: parsed.unhealthy.failures.max(1),
+            healthy: statuses(&parsed.healthy.http_statuses)?,
+            successes: parsed.healthy.successes.max(1),
+            // The config is part of the key: a changed breaker starts closed.
+            circuit: env.breakers.circuit(format!("{scope}:{config}")),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Circuit> {
+        self.circuit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the circuit is open at `now`.
+    fn is_open(&self, now: Instant) -> bool {
+        self.lock().open_until.is_some_and(|until| now < until)
+    }
+
+    /// Records the status of an answer at `now`.
+    fn record(&self, status: StatusCode, now: Instant) {
+        let mut circuit = self.lock();
+        if circuit.open_until.is_some_and(|until| now < until) {
+            return;
+        }
+        if self.unhealthy.contains(&status) {
+            circuit.unhealthy = circuit.unhealthy.saturating_add(1);
+            circuit.healthy = 0;
+            if circuit.unhealthy.is_multiple_of(self.failures) {
+                let opened = circuit.unhealthy / self.failures;
+                let backoff = Duration::from_secs(1u64 << opened.min(31));
+                circuit.open_until = Some(now + backoff.min(self.max_break));
+            }
+        } else if self.healthy.contains(&status) && circuit.unhealthy > 0 {
+            circuit.healthy += 1;
+            if circuit.healthy >= self.successes {
+                *circuit = Circuit::default();
+            }
+        }
+    }
+
+    fn refusal(&self) -> Response<crate::proxy::ProxyBody> {
+        match &self.body {
+            None => reject(
+                self.code,
+                "circuit_open",
+                "the upstream is failing; try again later",
+            ),
+            Some(body) => {
+                let mut response = Response::new(Either::Right(Full::new(body.clone())));
+                *response.status_mut() = self.code;
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                response
+            }
+        }
+    }
+}
+
+impl Plugin for ApiBreaker {
+    fn name(&self) -> &'static str {
+        "api-breaker"
+    }
+
+    fn priority(&self) -> i32 {
+        self.priority
+    }
+
+    fn access(&self, _ctx: &mut RequestCtx<'_>, _request: &mut request::Parts) -> Access {
+        if self.is_open(Instant::now()) {
+            Access::Reject(self.refusal())
+        } else {
+            Access::Continue
+        }
+    }
+
+    fn log(&self, _ctx: &RequestCtx<'_>, status: StatusCode) {
+        self.record(status, Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn opens_doubles_its_break_and_closes_after_successes() {
+        let env = BuildEnv::default();
+        let config = json!({"break_response_code": 502, "unhealthy": {"failures": 2}, "healthy": {"successes": 2}, "max_breaker_sec": 5});
+        let breaker = ApiBreaker::build(1005, &config, "routes/r", &env).unwrap();
+        let bad = StatusCode::INTERNAL_SERVER_ERROR;
+        let t0 = Instant::now();
+        breaker.record(bad, t0);
+        assert!(!breaker.is_open(t0));
+        breaker.record(StatusCode::NOT_FOUND, t0); // neither healthy nor unhealthy
+        breaker.record(bad, t0);
+        assert!(breaker.is_open(t0), "two failures open it");
+        assert!(breaker.is_open(t0 + Duration::from_millis(1999)));
+        breaker.record(bad, t0 + Duration::from_secs(1)); // ignored while open
+        let t1 = t0 + Duration::from_secs(2);
+        assert!(!breaker.is_open(t1), "half-open after 2 s");
+        breaker.record(bad, t1);
+        breaker.record(bad, t1);
+        assert!(
+            breaker.is_open(t1 + Duration::from_millis(3999)),
+            "then 4 s"
+        );
+        let t2 = t1 + Duration::from_secs(4);
+        breaker.record(bad, t2);
+        breaker.record(bad, t2);
+        assert!(
+            breaker.is_open(t2 + Duration::from_millis(4999)),
+            "capped at 5 s (not 8)"
+        );
+        assert!(!breaker.is_open(t2 + Duration::from_secs(5)));
+        let t3 = t2 + Duration::from_secs(5);
+        breaker.record(StatusCode::OK, t3);
+        breaker.record(StatusCode::OK, t3);
+        breaker.record(bad, t3);
+        assert!(!breaker.is_open(t3), "closed: the count starts again");
+        // State survives a rebuild with the same config, not with another.
+        let same = ApiBreaker::build(1005, &config, "routes/r", &env).unwrap();
+        assert!(Arc::ptr_eq(&same.circuit, &breaker.circuit));
+        let other = json!({"break_response_code": 503});
+        let changed = ApiBreaker::build(1005, &other, "routes/r", &env).unwrap();
+        assert!(!Arc::ptr_eq(&changed.circuit, &breaker.circuit));
+    }
+}
