@@ -275,10 +275,20 @@ pub async fn execute(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let deadline = Instant::now() + batch.timeout;
     let (parts, body) = request.into_parts();
-    // The client's body may go to every sub-request, so it is read once, within the cap.
-    let body = match Limited::new(body, batch.max_body_bytes).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+    // The client's body may go to every sub-request, so it is read once, within the cap and
+    // the batch's deadline (a client trickling its body must not hold the batch open).
+    let read =
+        tokio::time::timeout_at(deadline, Limited::new(body, batch.max_body_bytes).collect());
+    let body = match read.await {
+        Err(_) => {
+            return Ok(json_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive within the batch's timeout",
+            ));
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
             return Ok(json_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -288,7 +298,7 @@ pub async fn execute(
                 ),
             ));
         }
-        Err(_) => {
+        Ok(Err(_)) => {
             return Ok(json_response(
                 StatusCode::BAD_REQUEST,
                 "bad_request_body",
