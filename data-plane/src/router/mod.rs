@@ -56,7 +56,7 @@
 //! # Cost
 //!
 //! [`Router::build`] compiles a snapshot's routes once into a radix tree over path segments
-//! (see [`tree`]): a lookup walks the request path and yields only the pattern sets whose
+//! (the `tree` module): a lookup walks the request path and yields only the pattern sets whose
 //! paths match, so its cost depends on the path, not on the number of routes. Each pattern set
 //! indexes its routes by exact host (a hash lookup) and by wildcard suffix (one lookup per
 //! label of the request's host); the remaining conditions are checked only on those

@@ -487,6 +487,23 @@ fn adversarial_requests_do_not_panic() {
 }
 
 #[test]
+fn the_deepest_patterns_the_schema_allows_are_matched() {
+    // 2,000 segments is about as deep as a 4,096-byte path can go; the lookup recurses once
+    // per segment, so this also shows that the recursion fits a thread's stack.
+    let literal = "/a".repeat(2000);
+    let params: String = (0..2000).map(|i| format!("/:p{i}")).collect();
+    let router = build(&[
+        ("literal", 1, json!({"paths": [literal]})),
+        ("params", 1, json!({"paths": [params.clone() + "/*"]})),
+    ]);
+    let found = |path: &str| render(&router.find(&RequestView::new(&Method::GET, "", path)));
+    assert_eq!(found(&literal), "literal");
+    let answer = found(&(literal.clone() + "/b"));
+    assert!(answer.starts_with("params p0=a p1=a"), "{answer:.40}");
+    assert_eq!(found(&"/a".repeat(1999)), "404");
+}
+
+#[test]
 fn an_empty_router_finds_nothing() {
     let router = Router::default();
     assert!(router.is_empty());
