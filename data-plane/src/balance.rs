@@ -162,6 +162,10 @@ impl Balancer {
         allowed: impl Fn(usize) -> bool,
     ) -> Option<usize> {
         let ok = |i: usize| nodes.weight(i) > 0 && allowed(i);
+        if nodes.len() == 1 {
+            // The common one-node upstream: no lock, no random draw.
+            return ok(0).then_some(0);
+        }
         match self {
             Balancer::RoundRobin(rr) => rr.pick(nodes, ok),
             Balancer::Random => weighted_random(nodes, &ok, None),

@@ -145,6 +145,10 @@ impl UpstreamRuntime {
     /// The index of the node that gets the next request, skipping nodes `skip` names (the ones
     /// a retry already tried) and, while any other node is available, unhealthy ones.
     pub fn pick_index(&self, key: Option<u64>, skip: impl Fn(usize) -> bool) -> Option<usize> {
+        if self.spec.health_check.is_none() {
+            // Without a policy no verdict ever changes: skip reading the clock and the flags.
+            return self.balancer.pick(self, key, |i| !skip(i));
+        }
         let now = crate::health::now_ms();
         let healthy = |i: usize| !skip(i) && self.nodes[i].health.is_available(now);
         self.balancer
@@ -305,7 +309,7 @@ mod tests {
             &[(
                 "upstreams",
                 "u",
-                json!({"nodes": nodes, "lb": "least_requests"}),
+                json!({"nodes": nodes, "lb": "least_requests", "health_check": {"passive": {}}}),
             )],
         );
         Runtime::compile(&snap, previous).unwrap()
