@@ -11,9 +11,10 @@
 //!   statuses close the circuit and reset the backoff; another `unhealthy.failures` unhealthy
 //!   statuses re-open it, for twice as long.
 //!
-//! State is per configured instance (a route's, a consumer's or a global rule's) and lives in
-//! [`super::BuildEnv`], so it survives config pushes while that config is unchanged; a changed
-//! config starts closed. Statuses neither healthy nor unhealthy count for nothing.
+//! State is per route — on a global rule or a consumer, each route it runs on has its own
+//! circuit — and lives in [`super::BuildEnv`], so it survives config pushes while the config is
+//! unchanged; a changed config starts closed. Statuses neither healthy nor unhealthy count for
+//! nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -69,7 +70,11 @@ pub struct ApiBreaker {
     failures: u32,
     healthy: Vec<StatusCode>,
     successes: u32,
-    circuit: Arc<Mutex<Circuit>>,
+    /// The circuit of the route this instance is configured on; `None` on a global rule or a
+    /// consumer, where each route's circuit is found per request under `key`.
+    circuit: Option<Arc<Mutex<Circuit>>>,
+    key: String,
+    breakers: Arc<Breakers>,
 }
 
 impl ApiBreaker {
@@ -98,22 +103,33 @@ impl ApiBreaker {
             healthy: statuses(&parsed.healthy.http_statuses)?,
             successes: parsed.healthy.successes.max(1),
             // The config is part of the key: a changed breaker starts closed.
-            circuit: env.breakers.circuit(format!("{scope}:{config}")),
+            circuit: scope
+                .starts_with("routes/")
+                .then(|| env.breakers.circuit(format!("{scope}:{config}"))),
+            key: format!("{scope}:{config}"),
+            breakers: Arc::clone(&env.breakers),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Circuit> {
-        self.circuit.lock().unwrap_or_else(|e| e.into_inner())
+    /// The circuit of `route`.
+    fn circuit(&self, route: &str) -> Arc<Mutex<Circuit>> {
+        match &self.circuit {
+            Some(circuit) => Arc::clone(circuit),
+            None => self
+                .breakers
+                .circuit(format!("{}:routes/{route}", self.key)),
+        }
     }
 
     /// Whether the circuit is open at `now`.
-    fn is_open(&self, now: Instant) -> bool {
-        self.lock().open_until.is_some_and(|until| now < until)
+    fn is_open(circuit: &Mutex<Circuit>, now: Instant) -> bool {
+        let circuit = circuit.lock().unwrap_or_else(|e| e.into_inner());
+        circuit.open_until.is_some_and(|until| now < until)
     }
 
     /// Records the status of an answer at `now`.
-    fn record(&self, status: StatusCode, now: Instant) {
-        let mut circuit = self.lock();
+    fn record(&self, circuit: &Mutex<Circuit>, status: StatusCode, now: Instant) {
+        let mut circuit = circuit.lock().unwrap_or_else(|e| e.into_inner());
         if circuit.open_until.is_some_and(|until| now < until) {
             return;
         }
@@ -162,16 +178,16 @@ impl Plugin for ApiBreaker {
         self.priority
     }
 
-    fn access(&self, _ctx: &mut RequestCtx<'_>, _request: &mut request::Parts) -> Access {
-        if self.is_open(Instant::now()) {
+    fn access(&self, ctx: &mut RequestCtx<'_>, _request: &mut request::Parts) -> Access {
+        if ApiBreaker::is_open(&self.circuit(&ctx.route.id), Instant::now()) {
             Access::Reject(self.refusal())
         } else {
             Access::Continue
         }
     }
 
-    fn log(&self, _ctx: &RequestCtx<'_>, status: StatusCode) {
-        self.record(status, Instant::now());
+    fn log(&self, ctx: &RequestCtx<'_>, status: StatusCode) {
+        self.record(&self.circuit(&ctx.route.id), status, Instant::now());
     }
 }
 
@@ -185,41 +201,57 @@ mod tests {
         let env = BuildEnv::default();
         let config = json!({"break_response_code": 502, "unhealthy": {"failures": 2}, "healthy": {"successes": 2}, "max_breaker_sec": 5});
         let breaker = ApiBreaker::build(1005, &config, "routes/r", &env).unwrap();
+        let circuit = breaker.circuit("r");
+        let record = |status, at| breaker.record(&circuit, status, at);
+        let is_open = |at| ApiBreaker::is_open(&circuit, at);
         let bad = StatusCode::INTERNAL_SERVER_ERROR;
         let t0 = Instant::now();
-        breaker.record(bad, t0);
-        assert!(!breaker.is_open(t0));
-        breaker.record(StatusCode::NOT_FOUND, t0); // neither healthy nor unhealthy
-        breaker.record(bad, t0);
-        assert!(breaker.is_open(t0), "two failures open it");
-        assert!(breaker.is_open(t0 + Duration::from_millis(1999)));
-        breaker.record(bad, t0 + Duration::from_secs(1)); // ignored while open
+        record(bad, t0);
+        assert!(!is_open(t0));
+        record(StatusCode::NOT_FOUND, t0); // neither healthy nor unhealthy
+        record(bad, t0);
+        assert!(is_open(t0), "two failures open it");
+        assert!(is_open(t0 + Duration::from_millis(1999)));
+        record(bad, t0 + Duration::from_secs(1)); // ignored while open
         let t1 = t0 + Duration::from_secs(2);
-        assert!(!breaker.is_open(t1), "half-open after 2 s");
-        breaker.record(bad, t1);
-        breaker.record(bad, t1);
-        assert!(
-            breaker.is_open(t1 + Duration::from_millis(3999)),
-            "then 4 s"
-        );
+        assert!(!is_open(t1), "half-open after 2 s");
+        record(bad, t1);
+        record(bad, t1);
+        assert!(is_open(t1 + Duration::from_millis(3999)), "then 4 s");
         let t2 = t1 + Duration::from_secs(4);
-        breaker.record(bad, t2);
-        breaker.record(bad, t2);
+        record(bad, t2);
+        record(bad, t2);
         assert!(
-            breaker.is_open(t2 + Duration::from_millis(4999)),
+            is_open(t2 + Duration::from_millis(4999)),
             "capped at 5 s (not 8)"
         );
-        assert!(!breaker.is_open(t2 + Duration::from_secs(5)));
+        assert!(!is_open(t2 + Duration::from_secs(5)));
         let t3 = t2 + Duration::from_secs(5);
-        breaker.record(StatusCode::OK, t3);
-        breaker.record(StatusCode::OK, t3);
-        breaker.record(bad, t3);
-        assert!(!breaker.is_open(t3), "closed: the count starts again");
+        record(StatusCode::OK, t3);
+        record(StatusCode::OK, t3);
+        record(bad, t3);
+        assert!(!is_open(t3), "closed: the count starts again");
         // State survives a rebuild with the same config, not with another.
         let same = ApiBreaker::build(1005, &config, "routes/r", &env).unwrap();
-        assert!(Arc::ptr_eq(&same.circuit, &breaker.circuit));
+        assert!(Arc::ptr_eq(&same.circuit("r"), &circuit));
         let other = json!({"break_response_code": 503});
         let changed = ApiBreaker::build(1005, &other, "routes/r", &env).unwrap();
-        assert!(!Arc::ptr_eq(&changed.circuit, &breaker.circuit));
+        assert!(!Arc::ptr_eq(&changed.circuit("r"), &circuit));
+    }
+
+    #[test]
+    fn a_global_breaker_keeps_one_circuit_per_route() {
+        let env = BuildEnv::default();
+        let config = json!({"break_response_code": 502, "unhealthy": {"failures": 1}});
+        let global = ApiBreaker::build(1005, &config, "global-rules/g", &env).unwrap();
+        let now = Instant::now();
+        global.record(&global.circuit("a"), StatusCode::INTERNAL_SERVER_ERROR, now);
+        assert!(ApiBreaker::is_open(&global.circuit("a"), now));
+        assert!(!ApiBreaker::is_open(&global.circuit("b"), now));
+        let again = ApiBreaker::build(1005, &config, "global-rules/g", &env).unwrap();
+        assert!(
+            ApiBreaker::is_open(&again.circuit("a"), now),
+            "survives a rebuild"
+        );
     }
 }
