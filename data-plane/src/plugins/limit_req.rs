@@ -61,7 +61,9 @@ impl Buckets {
             return Err(());
         }
         buckets.insert(key.to_owned(), Bucket { excess, at: now });
-        Ok(Duration::from_secs_f64(excess / rate))
+        // A tiny rate can make this astronomically long (even not a valid `Duration`); the
+        // client's own timeout ends such a wait long before.
+        Ok(Duration::try_from_secs_f64(excess / rate).unwrap_or(Duration::MAX))
     }
 }
 
@@ -215,5 +217,9 @@ mod tests {
             Err(()),
             "burst 0 refuses any excess"
         );
+        // Extreme configs never panic.
+        let tiny = f64::MIN_POSITIVE;
+        assert_eq!(buckets.take("t", tiny, 2.0, t0), Ok(Duration::ZERO));
+        assert_eq!(buckets.take("t", tiny, 2.0, t0), Ok(Duration::MAX));
     }
 }
