@@ -68,7 +68,6 @@ mod tree;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, LazyLock};
 
@@ -76,7 +75,7 @@ use http::{HeaderMap, Method};
 
 use crate::runtime::{CompileError, CompiledRoute};
 use conditions::{Conditions, Context, HostPattern, normalize_host};
-use tree::{Hit, LeafId, PathTree, Pattern, Specificity};
+use tree::{ConfigMap, Hit, LeafId, PathTree, Pattern, Specificity};
 
 /// Named path segments captured by a match, in pattern order: (name, raw value).
 pub type Params = Vec<(String, String)>;
@@ -149,9 +148,9 @@ pub struct Router {
 #[derive(Debug)]
 struct Leaf {
     specificity: Specificity,
-    exact_hosts: HashMap<Box<str>, Vec<u32>>,
+    exact_hosts: ConfigMap<Vec<u32>>,
     /// By suffix including the leading dot (`.example.com`).
-    wildcard_hosts: HashMap<Box<str>, Vec<u32>>,
+    wildcard_hosts: ConfigMap<Vec<u32>>,
     any_host: Vec<u32>,
 }
 
@@ -212,8 +211,8 @@ impl Router {
             if leaf == router.leaves.len() {
                 router.leaves.push(Leaf {
                     specificity: item.pattern.specificity,
-                    exact_hosts: HashMap::new(),
-                    wildcard_hosts: HashMap::new(),
+                    exact_hosts: ConfigMap::default(),
+                    wildcard_hosts: ConfigMap::default(),
                     any_host: Vec::new(),
                 });
             }
@@ -329,26 +328,24 @@ impl Lookup<'_> {
     /// specific (exact host, then wildcards longest first, then any host) and, within a tier,
     /// entries in tie-break order. Entries that match all but the method add their methods to
     /// `allow`.
-    fn best_in_group(
-        &self,
-        group: &[Hit],
+    fn best_in_group<'h>(
+        &'h self,
+        group: &'h [Hit],
         method: &Method,
         cx: &mut Context<'_>,
         allow: &mut Vec<Method>,
     ) -> Option<RouteMatch> {
-        let leaves: Vec<(&Hit, &Leaf)> = group
-            .iter()
-            .filter_map(|hit| Some((hit, self.router.leaf(hit.leaf)?)))
-            .collect();
+        let with_leaf = |hit: &'h Hit| Some((hit, self.router.leaf(hit.leaf)?));
+        // Nearly every group is one pattern set: keep that one on the stack.
+        let one = [group.first().and_then(with_leaf)?];
+        let many: Vec<(&Hit, &Leaf)> = match group {
+            [_] => Vec::new(),
+            _ => group.iter().filter_map(with_leaf).collect(),
+        };
+        let leaves = if many.is_empty() { &one[..] } else { &many[..] };
         let host = self.host;
         if !host.is_empty() {
-            let found = self.try_tier(
-                &leaves,
-                |leaf| leaf.exact_hosts.get(host),
-                method,
-                cx,
-                allow,
-            );
+            let found = self.try_tier(leaves, |leaf| leaf.exact_hosts.get(host), method, cx, allow);
             if found.is_some() {
                 return found;
             }
@@ -372,7 +369,7 @@ impl Lookup<'_> {
                 }
             }
         }
-        self.try_tier(&leaves, |leaf| Some(&leaf.any_host), method, cx, allow)
+        self.try_tier(leaves, |leaf| Some(&leaf.any_host), method, cx, allow)
     }
 
     /// Tries the entries `tier` picks from each leaf, merged in tie-break order.
