@@ -358,7 +358,7 @@ impl Lookup<'_> {
             for (at, _) in host.match_indices('.').filter(|(at, _)| *at > 0) {
                 let suffix = &host[at..];
                 let found = self.try_tier(
-                    &leaves,
+                    leaves,
                     |leaf| leaf.wildcard_hosts.get(suffix),
                     method,
                     cx,
