@@ -67,7 +67,7 @@ impl Allowed {
 pub struct Cors {
     priority: i32,
     origins: Allowed,
-    /// Allowed origins, lowercased (origins compare case-insensitively).
+    /// Allowed origins (compared case-insensitively).
     exact_origins: Vec<String>,
     origin_regexes: Vec<Regex>,
     methods: Allowed,
@@ -87,7 +87,6 @@ impl Cors {
             .items()
             .into_iter()
             .filter(|o| o != "*" && o != "**")
-            .map(|o| o.to_ascii_lowercase())
             .collect();
         let origin_regexes = config
             .allow_origins_by_regex
@@ -125,8 +124,11 @@ impl Cors {
     /// The `Access-Control-Allow-Origin` for a request from `origin`, if it is allowed.
     fn allow_origin(&self, origin: &HeaderValue) -> Option<HeaderValue> {
         let listed = || {
-            let lower = origin.to_str().ok()?.to_ascii_lowercase();
-            self.exact_origins.contains(&lower).then(|| origin.clone())
+            let origin_bytes = origin.as_bytes();
+            self.exact_origins
+                .iter()
+                .any(|o| o.as_bytes().eq_ignore_ascii_case(origin_bytes))
+                .then(|| origin.clone())
         };
         let by_regex = || {
             self.origin_regexes

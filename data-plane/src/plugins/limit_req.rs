@@ -49,18 +49,23 @@ impl Buckets {
                 b.excess + 1.0 - rate * now.saturating_duration_since(b.at).as_secs_f64() > 0.0
             });
         }
-        let excess = match buckets.get(key) {
-            Some(bucket) => {
-                let drained = rate * now.saturating_duration_since(bucket.at).as_secs_f64();
-                (bucket.excess - drained + 1.0).max(0.0)
-            }
+        let Some(bucket) = buckets.get_mut(key) else {
             // The first request of a key is within the rate.
-            None => 0.0,
+            buckets.insert(
+                key.to_owned(),
+                Bucket {
+                    excess: 0.0,
+                    at: now,
+                },
+            );
+            return Ok(Duration::ZERO);
         };
+        let drained = rate * now.saturating_duration_since(bucket.at).as_secs_f64();
+        let excess = (bucket.excess - drained + 1.0).max(0.0);
         if excess > burst {
             return Err(());
         }
-        buckets.insert(key.to_owned(), Bucket { excess, at: now });
+        *bucket = Bucket { excess, at: now };
         // A tiny rate can make this astronomically long (even not a valid `Duration`); the
         // client's own timeout ends such a wait long before.
         Ok(Duration::try_from_secs_f64(excess / rate).unwrap_or(Duration::MAX))

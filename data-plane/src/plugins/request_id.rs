@@ -48,18 +48,26 @@ fn usable(value: &HeaderValue) -> bool {
 
 /// A random UUID v4 (RFC 9562 §5.4) in its lowercase hyphenated form.
 pub fn uuid_v4() -> String {
+    String::from_utf8_lossy(&uuid_v4_bytes()).into_owned()
+}
+
+/// [`uuid_v4`] without allocating: the 36 ASCII bytes.
+fn uuid_v4_bytes() -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = fastrand::u128(..).to_be_bytes();
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    let mut out = [b'-'; 36];
+    let mut at = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1; // the hyphen already there
+        }
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 0x0f)];
+        at += 2;
+    }
+    out
 }
 
 impl Plugin for RequestId {
@@ -78,7 +86,7 @@ impl Plugin for RequestId {
     ) -> Result<(), Reject> {
         let id = match request.headers.get(&self.header) {
             Some(value) if usable(value) => value.clone(),
-            _ => HeaderValue::try_from(uuid_v4()).map_err(|_| {
+            _ => HeaderValue::from_bytes(&uuid_v4_bytes()).map_err(|_| {
                 super::reject(
                     http::StatusCode::INTERNAL_SERVER_ERROR,
                     "internal_error",
@@ -107,7 +115,13 @@ mod tests {
         assert_eq!(a.len(), 36);
         assert_eq!(&a[14..15], "4");
         assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
-        assert!(HeaderValue::try_from(a).is_ok());
+        assert!(HeaderValue::try_from(a.as_str()).is_ok());
+        let groups: Vec<usize> = a.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12]);
+        assert!(
+            a.bytes()
+                .all(|b| b == b'-' || b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
     }
 
     #[test]
