@@ -142,7 +142,11 @@ pub(super) fn check_route(route: &Route, out: &mut Vec<Violation>) {
         )),
         (Some(_), None, None) | (None, Some(_), None) | (None, None, Some(_)) => {}
         (_, _, batch) => out.push(Violation::new(
-            if batch.is_some() { "/batch" } else { "/upstream" },
+            if batch.is_some() {
+                "/batch"
+            } else {
+                "/upstream"
+            },
             "a route sends to exactly one of upstream_id, upstream or batch",
         )),
     }
@@ -268,7 +272,8 @@ mod tests {
         assert_eq!(route.query[1].op, MatchOp::Absent);
         assert_eq!(route.remote_addrs.len(), 5);
 
-        let Ok(Parsed::Route(plain)) = validate_resource(Kind::Routes, &route_with(json!({}))) else {
+        let Ok(Parsed::Route(plain)) = validate_resource(Kind::Routes, &route_with(json!({})))
+        else {
             panic!("valid route refused")
         };
         assert!(
