@@ -3,12 +3,13 @@
 #
 #   benches/load/p1.sh                 build release, start CP + DP, add the route, run peerbench
 #   ROUNDS=1 DURATION=5 benches/load/p1.sh     a short run
-#   PROFILE=perf benches/load/p1.sh    also record `perf` on the data plane during a gateway-only load
+#   PROFILE=perf benches/load/p1.sh    instead, record `perf` on the data plane during a gateway-only load
+#   PROFILE=strace benches/load/p1.sh  instead, count the data plane's syscalls during such a load
 #
 # The data plane runs with one worker thread, pinned to cpu 0 like the peers (nginx
 # worker_processes 1, haproxy nbthread 1); peerbench puts wrk and the upstreams on cpu 1. Every
 # peerbench variable (DURATION, WARMUP, ROUNDS, CONNECTIONS, QUIET_WAIT, TARGETS, ...) passes
-# through. The table lands in $RUN_DIR/table.txt (peerbench prints it too).
+# through; DP_BIN runs another data-plane binary (an A/B of two builds). The table lands in $RUN_DIR/table.txt (peerbench prints it too).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -47,7 +48,7 @@ pids+=($!)
 ADMIN=$(value_of "$WORK/cp.out" admin_url)
 XDS=$(value_of "$WORK/cp.out" xds_url)
 
-RUST_LOG=${RUST_LOG:-warn} taskset -c 0 "$BIN/data-plane" --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 \
+RUST_LOG=${RUST_LOG:-warn} taskset -c 0 "${DP_BIN:-$BIN/data-plane}" --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 \
   --control-plane "$XDS" --node-id p1 --worker-threads 1 \
   >"$WORK/dp.out" 2>"$WORK/dp.log" &
 DP_PID=$!
@@ -72,6 +73,19 @@ done
 
 URL="$PROXY/catalog?item=14286"
 echo "p1: gateway at $URL (data plane pid $DP_PID, logs in $WORK)" >&2
+
+if [ "$PROFILE" = strace ]; then
+  # Syscalls per request: a gateway-only load with strace counting (slows the proxy down; only
+  # the counts mean anything).
+  "$PEERBENCH" up
+  trap '"$PEERBENCH" down; cleanup' EXIT
+  taskset -c 1 wrk -t1 -c"${CONNECTIONS:-32}" -d"${DURATION:-5}"s "$URL" >"$WORK/wrk-strace.txt" &
+  wrk_pid=$!
+  timeout -s INT "${DURATION:-5}" strace -c -f -p "$DP_PID" -o "$WORK/strace.txt" || true
+  wait "$wrk_pid" || true
+  cat "$WORK/wrk-strace.txt" "$WORK/strace.txt"
+  exit 0
+fi
 
 if [ "$PROFILE" = perf ]; then
   # A gateway-only load with perf attached: the upstreams and wrk from peerbench's `up`.
