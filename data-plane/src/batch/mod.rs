@@ -56,6 +56,8 @@ pub struct CompiledBatch {
     pub requests: Vec<CompiledSubRequest>,
     /// Indices into `requests` such that each comes after every one it depends on.
     pub order: Vec<usize>,
+    /// Whether no sub-request depends on another (every one can start at once).
+    pub independent: bool,
     /// How answers are merged.
     pub merge: Merge,
     /// Whether the client's query string is appended to every sub-request.
@@ -196,6 +198,7 @@ impl CompiledBatch {
         let order = gateway_proto::schema::topological_order(&graph)
             .ok_or_else(|| invalid("the sub-requests depend on each other in a cycle".into()))?;
         Ok(CompiledBatch {
+            independent: requests.iter().all(|r| r.deps.is_empty()),
             requests,
             order,
             merge: spec.merge,
@@ -255,7 +258,7 @@ impl Failure {
 }
 
 /// How one sub-request ended.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Outcome {
     /// The path and query it was sent to (or its template, if it never left).
     uri: String,
@@ -327,31 +330,41 @@ pub async fn execute(
         permits: Semaphore::new(batch.max_concurrency),
     };
 
-    // One shared future per sub-request, built in topological order so that every
-    // dependency's future exists when its dependents are built.
-    let mut futures: Vec<Option<SharedOutcome<'_>>> =
-        (0..batch.requests.len()).map(|_| None).collect();
-    for &i in &batch.order {
-        let deps: Vec<SharedOutcome<'_>> = batch.requests[i]
-            .deps
-            .iter()
-            .filter_map(|&d| futures.get(d).cloned().flatten())
-            .collect();
-        // INVARIANT: `order` is topological, so every dependency was built before.
-        debug_assert_eq!(deps.len(), batch.requests[i].deps.len());
-        let exchange = &exchange;
-        let future: BoxFuture<'_, Arc<Outcome>> =
-            Box::pin(async move { Arc::new(exchange.run(i, deps).await) });
-        futures[i] = Some(future.shared());
-    }
-    // Declared order: the order of the merge.
-    let outcomes = join_all(futures.into_iter().flatten()).await;
+    let exchange = &exchange;
+    let outcomes: Vec<Arc<Outcome>> = if batch.independent {
+        // No sub-request reads another's answer: plain concurrent futures, nothing to share.
+        let all = (0..batch.requests.len())
+            .map(|i| async move { Arc::new(exchange.run(i, Vec::new()).await) });
+        join_all(all).await
+    } else {
+        // One shared future per sub-request, built in topological order so that every
+        // dependency's future exists when its dependents are built.
+        let mut futures: Vec<Option<SharedOutcome<'_>>> =
+            (0..batch.requests.len()).map(|_| None).collect();
+        for &i in &batch.order {
+            let deps: Vec<SharedOutcome<'_>> = batch.requests[i]
+                .deps
+                .iter()
+                .filter_map(|&d| futures.get(d).cloned().flatten())
+                .collect();
+            // INVARIANT: `order` is topological, so every dependency was built before.
+            debug_assert_eq!(deps.len(), batch.requests[i].deps.len());
+            let future: BoxFuture<'_, Arc<Outcome>> =
+                Box::pin(async move { Arc::new(exchange.run(i, deps).await) });
+            futures[i] = Some(future.shared());
+        }
+        // Declared order: the order of the merge.
+        join_all(futures.into_iter().flatten()).await
+    };
 
-    let mut parts = Vec::with_capacity(outcomes.len());
+    // Every shared handle is gone once all futures are done, so the answers move out of their
+    // `Arc`s instead of being copied.
+    let mut outcomes: Vec<Outcome> = outcomes.into_iter().map(Arc::unwrap_or_clone).collect();
     let (mut failed, mut required_failed, mut all_timeouts) = (false, false, true);
-    for (sub, outcome) in batch.requests.iter().zip(&outcomes) {
-        let (status, body, is_failure) = match &outcome.result {
-            Ok((status, body)) => (status.as_u16(), body.clone(), false),
+    let mut contents = Vec::with_capacity(outcomes.len());
+    for (sub, outcome) in batch.requests.iter().zip(&mut outcomes) {
+        contents.push(match &mut outcome.result {
+            Ok((status, body)) => (status.as_u16(), std::mem::take(body), false),
             Err(failure) => {
                 failed = true;
                 if sub.required {
@@ -361,16 +374,22 @@ pub async fn execute(
                 let status = failure.status.as_u16();
                 (status, error_value(status, &failure.message), true)
             }
-        };
-        parts.push(Part {
+        });
+    }
+    let parts = batch
+        .requests
+        .iter()
+        .zip(&outcomes)
+        .zip(contents)
+        .map(|((sub, outcome), (status, body, failed))| Part {
             name: &sub.name,
             group: sub.group.as_deref(),
             uri: &outcome.uri,
             status,
             body,
-            failed: is_failure,
-        });
-    }
+            failed,
+        })
+        .collect();
     let merged = merge::merge(batch.merge, parts);
     let status = match (required_failed, all_timeouts) {
         (false, _) => StatusCode::OK,
@@ -461,7 +480,8 @@ impl Exchange<'_> {
                     "internal error",
                 ));
             };
-            let send = self.send(sub, prepared);
+            // Boxed: the exchange's state is large, and is moved into the timeouts below.
+            let send = Box::pin(self.send(sub, prepared));
             match sub.timeout {
                 Some(timeout) => tokio::time::timeout(timeout, send)
                     .await

@@ -42,6 +42,7 @@ fn a_batch_route_compiles_in_dependency_order_on_shared_upstreams() {
         panic!("a batch route")
     };
     assert_eq!(batch.order, [1, 0, 2]);
+    assert!(!batch.independent);
     assert_eq!(batch.requests[0].deps, [1]);
     assert!(std::sync::Arc::ptr_eq(
         &batch.requests[2].upstream,
