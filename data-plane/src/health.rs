@@ -436,6 +436,68 @@ mod tests {
         assert!(other.is_available(now_ms()));
     }
 
+    #[tokio::test]
+    async fn swaps_retire_replaced_checkers_and_keep_node_verdicts() {
+        use crate::state::State;
+        use crate::test_support::snapshot;
+        use serde_json::json;
+
+        let checked = |port: u16| {
+            json!({
+                "nodes": [{"host": "127.0.0.1", "port": 1}, {"host": "127.0.0.1", "port": port}],
+                "health_check": {"active": {"interval_ms": 60000, "timeout_ms": 10}}
+            })
+        };
+        let state = State::new();
+        let compile = |version, upstream| {
+            let previous = state.runtime();
+            Runtime::compile(
+                &snapshot(version, &[("upstreams", "u", upstream)]),
+                Some(&previous),
+            )
+            .unwrap()
+        };
+        state.install(compile(1, checked(2)));
+        let first = state.runtime();
+        let old = Arc::clone(&first.upstreams["u"]);
+        assert!(old.checker.started.load(Relaxed));
+        // A verdict on the node that stays.
+        for _ in 0..3 {
+            old.nodes[0]
+                .health
+                .record_probe(false, old.active_check().unwrap());
+        }
+        drop(first);
+
+        // Same definition: the same upstream, the same task.
+        state.install(compile(2, checked(2)));
+        assert!(Arc::ptr_eq(&state.runtime().upstreams["u"], &old));
+        assert!(!old.checker.retired.load(Relaxed));
+
+        // A changed node set: the old task is retired, a new one starts, and the node that
+        // stayed keeps its verdict.
+        state.install(compile(3, checked(3)));
+        let new = Arc::clone(&state.runtime().upstreams["u"]);
+        assert!(old.checker.retired.load(Relaxed));
+        assert!(new.checker.started.load(Relaxed));
+        assert!(!new.checker.retired.load(Relaxed));
+        assert_eq!(new.nodes[0].health.state(now_ms()), HealthState::Unhealthy);
+        assert_eq!(new.nodes[1].health.state(now_ms()), HealthState::Healthy);
+
+        // Active checks removed: the task is retired and none starts.
+        state.install(compile(
+            4,
+            json!({"nodes": [{"host": "127.0.0.1", "port": 1}]}),
+        ));
+        assert!(new.checker.retired.load(Relaxed));
+        let last = state.runtime();
+        assert!(!last.upstreams["u"].checker.started.load(Relaxed));
+        assert_eq!(
+            last.upstreams["u"].nodes[0].health.state(now_ms()),
+            HealthState::Healthy
+        );
+    }
+
     #[test]
     fn passing_active_checks_lifts_an_ejection() {
         let health = NodeHealth::default();

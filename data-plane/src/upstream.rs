@@ -103,7 +103,12 @@ impl UpstreamRuntime {
             let same = before.and_then(|u| u.nodes.iter().find(|n| n.authority == authority));
             nodes.push(Node {
                 load: same.map(|n| Arc::clone(&n.load)).unwrap_or_default(),
-                health: same.map(|n| Arc::clone(&n.health)).unwrap_or_default(),
+                // Without health checks a verdict can never change again: start clean rather
+                // than show a stale one forever.
+                health: same
+                    .filter(|_| spec.health_check.is_some())
+                    .map(|n| Arc::clone(&n.health))
+                    .unwrap_or_default(),
                 authority,
                 host_header,
                 weight: node.weight,
