@@ -288,7 +288,11 @@ mod tests {
         let error = Snapshot::from_wire(&wire(
             "3",
             &[
-                ("upstreams", "u", json!({"nodes": [{"host": "127.0.0.1", "port": 1}]})),
+                (
+                    "upstreams",
+                    "u",
+                    json!({"nodes": [{"host": "127.0.0.1", "port": 1}]}),
+                ),
                 (
                     "routes",
                     "r",

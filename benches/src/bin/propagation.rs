@@ -56,15 +56,24 @@ async fn main() {
             if dp.get(&path).await.0 == 200 {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(10), "write {i} never served");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "write {i} never served"
+            );
         }
         samples.push(started.elapsed());
     }
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!("writes={writes}");
-    println!("write_to_served_median_ms={:.2}", ms(samples[samples.len() / 2]));
-    println!("write_to_served_worst_ms={:.2}", ms(samples[samples.len() - 1]));
+    println!(
+        "write_to_served_median_ms={:.2}",
+        ms(samples[samples.len() / 2])
+    );
+    println!(
+        "write_to_served_worst_ms={:.2}",
+        ms(samples[samples.len() - 1])
+    );
     println!("write_to_served_best_ms={:.2}", ms(samples[0]));
     if let Some(rss) = idle_rss {
         println!("dp_idle_rss_kib={rss}");
