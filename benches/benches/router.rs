@@ -57,7 +57,7 @@ fn route(i: usize) -> (Value, Request) {
         ),
         _ => (json!([]), "anything.example.com".to_owned()),
     };
-    let methods = if i % 2 == 0 {
+    let methods = if i.is_multiple_of(2) {
         json!(["GET"])
     } else {
         json!(["GET", "POST"])
