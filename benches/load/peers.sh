@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# P1: the gateway as a plain reverse proxy beside nginx and haproxy, in one peerbench run.
+# The gateway beside its peers in one peerbench run:
+#   P1  gw-proxy    a plain proxy route                      vs nginx-proxy (and haproxy)
+#   P2  gw-agg      a 3-way batch route merged as an object   vs nginx+lua capture_multi
+#   P4  gw-plugins  the proxy route with key-auth + limit-count + prometheus, vs gw-proxy
 #
-#   benches/load/p1.sh                 build release, start CP + DP, add the route, run peerbench
-#   ROUNDS=1 DURATION=5 benches/load/p1.sh     a short run
-#   PROFILE=perf benches/load/p1.sh    instead, record `perf` on the data plane during a gateway-only load
-#   PROFILE=strace benches/load/p1.sh  instead, count the data plane's syscalls during such a load
+#   benches/load/peers.sh                 build release, start CP + DP, add the routes, run peerbench
+#   ROUNDS=1 DURATION=5 benches/load/peers.sh     a short run
+#   PROFILE=perf benches/load/peers.sh    instead, record `perf` on the data plane during a gateway-only load
+#   PROFILE=strace benches/load/peers.sh  instead, count the data plane's syscalls during such a load
 #
 # The data plane runs with one worker thread, pinned to cpu 0 like the peers (nginx
 # worker_processes 1, haproxy nbthread 1); peerbench puts wrk and the upstreams on cpu 1. Every
@@ -15,9 +18,11 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PEERBENCH=${PEERBENCH:-$ROOT/../shared/peerbench/run.sh}
 UP1=${UP1:-18081}
+UP2=${UP2:-18082}
+UP3=${UP3:-18083}
 PROFILE=${PROFILE:-}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/gateway-p1.XXXXXX")
-TOKEN=p1-bench-token
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gateway-peers.XXXXXX")
+TOKEN=peers-bench-token
 pids=()
 
 cleanup() {
@@ -26,7 +31,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-die() { echo "p1: $*" >&2; exit 1; }
+die() { echo "peers: $*" >&2; exit 1; }
 
 # Waits until process output file $1 has a `$2=` line and prints its value.
 value_of() {
@@ -37,7 +42,7 @@ value_of() {
   die "no $2= line in $1"
 }
 
-echo "p1: building release binaries" >&2
+echo "peers: building release binaries" >&2
 (cd "$ROOT" && cargo build --release -q -p control-plane -p data-plane --bins)
 BIN=$ROOT/target/release
 
@@ -49,7 +54,7 @@ ADMIN=$(value_of "$WORK/cp.out" admin_url)
 XDS=$(value_of "$WORK/cp.out" xds_url)
 
 RUST_LOG=${RUST_LOG:-warn} taskset -c 0 "${DP_BIN:-$BIN/data-plane}" --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 \
-  --control-plane "$XDS" --node-id p1 --worker-threads 1 \
+  --control-plane "$XDS" --node-id peers --worker-threads 1 \
   >"$WORK/dp.out" 2>"$WORK/dp.log" &
 DP_PID=$!
 pids+=("$DP_PID")
@@ -71,8 +76,39 @@ for _ in $(seq 200); do
 done
 [ "${applied:-0}" -ge "$version" ] || die "the data plane did not apply version $version"
 
+# P2: the three peerbench services under one path, merged as an object (nginx-lua-agg's shape).
+for service in inventory:$UP2 review:$UP3; do
+  curl -sf -X PUT "$ADMIN/api/v1/upstreams/${service%%:*}" "${auth[@]}" \
+    -d "{\"nodes\": [{\"host\": \"127.0.0.1\", \"port\": ${service##*:}}], \"keepalive_pool\": {\"size\": 320}}" >/dev/null \
+    || die "creating upstream ${service%%:*} failed"
+done
+curl -sf -X PUT "$ADMIN/api/v1/routes/agg" "${auth[@]}" -d '{"paths": ["/agg/product/:item"], "methods": ["GET"],
+  "batch": {"merge": "object", "requests": [
+    {"name": "catalog", "upstream_id": "catalog", "path": "/catalog?item={param.item}"},
+    {"name": "inventory", "upstream_id": "inventory", "path": "/inventory?item={param.item}"},
+    {"name": "review", "upstream_id": "review", "path": "/review?item={param.item}"}]}}' >/dev/null \
+  || die "creating the aggregation route failed"
+# P4: the same proxy route with key-auth + limit-count (a limit never reached) + prometheus.
+curl -sf -X PUT "$ADMIN/api/v1/consumers/bench" "${auth[@]}" \
+  -d '{"credentials": {"key-auth": {"key": "bench-key-0123456789"}}}' >/dev/null || die "creating the consumer failed"
+version=$(curl -sf -D - -o /dev/null -X PUT "$ADMIN/api/v1/routes/plugins" "${auth[@]}" \
+  -d '{"paths": ["/plugins/catalog"], "methods": ["GET"], "upstream_id": "catalog", "plugins": {
+    "key-auth": {}, "prometheus": {},
+    "limit-count": {"count": 1000000000, "time_window": 60, "key": "consumer", "rejected_code": 429}}}' \
+  | tr -d '\r' | awk -F': ' 'tolower($1)=="x-config-version"{print $2}')
+[ -n "$version" ] || die "creating the plugin route failed"
+for _ in $(seq 200); do
+  applied=$(curl -sf "$STATUS/readyz" | sed -n 's/.*"version":\([0-9]*\).*/\1/p' || true)
+  [ "${applied:-0}" -ge "$version" ] && break
+  sleep 0.05
+done
+[ "${applied:-0}" -ge "$version" ] || die "the data plane did not apply version $version"
+AGG_URL="$PROXY/agg/product/14286"
+PLUGINS_URL="$PROXY/plugins/catalog?item=14286&apikey=bench-key-0123456789"
+# peerbench starts the upstreams, then checks that every target answers 200.
+
 URL="$PROXY/catalog?item=14286"
-echo "p1: gateway at $URL (data plane pid $DP_PID, logs in $WORK)" >&2
+echo "peers: gateway at $URL (data plane pid $DP_PID, logs in $WORK)" >&2
 
 if [ "$PROFILE" = strace ]; then
   # Syscalls per request: a gateway-only load with strace counting (slows the proxy down; only
@@ -98,9 +134,9 @@ if [ "$PROFILE" = perf ]; then
   perf report -i "$WORK/perf.data" --no-children --percent-limit 1.5 --stdio 2>/dev/null \
     | grep -v '^$' | head -n 80 > "$WORK/perf-top.txt" || true
   cat "$WORK/wrk-perf.txt" "$WORK/perf-top.txt"
-  echo "p1: profile in $WORK/perf.data, summary in $WORK/perf-top.txt" >&2
+  echo "peers: profile in $WORK/perf.data, summary in $WORK/perf-top.txt" >&2
   exit 0
 fi
 
-GATEWAY_URL_PROXY=$URL GATEWAY_PID=$DP_PID TARGETS=${TARGETS:-direct,nginx-proxy,haproxy-proxy,gw-proxy} \
-  "$PEERBENCH"
+GATEWAY_URL_PROXY=$URL GATEWAY_URL_AGG=$AGG_URL GATEWAY_TARGETS="plugins=$PLUGINS_URL" \
+  GATEWAY_PID=$DP_PID "$PEERBENCH"
