@@ -19,6 +19,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, request};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
+use super::key_source::KeySource;
 use super::{Access, BuildEnv, Plugin, Reject, RequestCtx, reject};
 use gateway_proto::plugins::limit_count::Config;
 
@@ -112,15 +113,6 @@ impl RedisCounters {
     }
 }
 
-/// What requests are counted by.
-#[derive(Clone, Debug)]
-enum KeySource {
-    RemoteAddr,
-    Consumer,
-    Route,
-    Header(http::header::HeaderName),
-}
-
 /// A compiled `limit-count`.
 #[derive(Debug)]
 pub struct LimitCount {
@@ -143,18 +135,7 @@ impl LimitCount {
         env: &BuildEnv,
     ) -> Result<LimitCount, String> {
         let config: Config = serde_json::from_value(config.clone()).map_err(|e| e.to_string())?;
-        let key = match config.key.as_str() {
-            "remote_addr" => KeySource::RemoteAddr,
-            "consumer" => KeySource::Consumer,
-            "route" => KeySource::Route,
-            other => match other.strip_prefix("http_") {
-                Some(header) => KeySource::Header(
-                    http::header::HeaderName::from_bytes(header.replace('_', "-").as_bytes())
-                        .map_err(|_| format!("bad key {other:?}"))?,
-                ),
-                None => return Err(format!("unknown key {other:?}")),
-            },
-        };
+        let key = KeySource::parse(&config.key)?;
         let rejected = StatusCode::from_u16(config.rejected_code)
             .map_err(|_| format!("rejected_code {} is not a status", config.rejected_code))?;
         Ok(LimitCount {
@@ -171,23 +152,6 @@ impl LimitCount {
             local: Arc::clone(&env.local_counters),
             redis: env.redis.clone(),
         })
-    }
-
-    fn key_value(&self, ctx: &RequestCtx<'_>, request: &request::Parts) -> String {
-        let remote = || ctx.client.ip().to_string();
-        match &self.key {
-            KeySource::RemoteAddr => remote(),
-            KeySource::Consumer => ctx
-                .consumer
-                .as_ref()
-                .map_or_else(remote, |c| format!("consumer:{}", c.id)),
-            KeySource::Route => ctx.route.id.clone(),
-            KeySource::Header(name) => request
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map_or_else(remote, str::to_owned),
-        }
     }
 }
 
@@ -228,7 +192,7 @@ impl Plugin for LimitCount {
             .unwrap_or_default();
         let index = now / self.window_s;
         let reset_s = self.window_s - now % self.window_s;
-        let key = format!("{}:{}", self.scope, self.key_value(ctx, request));
+        let key = format!("{}:{}", self.scope, self.key.value(ctx, request));
         let (limit, rejected) = (self.count, self.rejected);
         let Some(redis) = self.redis.clone() else {
             let used = self.local.incr(&key, index);

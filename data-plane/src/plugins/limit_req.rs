@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, StatusCode, request};
 use serde_json::Value;
 
+use super::key_source::KeySource;
 use super::{Access, BuildEnv, Plugin, RequestCtx, reject};
 use gateway_proto::plugins::limit_req::Config;
 
@@ -78,15 +79,6 @@ fn fnv(text: &str) -> usize {
     }) as usize
 }
 
-/// What requests are limited by.
-#[derive(Clone, Debug)]
-enum KeySource {
-    RemoteAddr,
-    Consumer,
-    Route,
-    Header(http::header::HeaderName),
-}
-
 /// A compiled `limit-req`.
 #[derive(Debug)]
 pub struct LimitReq {
@@ -115,18 +107,7 @@ impl LimitReq {
         if !(config.burst.is_finite() && config.burst >= 0.0) {
             return Err(format!("burst {} must be 0 or more", config.burst));
         }
-        let key = match config.key.as_str() {
-            "remote_addr" => KeySource::RemoteAddr,
-            "consumer" => KeySource::Consumer,
-            "route" => KeySource::Route,
-            other => match other.strip_prefix("http_") {
-                Some(header) => KeySource::Header(
-                    http::header::HeaderName::from_bytes(header.replace('_', "-").as_bytes())
-                        .map_err(|_| format!("bad key {other:?}"))?,
-                ),
-                None => return Err(format!("unknown key {other:?}")),
-            },
-        };
+        let key = KeySource::parse(&config.key)?;
         let rejected = StatusCode::from_u16(config.rejected_code)
             .map_err(|_| format!("rejected_code {} is not a status", config.rejected_code))?;
         Ok(LimitReq {
@@ -140,23 +121,6 @@ impl LimitReq {
             buckets: Arc::clone(&env.limit_req),
         })
     }
-
-    fn key_value(&self, ctx: &RequestCtx<'_>, request: &request::Parts) -> String {
-        let remote = || ctx.client.ip().to_string();
-        match &self.key {
-            KeySource::RemoteAddr => remote(),
-            KeySource::Consumer => ctx
-                .consumer
-                .as_ref()
-                .map_or_else(remote, |c| format!("consumer:{}", c.id)),
-            KeySource::Route => ctx.route.id.clone(),
-            KeySource::Header(name) => request
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map_or_else(remote, str::to_owned),
-        }
-    }
 }
 
 impl Plugin for LimitReq {
@@ -169,7 +133,7 @@ impl Plugin for LimitReq {
     }
 
     fn access(&self, ctx: &mut RequestCtx<'_>, request: &mut request::Parts) -> Access {
-        let key = format!("{}:{}", self.scope, self.key_value(ctx, request));
+        let key = format!("{}:{}", self.scope, self.key.value(ctx, request));
         match self
             .buckets
             .take(&key, self.rate, self.burst, Instant::now())

@@ -25,6 +25,7 @@ pub mod cors;
 pub mod ip_restriction;
 pub mod jwt_auth;
 pub mod key_auth;
+pub mod key_source;
 pub mod limit_count;
 pub mod limit_req;
 pub mod prometheus;

@@ -20,25 +20,7 @@ use super::proxy_rewrite::HEADER_NAME_PATTERN;
 
 /// The config schema.
 pub fn schema() -> Value {
-    let conditions = |name_pattern: &str| {
-        json!({
-            "type": "array",
-            "maxItems": 64,
-            "items": {
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": name_pattern},
-                    "op": {"enum": ["eq", "prefix", "regex", "exists", "absent"]},
-                    "value": {"type": "string", "maxLength": 4096}
-                },
-                "required": ["name", "op"],
-                "additionalProperties": false,
-                "if": {"properties": {"op": {"enum": ["exists", "absent"]}}, "required": ["op"]},
-                "then": {"properties": {"value": false}},
-                "else": {"required": ["value"]}
-            }
-        })
-    };
+    let conditions = crate::schema::conditions_schema;
     json!({
         "type": "object",
         "properties": {

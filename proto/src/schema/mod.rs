@@ -20,6 +20,7 @@ mod upstream;
 
 pub use batch::{MAX_SUB_REQUESTS, topological_order};
 use consumer::{check_consumer, check_global_rule, consumer_schema, global_rule_schema};
+pub(crate) use route::conditions_schema;
 pub use route::{check_path, compile_regex, parse_cidr};
 use route::{check_route, route_schema};
 use upstream::{check_upstream, upstream_schema};

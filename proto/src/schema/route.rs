@@ -97,7 +97,7 @@ const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// The schema of a `headers` or `query` list: `{"name", "op", "value"}` conditions, `value`
 /// required by the ops that compare (`eq`, `prefix`, `regex`) and refused by the others.
-fn conditions_schema(name_pattern: &str) -> Value {
+pub(crate) fn conditions_schema(name_pattern: &str) -> Value {
     json!({
         "type": "array",
         "maxItems": 64,
