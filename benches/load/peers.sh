@@ -33,6 +33,18 @@ trap cleanup EXIT
 
 die() { echo "peers: $*" >&2; exit 1; }
 
+# Waits until the data plane's /readyz reports version $1 or later (versions only grow, so the
+# last write's version covers every earlier one).
+wait_applied() {
+  local applied=0
+  for _ in $(seq 200); do
+    applied=$(curl -sf "$STATUS/readyz" | sed -n 's/.*"version":\([0-9]*\).*/\1/p' || true)
+    [ "${applied:-0}" -ge "$1" ] && return 0
+    sleep 0.05
+  done
+  die "the data plane did not apply version $1"
+}
+
 # Waits until process output file $1 has a `$2=` line and prints its value.
 value_of() {
   for _ in $(seq 200); do
@@ -69,12 +81,6 @@ version=$(curl -sf -D - -o /dev/null -X PUT "$ADMIN/api/v1/routes/catalog" "${au
   -d '{"paths": ["/catalog"], "methods": ["GET"], "upstream_id": "catalog"}' \
   | tr -d '\r' | awk -F': ' 'tolower($1)=="x-config-version"{print $2}')
 [ -n "$version" ] || die "creating the route failed"
-for _ in $(seq 200); do
-  applied=$(curl -sf "$STATUS/readyz" | sed -n 's/.*"version":\([0-9]*\).*/\1/p' || true)
-  [ "${applied:-0}" -ge "$version" ] && break
-  sleep 0.05
-done
-[ "${applied:-0}" -ge "$version" ] || die "the data plane did not apply version $version"
 
 # P2: the three peerbench services under one path, merged as an object (nginx-lua-agg's shape).
 for service in inventory:$UP2 review:$UP3; do
@@ -97,12 +103,7 @@ version=$(curl -sf -D - -o /dev/null -X PUT "$ADMIN/api/v1/routes/plugins" "${au
     "limit-count": {"count": 1000000000, "time_window": 60, "key": "consumer", "rejected_code": 429}}}' \
   | tr -d '\r' | awk -F': ' 'tolower($1)=="x-config-version"{print $2}')
 [ -n "$version" ] || die "creating the plugin route failed"
-for _ in $(seq 200); do
-  applied=$(curl -sf "$STATUS/readyz" | sed -n 's/.*"version":\([0-9]*\).*/\1/p' || true)
-  [ "${applied:-0}" -ge "$version" ] && break
-  sleep 0.05
-done
-[ "${applied:-0}" -ge "$version" ] || die "the data plane did not apply version $version"
+wait_applied "$version"
 AGG_URL="$PROXY/agg/product/14286"
 PLUGINS_URL="$PROXY/plugins/catalog?item=14286&apikey=bench-key-0123456789"
 # peerbench starts the upstreams, then checks that every target answers 200.

@@ -294,6 +294,14 @@ impl DataPlane {
         }
     }
 
+    /// Waits until the data plane serves `version` or a later one.
+    pub async fn applied(&self, version: u64) {
+        eventually(&format!("version {version} applied"), || async {
+            (self.ready_version().await >= Some(version)).then_some(())
+        })
+        .await;
+    }
+
     /// The version `/readyz` reports, if ready.
     pub async fn ready_version(&self) -> Option<u64> {
         let response = self
@@ -598,10 +606,15 @@ where
     }
 }
 
-/// A fresh SQLite database URL in the temp directory.
-pub fn sqlite_url() -> String {
+/// A name no other test in this run uses (for node ids, route ids, shared-Redis counters).
+pub fn unique(prefix: &str) -> String {
     use std::hash::{BuildHasher, RandomState};
     let n = RandomState::new().hash_one(Instant::now());
-    let path = std::env::temp_dir().join(format!("gateway-e2e-{}-{n:x}.db", std::process::id()));
+    format!("{prefix}-{}-{n:x}", std::process::id())
+}
+
+/// A fresh SQLite database URL in the temp directory.
+pub fn sqlite_url() -> String {
+    let path = std::env::temp_dir().join(format!("{}.db", unique("gateway-e2e")));
     format!("sqlite://{}?mode=rwc", path.display())
 }

@@ -3,7 +3,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use gateway_e2e::{ControlPlane, DataPlane, FakeUpstream, eventually, sqlite_url};
+use gateway_e2e::{ControlPlane, DataPlane, FakeUpstream, sqlite_url, unique};
 use hmac::{Hmac, Mac};
 use rsa::pkcs1v15::SigningKey;
 use rsa::pkcs8::DecodePrivateKey;
@@ -13,15 +13,6 @@ use sha2::Sha256;
 
 const RS256_PRIVATE: &str = include_str!("../fixtures/jwt-rs256-test.key");
 const RS256_PUBLIC: &str = include_str!("../fixtures/jwt-rs256-test.pub");
-
-/// A fresh, unique id so tests sharing one Redis never share counters.
-fn unique(prefix: &str) -> String {
-    use std::hash::{BuildHasher, RandomState};
-    format!(
-        "{prefix}-{:x}",
-        RandomState::new().hash_one(std::time::Instant::now())
-    )
-}
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -69,19 +60,8 @@ async fn gateway(route_plugins: Value) -> (ControlPlane, DataPlane, FakeUpstream
             Some(json!({"paths": ["/p/*"], "upstream_id": "app", "plugins": route_plugins})),
         )
         .await;
-    eventually("the data plane applies the route", || async {
-        (dp.ready_version().await >= Some(version)).then_some(())
-    })
-    .await;
+    dp.applied(version).await;
     (cp, dp, upstream)
-}
-
-/// Waits until the data plane serves at least `version`.
-async fn applied(dp: &DataPlane, version: u64) {
-    eventually(&format!("version {version} applied"), || async {
-        (dp.ready_version().await >= Some(version)).then_some(())
-    })
-    .await;
 }
 
 #[tokio::test]
@@ -98,7 +78,7 @@ async fn key_auth_and_limit_count_the_third_request_in_a_window_of_two_is_refuse
             Some(json!({"username": "alice", "credentials": {"key-auth": {"key": "alice-secret-key"}}})),
         )
         .await;
-    applied(&dp, version).await;
+    dp.applied(version).await;
 
     // Refuse path: no key, a wrong key.
     let (status, _, body) = dp.send("GET", "/p/x", &[]).await;
@@ -153,7 +133,7 @@ async fn basic_auth_allows_the_right_password_only() {
             Some(json!({"credentials": {"basic-auth": {"username": "bob", "password": "pa:ss"}}})),
         )
         .await;
-    applied(&dp, version).await;
+    dp.applied(version).await;
     let good = format!("Basic {}", STANDARD.encode("bob:pa:ss"));
     let bad = format!("Basic {}", STANDARD.encode("bob:nope"));
 
@@ -200,7 +180,7 @@ async fn jwt_auth_checks_signature_expiry_and_algorithm() {
             Some(json!({"credentials": {"jwt-auth": {"key": "dave-key", "algorithm": "RS256", "public_key": RS256_PUBLIC}}})),
         )
         .await;
-    applied(&dp, version).await;
+    dp.applied(version).await;
     let bearer = |token: String| format!("Bearer {token}");
 
     let valid = hs256(
@@ -255,7 +235,7 @@ async fn jwt_auth_checks_signature_expiry_and_algorithm() {
     let version = cp
         .write("PUT", "/api/v1/consumers/carol", Some(carol))
         .await;
-    applied(&dp, version).await;
+    dp.applied(version).await;
     let still = hs256(&json!({"key": "carol-key"}), "carol-hmac-secret");
     assert_eq!(
         dp.send("GET", "/p/a", &[("authorization", &bearer(still))])
@@ -303,7 +283,7 @@ async fn global_rules_apply_everywhere_and_consumer_plugins_win() {
             Some(json!({"plugins": {"limit-count": {"count": 2, "time_window": 86400, "key": "route", "rejected_code": 503}}})),
         )
         .await;
-    applied(&dp, version).await;
+    dp.applied(version).await;
 
     // The global rule limits a route that has no plugins of its own.
     assert_eq!(dp.send("GET", "/open", &[]).await.0, 200);
@@ -346,8 +326,8 @@ async fn limit_count_with_redis_is_one_budget_shared_by_two_data_planes() {
             }})),
         )
         .await;
-    applied(&dp1, version).await;
-    applied(&dp2, version).await;
+    dp1.applied(version).await;
+    dp2.applied(version).await;
 
     assert_eq!(dp1.send("GET", "/shared", &[]).await.0, 200);
     assert_eq!(dp2.send("GET", "/shared", &[]).await.0, 200);

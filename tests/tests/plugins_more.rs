@@ -1,25 +1,8 @@
 //! The request, traffic and observability plugins end to end: configs written through the admin
 //! API, requests through a real data plane, metrics from its status listener.
 
-use gateway_e2e::{ControlPlane, DataPlane, FakeUpstream, eventually, sqlite_url};
+use gateway_e2e::{ControlPlane, DataPlane, FakeUpstream, sqlite_url, unique};
 use serde_json::json;
-
-/// A fresh, unique node id.
-fn unique(prefix: &str) -> String {
-    use std::hash::{BuildHasher, RandomState};
-    format!(
-        "{prefix}-{:x}",
-        RandomState::new().hash_one(std::time::Instant::now())
-    )
-}
-
-/// Waits until the data plane serves at least `version`.
-async fn applied(dp: &DataPlane, version: u64) {
-    eventually("the data plane applies the config", || async {
-        (dp.ready_version().await >= Some(version)).then_some(())
-    })
-    .await;
-}
 
 #[tokio::test]
 async fn cors_preflight_is_answered_and_request_ids_are_echoed() {
@@ -43,7 +26,7 @@ async fn cors_preflight_is_answered_and_request_ids_are_echoed() {
             })),
         )
         .await;
-    applied(&dp, version).await;
+    dp.applied(version).await;
 
     let (status, headers, _) = dp
         .send(
@@ -135,7 +118,7 @@ async fn traffic_split_sends_a_weighted_canary_share_and_upstreams_are_reference
     let version = cp
         .write("PUT", "/api/v1/routes/shop", Some(route("canary")))
         .await;
-    applied(&dp, version).await;
+    dp.applied(version).await;
     let mut answers = Vec::new();
     for _ in 0..20 {
         let (status, body) = dp.get("/shop").await;
