@@ -17,6 +17,9 @@ use thiserror::Error;
 
 use crate::proxy::ProxyBody;
 
+/// An error from either upstream client, or from the client's body.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
 /// Which side of the proxy a failure came from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -71,7 +74,7 @@ pub enum ProxyError {
         node: String,
         /// The client's error.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
     },
     /// The node took too long.
     #[error("{node} timed out after {after:?} {phase}")]
@@ -90,14 +93,14 @@ pub enum ProxyError {
         node: String,
         /// The client's error.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
     },
     /// Reading the client's request body failed while it was streamed upstream.
     #[error("reading the request body from the client failed: {source}")]
     DownstreamBody {
         /// The client's error.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
     },
     /// A bug or an impossible state in the gateway.
     #[error("internal error: {0}")]
@@ -111,18 +114,20 @@ impl ProxyError {
         if source.is_connect() {
             return ProxyError::UpstreamConnect {
                 node: node.to_owned(),
-                source,
+                source: source.into(),
             };
         }
         let body_failed = error_chain(&source)
             .filter_map(|e| e.downcast_ref::<hyper::Error>())
             .any(|e| e.is_user());
         if body_failed {
-            ProxyError::DownstreamBody { source }
+            ProxyError::DownstreamBody {
+                source: source.into(),
+            }
         } else {
             ProxyError::UpstreamRequest {
                 node: node.to_owned(),
-                source,
+                source: source.into(),
             }
         }
     }

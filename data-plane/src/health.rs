@@ -268,7 +268,7 @@ async fn probe(
     };
     let exchange = upstream.client.send(
         request,
-        node.authority.as_str(),
+        node,
         timeout.min(upstream.connect_timeout),
         timeout,
     );

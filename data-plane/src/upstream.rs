@@ -68,6 +68,8 @@ pub struct Node {
     pub load: Arc<NodeLoad>,
     /// Health verdicts, shared across snapshots.
     pub health: Arc<NodeHealth>,
+    /// Idle HTTP/1.1 connections (`scheme: http`), shared across snapshots.
+    pub connections: Arc<crate::proxy::h1::Pool>,
 }
 
 impl UpstreamRuntime {
@@ -103,6 +105,7 @@ impl UpstreamRuntime {
             let same = before.and_then(|u| u.nodes.iter().find(|n| n.authority == authority));
             nodes.push(Node {
                 load: same.map(|n| Arc::clone(&n.load)).unwrap_or_default(),
+                connections: same.map(|n| Arc::clone(&n.connections)).unwrap_or_default(),
                 // Without health checks a verdict can never change again: start clean rather
                 // than show a stale one forever.
                 health: same

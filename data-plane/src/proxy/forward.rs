@@ -18,7 +18,6 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::Either;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
@@ -103,12 +102,7 @@ impl Proxy {
             let started = Instant::now();
             let result = upstream
                 .client
-                .send(
-                    request,
-                    node.authority.as_str(),
-                    connect_timeout,
-                    read_timeout,
-                )
+                .send(request, node, connect_timeout, read_timeout)
                 .await;
             let elapsed = started.elapsed();
             drop(in_flight);
@@ -207,7 +201,7 @@ impl Failure {
     }
 }
 
-fn failure_of(result: &Result<Response<Incoming>, ProxyError>) -> Option<Failure> {
+fn failure_of<B>(result: &Result<Response<B>, ProxyError>) -> Option<Failure> {
     match result {
         Ok(response) => match response.status().as_u16() {
             status @ 502..=504 => Some(Failure::Status(status)),

@@ -7,6 +7,7 @@
 //! [`Proxy::handle`].
 
 mod forward;
+pub mod h1;
 pub mod headers;
 pub mod upstream;
 
@@ -19,7 +20,6 @@ use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use tokio::net::TcpListener;
 use tracing::{debug, error, warn};
@@ -34,7 +34,7 @@ use upstream::UpstreamBody;
 
 /// The body of a response to a client: an upstream's body streamed through, or one the
 /// gateway wrote itself (errors).
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<upstream::UpstreamResponseBody, Full<Bytes>>;
 
 /// Serves client traffic from `listener` until `shutdown` completes, then lets in-flight
 /// requests finish.

@@ -1,10 +1,11 @@
 //! The upstream transport: pooled clients (plain HTTP/1.1, h2c, or TLS with ALPN), with
 //! per-request connect and read deadlines.
 //!
-//! One [`UpstreamClient`] serves every upstream with the same transport settings (scheme, TLS,
-//! keep-alive pool): connections are keyed by node address inside it, and the runtime compiler
-//! hands the same client to the next snapshot's upstreams, so a config push keeps connections
-//! warm.
+//! Plain HTTP/1.1 exchanges run on [`super::h1`], whose idle connections live with each node.
+//! TLS, h2c and upgrades (WebSocket) run on hyper's pooled client: one [`UpstreamClient`]
+//! serves every upstream with the same transport settings (scheme, TLS, keep-alive pool),
+//! connections are keyed by node address inside it, and the runtime compiler hands the same
+//! client to the next snapshot's upstreams, so a config push keeps connections warm.
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gateway_proto::model::{KeepalivePool, PassHost, Scheme, Upstream, UpstreamTls};
+use http::header::UPGRADE;
 use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -23,7 +25,9 @@ use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
 
+use super::h1;
 use crate::error::{ProxyError, TimeoutPhase};
+use crate::upstream::Node;
 
 /// TCP keep-alive probes on upstream connections, so a pooled connection to a vanished host is
 /// noticed by the kernel rather than by the next request.
@@ -32,6 +36,9 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// The body of a request sent upstream: the client's body streamed through, or one the gateway
 /// holds whole (an absent body, which can be sent again on a retry).
 pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+
+/// The body of an upstream's response: from hyper's client, or from [`h1`].
+pub type UpstreamResponseBody = Either<Incoming, h1::ResponseBody>;
 
 /// An empty upstream request body.
 pub fn empty_body() -> UpstreamBody {
@@ -69,7 +76,14 @@ impl TransportKey {
 
 #[derive(Clone, Debug)]
 enum Inner {
+    /// `scheme: http`: [`h1`] within these pool limits; hyper's client for upgrades.
+    Http1 {
+        limits: h1::PoolLimits,
+        upgrades: Client<HttpConnector, UpstreamBody>,
+    },
+    /// `scheme: h2c`.
     Plain(Client<HttpConnector, UpstreamBody>),
+    /// `scheme: https`, HTTP/1.1 or HTTP/2 by ALPN.
     Tls(Client<HttpsConnector<HttpConnector>, UpstreamBody>),
 }
 
@@ -109,7 +123,13 @@ impl UpstreamClient {
             .pool_idle_timeout(Duration::from_millis(key.pool.idle_timeout_ms))
             .pool_max_idle_per_host(key.pool.size);
         let inner = match key.scheme {
-            Scheme::Http => Inner::Plain(builder.build(http)),
+            Scheme::Http => Inner::Http1 {
+                limits: h1::PoolLimits {
+                    size: key.pool.size,
+                    idle_timeout: Duration::from_millis(key.pool.idle_timeout_ms),
+                },
+                upgrades: builder.build(http),
+            },
             Scheme::H2c => {
                 builder.http2_only(true).timer(TokioTimer::new());
                 Inner::Plain(builder.build(http))
@@ -148,6 +168,45 @@ impl UpstreamClient {
     /// (`is_connect`), which tells "refused" (502) apart from "too slow" (504).
     pub async fn send(
         &self,
+        request: Request<UpstreamBody>,
+        node: &Node,
+        connect_timeout: Duration,
+        read_timeout: Duration,
+    ) -> Result<Response<UpstreamResponseBody>, ProxyError> {
+        let address = node.authority.as_str();
+        let client = match &self.inner {
+            Inner::Http1 { limits, .. } if !request.headers().contains_key(UPGRADE) => {
+                let response = h1::send(
+                    &node.connections,
+                    *limits,
+                    address,
+                    request,
+                    connect_timeout,
+                    read_timeout,
+                )
+                .await?;
+                return Ok(response.map(Either::Right));
+            }
+            Inner::Http1 { upgrades, .. } => Hyper::Plain(upgrades),
+            Inner::Plain(client) => Hyper::Plain(client),
+            Inner::Tls(client) => Hyper::Tls(client),
+        };
+        let response = client
+            .send(request, address, connect_timeout, read_timeout)
+            .await?;
+        Ok(response.map(Either::Left))
+    }
+}
+
+/// One of hyper's clients, borrowed for an exchange.
+enum Hyper<'a> {
+    Plain(&'a Client<HttpConnector, UpstreamBody>),
+    Tls(&'a Client<HttpsConnector<HttpConnector>, UpstreamBody>),
+}
+
+impl Hyper<'_> {
+    async fn send(
+        self,
         mut request: Request<UpstreamBody>,
         node: &str,
         connect_timeout: Duration,
@@ -155,9 +214,9 @@ impl UpstreamClient {
     ) -> Result<Response<Incoming>, ProxyError> {
         let mut connection = capture_connection(&mut request);
         let mut response = pin!(async {
-            match &self.inner {
-                Inner::Plain(client) => client.request(request).await,
-                Inner::Tls(client) => client.request(request).await,
+            match self {
+                Hyper::Plain(client) => client.request(request).await,
+                Hyper::Tls(client) => client.request(request).await,
             }
         });
         // One timer for both deadlines, moved rather than replaced when the connection is up:

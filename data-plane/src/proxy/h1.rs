@@ -1,0 +1,782 @@
+//! A plain HTTP/1.1 upstream client that runs inside the request's own task.
+//!
+//! hyper's pooled client runs every connection as a task of its own: a proxied request crossed
+//! to that task and back through channels for the response head, again for every body chunk,
+//! and the pool took a lock, a hash lookup and a spawned task per request. Under callgrind that
+//! was about 45% of the gateway's instructions per proxied request. Here the request's future
+//! writes the head and reads the response head itself, and the response body reads the socket
+//! when the server side polls it. The connection goes back to its node's idle list the moment
+//! the body's last byte is read, and is closed if the body is dropped before that.
+//!
+//! Scope: `scheme: http` upstreams and requests that do not ask for an upgrade. TLS, h2c and
+//! WebSocket exchanges go through hyper's client ([`super::upstream`]).
+//!
+//! An idle connection has nothing to say, so one that turns readable while idle was closed by
+//! the node (or is out of step): it is dropped at checkout, which costs no syscall because
+//! tokio records readiness as epoll reports it. A pooled connection that still fails before the
+//! first response byte (the node closed it between our check and our write) is replaced by the
+//! next idle one or a new one, when the request has no body and an idempotent method.
+
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker, ready};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::upstream::UpstreamBody;
+use crate::error::{BoxError, ProxyError, TimeoutPhase};
+
+/// A response head larger than this is refused: no API answer needs more, and the limit bounds
+/// what a broken node can make the gateway buffer.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Header lines per response head.
+const MAX_HEADERS: usize = 128;
+/// Bytes asked of the socket per read: a small API answer, head and body, fits in one.
+const READ_SIZE: usize = 8 * 1024;
+/// A chunk-size line, or the trailer section, longer than this is a broken node.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// TCP keep-alive probes on upstream connections, so a connection to a vanished host is
+/// noticed by the kernel rather than by the next request.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// How many idle connections a node keeps, and for how long: the upstream's `keepalive_pool`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// Idle connections kept per node.
+    pub size: usize,
+    /// An idle connection older than this is closed instead of used.
+    pub idle_timeout: Duration,
+}
+
+/// The idle keep-alive connections to one node, oldest first. Shared across config snapshots
+/// with the rest of the node's state.
+#[derive(Debug, Default)]
+pub struct Pool {
+    idle: Mutex<Vec<Idle>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    conn: Box<Conn>,
+    since: Instant,
+}
+
+/// One connection and what has been read from it but not used yet.
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    read: BytesMut,
+    write: Vec<u8>,
+    /// Served a request before: a failure before the first response byte may just mean the node
+    /// closed it while it sat in the pool.
+    reused: bool,
+}
+
+impl Pool {
+    /// The newest idle connection that is still usable, if any.
+    fn checkout(&self, limits: PoolLimits) -> Option<Box<Conn>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(entry) = idle.pop() {
+            if entry.since.elapsed() > limits.idle_timeout {
+                // Every connection below this one has been idle longer still.
+                idle.clear();
+                return None;
+            }
+            if entry.conn.is_quiet() {
+                let mut conn = entry.conn;
+                conn.reused = true;
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for the next request, unless the pool is full.
+    fn checkin(&self, conn: Box<Conn>, limits: PoolLimits) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let expired = idle
+            .iter()
+            .take_while(|e| now.duration_since(e.since) > limits.idle_timeout)
+            .count();
+        idle.drain(..expired);
+        if idle.len() < limits.size {
+            idle.push(Idle { conn, since: now });
+        }
+    }
+
+    /// Idle connections held now.
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl Conn {
+    /// A new connection, boxed: it moves between the pool and response bodies, which stay small.
+    async fn connect(address: &str) -> io::Result<Box<Conn>> {
+        let stream = TcpStream::connect(address).await?;
+        // Small requests must not wait for Nagle's algorithm.
+        stream.set_nodelay(true)?;
+        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+        socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+        Ok(Box::new(Conn {
+            stream,
+            read: BytesMut::new(),
+            write: Vec::new(),
+            reused: false,
+        }))
+    }
+
+    /// Whether an idle connection has stayed silent: no bytes, no end of stream.
+    fn is_quiet(&self) -> bool {
+        self.read.is_empty()
+            && self
+                .stream
+                .poll_read_ready(&mut Context::from_waker(Waker::noop()))
+                .is_pending()
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < READ_SIZE / 4 {
+            self.read.reserve(READ_SIZE);
+        }
+        // The future is stateless between polls, so a fresh one per poll is the same read.
+        pin!(self.stream.read_buf(&mut self.read)).poll(cx)
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// Why an exchange failed, before it became a [`ProxyError`].
+#[derive(Debug)]
+enum Failed {
+    /// The connection failed or closed before any byte of the response arrived.
+    Silent(io::Error),
+    /// The connection failed after the response had started.
+    Io(io::Error),
+    /// The node's response is not valid HTTP/1.1.
+    Protocol(String),
+    /// Reading the client's request body failed.
+    RequestBody(BoxError),
+}
+
+/// Sends `request` (its URI names the node at `address`) over a pooled or new connection and
+/// waits for the response head; the body is read later, by whoever polls it.
+///
+/// Deadlines: getting a connection must finish within `connect_timeout`, and from then on the
+/// response head must arrive within `read_timeout`.
+pub async fn send(
+    pool: &Arc<Pool>,
+    limits: PoolLimits,
+    address: &str,
+    request: Request<UpstreamBody>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (parts, body) = request.into_parts();
+    // An empty request can go again on a fresh connection if a pooled one turns out dead.
+    let replayable = body.is_end_stream() && is_idempotent(&parts.method);
+    let mut body = Some(body);
+    // One timer for both deadlines, moved rather than replaced: a timer registration per
+    // request is a measurable share of a proxied request's cost.
+    let mut deadline = pin!(tokio::time::sleep(read_timeout));
+    loop {
+        let mut conn = match pool.checkout(limits) {
+            Some(conn) => conn,
+            None => {
+                deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + connect_timeout);
+                tokio::select! {
+                    biased;
+                    connected = Conn::connect(address) => {
+                        connected.map_err(|e| ProxyError::UpstreamConnect {
+                            node: address.to_owned(),
+                            source: Box::new(e),
+                        })?
+                    }
+                    () = &mut deadline => {
+                        return Err(ProxyError::UpstreamTimeout {
+                            node: address.to_owned(),
+                            phase: TimeoutPhase::Connect,
+                            after: connect_timeout,
+                        });
+                    }
+                }
+            }
+        };
+        deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + read_timeout);
+        let this_body = body.take().unwrap_or_else(super::upstream::empty_body);
+        let exchange = exchange(&mut conn, &parts, this_body);
+        let result = tokio::select! {
+            biased;
+            result = exchange => result,
+            () = &mut deadline => {
+                return Err(ProxyError::UpstreamTimeout {
+                    node: address.to_owned(),
+                    phase: TimeoutPhase::ResponseHeaders,
+                    after: read_timeout,
+                });
+            }
+        };
+        let head = match result {
+            Ok(head) => head,
+            Err(Failed::Silent(_)) if conn.reused && replayable => continue,
+            Err(failed) => return Err(failed.into_proxy_error(address)),
+        };
+        let framing = head.framing;
+        let mut response = Response::new(ResponseBody {
+            conn: Some(conn),
+            framing,
+            keep_alive: head.keep_alive,
+            home: Arc::clone(pool),
+            limits,
+        });
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        if framing == Framing::Length(0) {
+            response.body_mut().finish();
+        }
+        return Ok(response);
+    }
+}
+
+impl Failed {
+    fn into_proxy_error(self, address: &str) -> ProxyError {
+        let node = address.to_owned();
+        match self {
+            Failed::Silent(e) | Failed::Io(e) => ProxyError::UpstreamRequest {
+                node,
+                source: Box::new(e),
+            },
+            Failed::Protocol(reason) => ProxyError::UpstreamRequest {
+                node,
+                source: reason.into(),
+            },
+            Failed::RequestBody(source) => ProxyError::DownstreamBody { source },
+        }
+    }
+}
+
+/// Methods that RFC 9110 §9.2.2 defines as idempotent.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The parts of a response head the exchange needs.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// Writes the request, streams its body, and reads the final response head.
+async fn exchange(
+    conn: &mut Conn,
+    parts: &http::request::Parts,
+    body: UpstreamBody,
+) -> Result<Head, Failed> {
+    let framing = if body.is_end_stream() {
+        BodyFraming::Empty
+    } else {
+        match body.size_hint().exact() {
+            Some(length) => BodyFraming::Length(length),
+            None => BodyFraming::Chunked,
+        }
+    };
+    encode_head(&mut conn.write, parts, framing);
+    conn.stream
+        .write_all(&conn.write)
+        .await
+        .map_err(Failed::Silent)?;
+    if framing != BodyFraming::Empty {
+        send_body(conn, body, framing).await?;
+    }
+    let head_only = parts.method == Method::HEAD;
+    loop {
+        if let Some(head) = parse_head(&mut conn.read, head_only)? {
+            return Ok(head);
+        }
+        if conn.read.len() >= MAX_HEAD_BYTES {
+            return Err(Failed::Protocol(format!(
+                "response head larger than {MAX_HEAD_BYTES} bytes"
+            )));
+        }
+        let started = !conn.read.is_empty();
+        match conn.fill().await {
+            Ok(0) if started => {
+                return Err(Failed::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
+            Ok(0) => return Err(Failed::Silent(io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => {}
+            Err(e) if started => return Err(Failed::Io(e)),
+            Err(e) => return Err(Failed::Silent(e)),
+        }
+    }
+}
+
+/// How the request body is framed on the wire.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum BodyFraming {
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes the request line and headers into `out` (cleared first). The body's framing headers
+/// are the gateway's own: whatever the client sent was about its hop, already decoded.
+fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: BodyFraming) {
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !parts.headers.contains_key(HOST)
+        && let Some(authority) = parts.uri.authority()
+    {
+        put_header(out, HOST.as_str(), authority.as_str().as_bytes());
+    }
+    for (name, value) in &parts.headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        put_header(out, name.as_str(), value.as_bytes());
+    }
+    match framing {
+        BodyFraming::Length(length) => {
+            put_header(out, "content-length", length.to_string().as_bytes());
+        }
+        BodyFraming::Chunked => put_header(out, "transfer-encoding", b"chunked"),
+        // Servers may insist on a length for methods that normally carry a body.
+        BodyFraming::Empty
+            if parts.headers.contains_key(CONTENT_LENGTH)
+                || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) =>
+        {
+            put_header(out, "content-length", b"0");
+        }
+        BodyFraming::Empty => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Streams the client's body upstream, chunk-encoded when its length is unknown.
+async fn send_body(
+    conn: &mut Conn,
+    mut body: UpstreamBody,
+    framing: BodyFraming,
+) -> Result<(), Failed> {
+    let mut sent: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(Failed::RequestBody)?;
+        // Trailers are not forwarded: HTTP/1.1 peers rarely accept them from a proxy.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        if framing == BodyFraming::Chunked {
+            conn.write.clear();
+            conn.write
+                .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            conn.stream
+                .write_all(&conn.write)
+                .await
+                .map_err(Failed::Io)?;
+            conn.stream.write_all(&data).await.map_err(Failed::Io)?;
+            conn.stream.write_all(b"\r\n").await.map_err(Failed::Io)?;
+        } else {
+            conn.stream.write_all(&data).await.map_err(Failed::Io)?;
+        }
+    }
+    match framing {
+        BodyFraming::Chunked => conn
+            .stream
+            .write_all(b"0\r\n\r\n")
+            .await
+            .map_err(Failed::Io),
+        BodyFraming::Length(length) if sent != length => Err(Failed::RequestBody(
+            format!("the request body ended after {sent} of {length} bytes").into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Parses a final response head from the front of `read`, skipping interim (1xx) heads.
+/// `Ok(None)`: more bytes are needed.
+fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Failed> {
+    loop {
+        if read.is_empty() {
+            return Ok(None);
+        }
+        // Uninitialised slots: zeroing them all costs more than parsing a small head.
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let config = httparse::ParserConfig::default();
+        let length = match config.parse_response_with_uninit_headers(&mut parsed, read, &mut slots)
+        {
+            Ok(httparse::Status::Complete(length)) if length > MAX_HEAD_BYTES => {
+                return Err(Failed::Protocol(format!(
+                    "response head larger than {MAX_HEAD_BYTES} bytes"
+                )));
+            }
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(Failed::Protocol(format!("invalid response head: {e}"))),
+        };
+        let code = parsed.code.unwrap_or_default();
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| Failed::Protocol(format!("invalid status code {code}")))?;
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(Failed::Protocol("101 to a request without Upgrade".into()));
+            }
+            // 100 Continue, 103 Early Hints: the final answer follows.
+            read.advance(length);
+            continue;
+        }
+        let version = match parsed.version {
+            Some(0) => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
+        // Where each header sits in the head, so the values can share its buffer.
+        let base = read.as_ptr() as usize;
+        let mut spans = Vec::with_capacity(parsed.headers.len());
+        for header in parsed.headers.iter() {
+            let name = HeaderName::from_bytes(header.name.as_bytes())
+                .map_err(|_| Failed::Protocol(format!("invalid header name {:?}", header.name)))?;
+            let start = header.value.as_ptr() as usize - base;
+            spans.push((name, start, start + header.value.len()));
+        }
+        let head = read.split_to(length).freeze();
+        return build_head(status, version, &head, spans, head_only).map(Some);
+    }
+}
+
+fn build_head(
+    status: StatusCode,
+    version: Version,
+    head: &Bytes,
+    spans: Vec<(HeaderName, usize, usize)>,
+    head_only: bool,
+) -> Result<Head, Failed> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut transfer_encoded = false;
+    let mut close = version == Version::HTTP_10;
+    for (name, start, end) in spans {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| Failed::Protocol(format!("invalid value for header {name}")))?;
+        if name == CONTENT_LENGTH {
+            let length = value
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| Failed::Protocol("invalid Content-Length".into()))?;
+            if content_length.is_some_and(|earlier| earlier != length) {
+                return Err(Failed::Protocol("conflicting Content-Length values".into()));
+            }
+            content_length = Some(length);
+        } else if name == TRANSFER_ENCODING {
+            transfer_encoded = true;
+            // Only the final coding decides the framing.
+            chunked = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.rsplit(',').next())
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        } else if name == CONNECTION {
+            for token in value.to_str().unwrap_or_default().split(',') {
+                let token = token.trim();
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    close = false;
+                }
+            }
+        }
+        headers.append(name, value);
+    }
+    let no_body =
+        head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let framing = if no_body {
+        Framing::Length(0)
+    } else if transfer_encoded {
+        // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, which must not go on.
+        headers.remove(CONTENT_LENGTH);
+        if chunked {
+            Framing::Chunked(Chunked::Size)
+        } else {
+            Framing::UntilClose
+        }
+    } else {
+        match content_length {
+            Some(length) => Framing::Length(length),
+            None => Framing::UntilClose,
+        }
+    };
+    Ok(Head {
+        status,
+        version,
+        headers,
+        keep_alive: !close
+            && framing != Framing::UntilClose
+            && !(transfer_encoded && content_length.is_some()),
+        framing,
+    })
+}
+
+/// How the rest of a response body is delimited.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes more.
+    Length(u64),
+    /// Chunked transfer coding, at this point of a chunk.
+    Chunked(Chunked),
+    /// Until the node closes the connection.
+    UntilClose,
+    /// Complete.
+    Done,
+}
+
+/// Where a chunked decoder stands.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Chunked {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk, with this many bytes to go.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk, in the trailer section.
+    Trailers,
+}
+
+/// What one decoding step produced.
+#[derive(Debug, PartialEq, Eq)]
+enum Decoded {
+    Data(Bytes),
+    NeedMore,
+    End,
+}
+
+impl Chunked {
+    /// Decodes from the front of `read` until data, the end, or a need for more bytes.
+    fn decode(&mut self, read: &mut BytesMut) -> Result<Decoded, String> {
+        loop {
+            match *self {
+                Chunked::Size => {
+                    let Some(line) = take_line(read)? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
+                    let digits = std::str::from_utf8(digits)
+                        .map_err(|_| "invalid chunk size".to_owned())?
+                        .trim();
+                    let size = u64::from_str_radix(digits, 16)
+                        .ok()
+                        .filter(|_| {
+                            !digits.is_empty()
+                                && digits.len() <= 16
+                                && digits.bytes().all(|b| b.is_ascii_hexdigit())
+                        })
+                        .ok_or_else(|| format!("invalid chunk size {digits:?}"))?;
+                    *self = if size == 0 {
+                        Chunked::Trailers
+                    } else {
+                        Chunked::Data(size)
+                    };
+                }
+                Chunked::Data(left) => {
+                    if read.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(read.len());
+                    let data = read.split_to(take).freeze();
+                    let left = left - take as u64;
+                    *self = if left == 0 {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(left)
+                    };
+                    return Ok(Decoded::Data(data));
+                }
+                Chunked::DataEnd => {
+                    if read.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &read[..2] != b"\r\n" {
+                        return Err("chunk data not followed by CRLF".into());
+                    }
+                    read.advance(2);
+                    *self = Chunked::Size;
+                }
+                Chunked::Trailers => {
+                    // Trailer fields are dropped; an empty line ends the message.
+                    let Some(line) = take_line(read)? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    if line.is_empty() {
+                        return Ok(Decoded::End);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Takes one CRLF-terminated line (without the CRLF) from the front of `read`.
+fn take_line(read: &mut BytesMut) -> Result<Option<Bytes>, String> {
+    match read.iter().position(|&b| b == b'\n') {
+        Some(end) if end > MAX_CHUNK_LINE => Err("chunk line too long".into()),
+        Some(end) if end > 0 && read[end - 1] == b'\r' => {
+            let line = read.split_to(end + 1).freeze();
+            Ok(Some(line.slice(..end - 1)))
+        }
+        Some(_) => Err("bare LF in chunked body".into()),
+        None if read.len() > MAX_CHUNK_LINE => Err("chunk line too long".into()),
+        None => Ok(None),
+    }
+}
+
+/// A response body read straight from the node's connection.
+#[derive(Debug)]
+pub struct ResponseBody {
+    /// `None` once the body is complete (the connection went back to the pool or was closed).
+    conn: Option<Box<Conn>>,
+    framing: Framing,
+    keep_alive: bool,
+    home: Arc<Pool>,
+    limits: PoolLimits,
+}
+
+impl ResponseBody {
+    /// The body is complete: the connection goes back to the pool if it can carry another
+    /// exchange (keep-alive, and nothing unread beyond this response).
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        if let Some(conn) = self.conn.take()
+            && self.keep_alive
+            && conn.read.is_empty()
+        {
+            self.home.checkin(conn, self.limits);
+        }
+    }
+
+    fn fail(&mut self, error: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.framing = Framing::Done;
+        self.conn = None;
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut this.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(left) if !conn.read.is_empty() => {
+                    let take = usize::try_from(*left)
+                        .unwrap_or(usize::MAX)
+                        .min(conn.read.len());
+                    let data = conn.read.split_to(take).freeze();
+                    *left -= take as u64;
+                    if *left == 0 {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::UntilClose if !conn.read.is_empty() => {
+                    let data = conn.read.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Chunked(decoder) => match decoder.decode(&mut conn.read) {
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Decoded::End) => {
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(Decoded::NeedMore) => {}
+                    Err(reason) => {
+                        return this.fail(io::Error::new(io::ErrorKind::InvalidData, reason));
+                    }
+                },
+                Framing::Length(_) | Framing::UntilClose => {}
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if this.framing == Framing::UntilClose => {
+                    this.framing = Framing::Done;
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    return this.fail(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the node closed the connection before the body ended",
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => return this.fail(e),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(left) => SizeHint::with_exact(left),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
