@@ -27,14 +27,15 @@ use crate::state::State;
 
 /// Serves the status endpoints from `listener` until `shutdown` completes.
 pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()>) {
-    let make_service = move |_remote: SocketAddr| {
+    let connection = move |stream, remote: SocketAddr, stop| {
         let state = Arc::clone(&state);
-        service_fn(move |request| {
+        let service = service_fn(move |request| {
             let response = respond(&state, &request);
             async move { Ok::<_, Infallible>(response) }
-        })
+        });
+        crate::server::serve_hyper(stream, service, remote, stop)
     };
-    crate::server::serve("status", listener, make_service, shutdown).await;
+    crate::server::serve("status", listener, connection, shutdown).await;
 }
 
 /// Answers one status request. Only the method and path are looked at.

@@ -367,7 +367,11 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: BodyFra
     }
     match framing {
         BodyFraming::Length(length) => {
-            put_header(out, "content-length", length.to_string().as_bytes());
+            put_header(
+                out,
+                "content-length",
+                itoa::Buffer::new().format(length).as_bytes(),
+            );
         }
         BodyFraming::Chunked => put_header(out, "transfer-encoding", b"chunked"),
         // Servers may insist on a length for methods that normally carry a body.

@@ -6,12 +6,12 @@
 //! Every failure is a [`ProxyError`], turned into a JSON response at the edge in
 //! [`Proxy::handle`].
 
+pub mod downstream;
 mod forward;
 pub mod h1;
 pub mod headers;
 pub mod upstream;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +20,6 @@ use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{Either, Full};
-use hyper::service::service_fn;
 use tokio::net::TcpListener;
 use tracing::{debug, error, warn};
 
@@ -40,15 +39,10 @@ pub type ProxyBody = Either<upstream::UpstreamResponseBody, Full<Bytes>>;
 /// requests finish.
 pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()>) {
     let proxy = Arc::new(Proxy::new(state));
-    let make_service = move |remote: SocketAddr| {
-        let proxy = Arc::clone(&proxy);
-        service_fn(move |request| {
-            let proxy = Arc::clone(&proxy);
-            let request = request.map(Either::Left);
-            async move { Ok::<_, Infallible>(proxy.handle(remote, request).await) }
-        })
+    let connection = move |stream, remote, stop| {
+        downstream::serve_connection(Arc::clone(&proxy), stream, remote, stop)
     };
-    crate::server::serve("proxy", listener, make_service, shutdown).await;
+    crate::server::serve("proxy", listener, connection, shutdown).await;
 }
 
 /// The request handler, shared by every connection.

@@ -1,0 +1,530 @@
+//! The proxy listener's connections. HTTP/1.1 requests without a body are read, routed and
+//! answered in the connection's own task; a connection that needs more is handed, with the
+//! bytes already read, to hyper's server for the rest of its life.
+//!
+//! Why: once upstream exchanges ran on [`super::h1`], hyper's server was about 45% of the
+//! gateway's instructions per proxied request (callgrind): a dispatcher state machine, a
+//! request built and a response re-encoded through several layers, a timer per request. Most
+//! API traffic is bodiless reads, so this path parses the head with httparse, calls
+//! [`Proxy::handle`], and writes head and body with one write when the body is ready.
+//!
+//! Handed to hyper: a request with a body (`Content-Length` other than 0, or
+//! `Transfer-Encoding`), `Expect`, `Upgrade` (WebSocket), `CONNECT`, and HTTP/2 with prior
+//! knowledge (h2c).
+//!
+//! Limits: a request head must arrive within [`HEADER_READ_TIMEOUT`] (else 408, or a quiet
+//! close for an idle keep-alive connection) and fit in 64 KiB with at most 100 header lines
+//! (else 431). The deadline costs no timer registration per request: the connection's one
+//! timer is moved only when it fires before the current deadline.
+
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt as _;
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HeaderMap, HeaderName, HeaderValue,
+    TRANSFER_ENCODING, UPGRADE,
+};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::{BodyExt as _, Either};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tracing::debug;
+
+use super::upstream::empty_body;
+use super::{Proxy, ProxyBody};
+use crate::error::json_response;
+use crate::server::{HEADER_READ_TIMEOUT, Stop, serve_hyper};
+
+/// A request head larger than this is refused with 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Header lines per request head (hyper's default).
+const MAX_HEADERS: usize = 100;
+/// Headers the proxy adds to a request on its way upstream (`X-Forwarded-*`, `Host`).
+const FORWARDING_HEADERS: usize = 4;
+/// Bytes asked of the socket per read.
+const READ_SIZE: usize = 8 * 1024;
+/// Response bytes gathered before a write while the body keeps coming.
+const WRITE_BATCH: usize = 64 * 1024;
+/// How an HTTP/2 client with prior knowledge opens a connection.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves one client connection until it closes, fails, or `stop` asks for the end.
+pub async fn serve_connection(
+    proxy: Arc<Proxy>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    mut stop: Stop,
+) {
+    let mut conn = Connection {
+        stream,
+        read: BytesMut::with_capacity(READ_SIZE),
+        write: Vec::with_capacity(READ_SIZE),
+        deadline: Instant::now() + HEADER_READ_TIMEOUT,
+        timer: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)),
+    };
+    loop {
+        match conn.read_head(&mut stop).await {
+            Next::Request {
+                request,
+                keep_alive,
+            } => {
+                let head_request = request.method() == Method::HEAD;
+                let http10 = request.version() == Version::HTTP_10;
+                let response = proxy.handle(remote, request).await;
+                let keep_alive = keep_alive && !stop.is_requested();
+                match conn
+                    .respond(response, head_request, http10, keep_alive)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(error) => {
+                        debug!(%remote, %error, "writing the response failed");
+                        return;
+                    }
+                }
+            }
+            Next::HandOff => return hand_off(proxy, conn, remote, stop).await,
+            Next::Refuse(status, message) => {
+                let code = match status {
+                    StatusCode::REQUEST_TIMEOUT => "request_timeout",
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+                    _ => "bad_request",
+                };
+                let response = json_response(status, code, message);
+                let _ = conn.respond(response, false, false, false).await;
+                return;
+            }
+            Next::Closed => return,
+        }
+    }
+}
+
+/// What the connection does next.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a request is the common case, moved once; boxing it costs an allocation per request"
+)]
+enum Next {
+    /// Serve this request, then close unless `keep_alive`.
+    Request {
+        request: Request<super::upstream::UpstreamBody>,
+        keep_alive: bool,
+    },
+    /// hyper serves the connection from here on.
+    HandOff,
+    /// Answer with this error and close.
+    Refuse(StatusCode, &'static str),
+    /// The client left, was idle too long, or the listener is stopping.
+    Closed,
+}
+
+struct Connection {
+    stream: TcpStream,
+    read: BytesMut,
+    write: Vec<u8>,
+    /// When the head being waited for must be complete.
+    deadline: Instant,
+    /// Fires at or before `deadline`.
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Connection {
+    /// Waits for the next request head and parses it.
+    async fn read_head(&mut self, stop: &mut Stop) -> Next {
+        self.deadline = Instant::now() + HEADER_READ_TIMEOUT;
+        loop {
+            if !self.read.is_empty() {
+                match parse_request(&mut self.read) {
+                    Ok(Some(next)) => return next,
+                    Ok(None) if self.read.len() >= MAX_HEAD_BYTES => {
+                        return Next::Refuse(
+                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                            "the request head is too large",
+                        );
+                    }
+                    Ok(None) => {}
+                    Err(refusal) => return refusal,
+                }
+            }
+            if self.read.capacity() - self.read.len() < READ_SIZE / 4 {
+                self.read.reserve(READ_SIZE);
+            }
+            let idle = self.read.is_empty();
+            tokio::select! {
+                biased;
+                read = self.stream.read_buf(&mut self.read) => match read {
+                    Ok(0) | Err(_) => return Next::Closed,
+                    Ok(_) => {}
+                },
+                () = self.timer.as_mut() => {
+                    if Instant::now() < self.deadline {
+                        // An earlier deadline's timer: move it to this one.
+                        self.timer.as_mut().reset(self.deadline);
+                    } else if idle {
+                        return Next::Closed;
+                    } else {
+                        return Next::Refuse(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "the request head did not arrive in time",
+                        );
+                    }
+                }
+                () = stop.requested(), if idle => return Next::Closed,
+            }
+        }
+    }
+
+    /// Writes `response`: the head, then the body framed by its known length, chunked, or (for
+    /// an HTTP/1.0 client, which has no chunked coding) by closing the connection. Head and
+    /// body go out in one write when the body is ready at once. `Ok(true)`: the connection
+    /// can serve another request.
+    async fn respond(
+        &mut self,
+        response: Response<ProxyBody>,
+        head_request: bool,
+        http10: bool,
+        mut keep_alive: bool,
+    ) -> io::Result<bool> {
+        let (parts, mut body) = response.into_parts();
+        let status = parts.status;
+        let framing = if head_request
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            // A HEAD answer keeps the length the body would have had.
+            Framing::None
+        } else if body.is_end_stream() {
+            Framing::Length(0)
+        } else {
+            match body.size_hint().exact() {
+                Some(length) => Framing::Length(length),
+                // RFC 9112 §6.1: no Transfer-Encoding in an answer to HTTP/1.0.
+                None if http10 => Framing::UntilClose,
+                None => Framing::Chunked,
+            }
+        };
+        if framing == Framing::UntilClose {
+            keep_alive = false;
+        }
+        encode_response_head(&mut self.write, &parts, framing, http10, keep_alive);
+        if framing == Framing::None {
+            self.flush().await?;
+            return Ok(keep_alive);
+        }
+        let mut sent: u64 = 0;
+        loop {
+            // A body that is not ready lets the head (and what came before) go out first.
+            let frame = match body.frame().now_or_never() {
+                Some(frame) => frame,
+                None => {
+                    self.flush().await?;
+                    body.frame().await
+                }
+            };
+            let Some(frame) = frame else { break };
+            let frame = frame.map_err(io::Error::other)?;
+            // Trailers are dropped: HTTP/1.1 clients rarely ask for them.
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            sent += data.len() as u64;
+            if framing == Framing::Chunked {
+                self.write
+                    .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                self.write.extend_from_slice(&data);
+                self.write.extend_from_slice(b"\r\n");
+            } else {
+                self.write.extend_from_slice(&data);
+            }
+            if self.write.len() >= WRITE_BATCH {
+                self.flush().await?;
+            }
+        }
+        match framing {
+            Framing::Chunked => self.write.extend_from_slice(b"0\r\n\r\n"),
+            // The client would wait for bytes that never come, or read the next response
+            // wrongly: the connection cannot go on.
+            Framing::Length(length) if sent != length => {
+                return Err(io::Error::other(format!(
+                    "the response body had {sent} of {length} bytes"
+                )));
+            }
+            _ => {}
+        }
+        self.flush().await?;
+        Ok(keep_alive)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if !self.write.is_empty() {
+            self.stream.write_all(&self.write).await?;
+            self.write.clear();
+        }
+        Ok(())
+    }
+}
+
+/// How a response body is delimited on the wire.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Framing {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
+    Length(u64),
+    Chunked,
+    /// The body runs until the connection closes (HTTP/1.0, unknown length).
+    UntilClose,
+}
+
+/// Parses a request head from the front of `read`. `Ok(None)`: more bytes are needed. A
+/// request this path does not serve leaves `read` untouched for hyper.
+fn parse_request(read: &mut BytesMut) -> Result<Option<Next>, Next> {
+    let bad = |message| Next::Refuse(StatusCode::BAD_REQUEST, message);
+    let preface = read.len().min(H2_PREFACE.len());
+    if read[..preface] == H2_PREFACE[..preface] {
+        return Ok((preface == H2_PREFACE.len()).then_some(Next::HandOff));
+    }
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let length = match parsed.parse_with_uninit_headers(read, &mut slots) {
+        // The read that took the buffer past the limit may also have completed the head.
+        Ok(httparse::Status::Complete(length)) if length > MAX_HEAD_BYTES => {
+            return Err(Next::Refuse(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "the request head is too large",
+            ));
+        }
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Next::Refuse(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too many request headers",
+            ));
+        }
+        Err(_) => return Err(bad("malformed request head")),
+    };
+    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
+        .map_err(|_| bad("invalid method"))?;
+    if method == Method::CONNECT {
+        return Ok(Some(Next::HandOff));
+    }
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let mut close = version == Version::HTTP_10;
+    let base = read.as_ptr() as usize;
+    let path = parsed.path.unwrap_or_default();
+    let path_start = path.as_ptr() as usize - base;
+    let path_span = path_start..path_start + path.len();
+    let mut spans = Vec::with_capacity(parsed.headers.len());
+    for header in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(header.name.as_bytes())
+            .map_err(|_| bad("invalid header name"))?;
+        let value = header.value;
+        if name == CONTENT_LENGTH {
+            if value.trim_ascii() != b"0" {
+                return Ok(Some(Next::HandOff));
+            }
+        } else if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
+            return Ok(Some(Next::HandOff));
+        } else if name == CONNECTION {
+            for token in value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    close = false;
+                }
+            }
+        }
+        let start = value.as_ptr() as usize - base;
+        spans.push((name, start, start + value.len()));
+    }
+    let head = read.split_to(length).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(path_span)).map_err(|_| bad("invalid target"))?;
+    // Room for the forwarding headers the proxy adds, so the map does not grow on the way.
+    let mut headers = HeaderMap::with_capacity(spans.len() + FORWARDING_HEADERS);
+    for (name, start, end) in spans {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| bad("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let mut request = Request::new(empty_body());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Some(Next::Request {
+        request,
+        keep_alive: !close,
+    }))
+}
+
+/// Writes the status line and headers into `out` (cleared first). Framing headers are this
+/// hop's own, except that a bodiless answer (HEAD, 204, 304) keeps the `Content-Length` it has.
+fn encode_response_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    framing: Framing,
+    http10: bool,
+    keep_alive: bool,
+) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        let ours = name == CONNECTION
+            || name == TRANSFER_ENCODING
+            || (name == CONTENT_LENGTH && framing != Framing::None);
+        if !ours {
+            put_header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    if !parts.headers.contains_key(DATE) {
+        put_date(out);
+    }
+    match framing {
+        Framing::Length(length) => {
+            put_header(
+                out,
+                b"content-length",
+                itoa::Buffer::new().format(length).as_bytes(),
+            );
+        }
+        Framing::Chunked => put_header(out, b"transfer-encoding", b"chunked"),
+        Framing::None | Framing::UntilClose => {}
+    }
+    if !keep_alive {
+        put_header(out, b"connection", b"close");
+    } else if http10 {
+        // HTTP/1.0 closes after each answer unless told otherwise.
+        put_header(out, b"connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+thread_local! {
+    /// The `Date` header value and the second it was formatted for, per thread.
+    static DATE_NOW: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+}
+
+/// Writes a `Date` header, formatted at most once per second.
+fn put_date(out: &mut Vec<u8>) {
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE_NOW.with_borrow_mut(|(formatted_for, value)| {
+        if *formatted_for != second || value.is_empty() {
+            *formatted_for = second;
+            *value = httpdate::fmt_http_date(now);
+        }
+        put_header(out, b"date", value.as_bytes());
+    });
+}
+
+/// Hands the connection, and the bytes read from it so far, to hyper's server.
+async fn hand_off(proxy: Arc<Proxy>, conn: Connection, remote: SocketAddr, stop: Stop) {
+    let io = Rewind {
+        prefix: conn.read.freeze(),
+        stream: conn.stream,
+    };
+    let service = service_fn(move |request: Request<Incoming>| {
+        let proxy = Arc::clone(&proxy);
+        async move {
+            let request = request.map(Either::Left);
+            Ok::<_, Infallible>(proxy.handle(remote, request).await)
+        }
+    });
+    serve_hyper(io, service, remote, stop).await;
+}
+
+/// A stream that first yields bytes already read from it.
+struct Rewind {
+    prefix: Bytes,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests;
