@@ -43,6 +43,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
+use super::h1::put_header;
 use super::upstream::empty_body;
 use super::{Proxy, ProxyBody};
 use crate::error::json_response;
@@ -428,13 +429,6 @@ fn encode_response_head(
         // HTTP/1.0 closes after each answer unless told otherwise.
         put_header(out, b"connection", b"keep-alive");
     }
-    out.extend_from_slice(b"\r\n");
-}
-
-fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 

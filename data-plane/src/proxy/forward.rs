@@ -216,7 +216,7 @@ fn failure_of<B>(result: &Result<Response<B>, ProxyError>) -> Option<Failure> {
 }
 
 /// Methods that RFC 9110 §9.2.2 defines as idempotent.
-fn is_idempotent(method: &Method) -> bool {
+pub(super) fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE

@@ -33,6 +33,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::forward::is_idempotent;
 use super::upstream::UpstreamBody;
 use crate::error::{BoxError, ProxyError, TimeoutPhase};
 
@@ -275,14 +276,6 @@ impl Failed {
     }
 }
 
-/// Methods that RFC 9110 §9.2.2 defines as idempotent.
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
 /// The parts of a response head the exchange needs.
 struct Head {
     status: StatusCode,
@@ -357,37 +350,38 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: BodyFra
     if !parts.headers.contains_key(HOST)
         && let Some(authority) = parts.uri.authority()
     {
-        put_header(out, HOST.as_str(), authority.as_str().as_bytes());
+        put_header(out, HOST.as_str().as_bytes(), authority.as_str().as_bytes());
     }
     for (name, value) in &parts.headers {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             continue;
         }
-        put_header(out, name.as_str(), value.as_bytes());
+        put_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
         BodyFraming::Length(length) => {
             put_header(
                 out,
-                "content-length",
+                b"content-length",
                 itoa::Buffer::new().format(length).as_bytes(),
             );
         }
-        BodyFraming::Chunked => put_header(out, "transfer-encoding", b"chunked"),
+        BodyFraming::Chunked => put_header(out, b"transfer-encoding", b"chunked"),
         // Servers may insist on a length for methods that normally carry a body.
         BodyFraming::Empty
             if parts.headers.contains_key(CONTENT_LENGTH)
                 || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) =>
         {
-            put_header(out, "content-length", b"0");
+            put_header(out, b"content-length", b"0");
         }
         BodyFraming::Empty => {}
     }
     out.extend_from_slice(b"\r\n");
 }
 
-fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
+/// Appends one `name: value` header line.
+pub(super) fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
