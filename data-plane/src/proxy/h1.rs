@@ -32,6 +32,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::forward::is_idempotent;
 use super::upstream::UpstreamBody;
@@ -81,6 +82,11 @@ struct Conn {
     /// Served a request before: a failure before the first response byte may just mean the node
     /// closed it while it sat in the pool.
     reused: bool,
+    /// The response-head deadline's timer, kept with the connection and moved only when it
+    /// fires before the current exchange's deadline (or is later than it): registering a timer
+    /// per request was a measurable share of a proxied request's cost. While the connection is
+    /// idle it may fire and wake the task that last used it, which then finds nothing to do.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Pool {
@@ -136,6 +142,7 @@ impl Conn {
             read: BytesMut::new(),
             write: Vec::new(),
             reused: false,
+            timer: None,
         }))
     }
 
@@ -192,50 +199,56 @@ pub async fn send(
     // An empty request can go again on a fresh connection if a pooled one turns out dead.
     let replayable = body.is_end_stream() && is_idempotent(&parts.method);
     let mut body = Some(body);
-    // One timer for both deadlines, moved rather than replaced: a timer registration per
-    // request is a measurable share of a proxied request's cost.
-    let mut deadline = pin!(tokio::time::sleep(read_timeout));
     loop {
         let mut conn = match pool.checkout(limits) {
             Some(conn) => conn,
-            None => {
-                deadline
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + connect_timeout);
+            None => match tokio::time::timeout(connect_timeout, Conn::connect(address)).await {
+                Ok(connected) => connected.map_err(|e| ProxyError::UpstreamConnect {
+                    node: address.to_owned(),
+                    source: Box::new(e),
+                })?,
+                Err(_) => {
+                    return Err(ProxyError::UpstreamTimeout {
+                        node: address.to_owned(),
+                        phase: TimeoutPhase::Connect,
+                        after: connect_timeout,
+                    });
+                }
+            },
+        };
+        let deadline = tokio::time::Instant::now() + read_timeout;
+        let mut timer = match conn.timer.take() {
+            Some(mut timer) => {
+                if timer.deadline() > deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let this_body = body.take().unwrap_or_else(super::upstream::empty_body);
+        let result = {
+            let mut exchange = pin!(exchange(&mut conn, &parts, this_body));
+            loop {
                 tokio::select! {
                     biased;
-                    connected = Conn::connect(address) => {
-                        connected.map_err(|e| ProxyError::UpstreamConnect {
-                            node: address.to_owned(),
-                            source: Box::new(e),
-                        })?
-                    }
-                    () = &mut deadline => {
-                        return Err(ProxyError::UpstreamTimeout {
-                            node: address.to_owned(),
-                            phase: TimeoutPhase::Connect,
-                            after: connect_timeout,
-                        });
+                    result = &mut exchange => break result,
+                    () = timer.as_mut() => {
+                        if tokio::time::Instant::now() < deadline {
+                            // An earlier exchange's deadline: move the timer to this one.
+                            timer.as_mut().reset(deadline);
+                        } else {
+                            return Err(ProxyError::UpstreamTimeout {
+                                node: address.to_owned(),
+                                phase: TimeoutPhase::ResponseHeaders,
+                                after: read_timeout,
+                            });
+                        }
                     }
                 }
             }
         };
-        deadline
-            .as_mut()
-            .reset(tokio::time::Instant::now() + read_timeout);
-        let this_body = body.take().unwrap_or_else(super::upstream::empty_body);
-        let exchange = exchange(&mut conn, &parts, this_body);
-        let result = tokio::select! {
-            biased;
-            result = exchange => result,
-            () = &mut deadline => {
-                return Err(ProxyError::UpstreamTimeout {
-                    node: address.to_owned(),
-                    phase: TimeoutPhase::ResponseHeaders,
-                    after: read_timeout,
-                });
-            }
-        };
+        conn.timer = Some(timer);
         let head = match result {
             Ok(head) => head,
             Err(Failed::Silent(_)) if conn.reused && replayable => continue,

@@ -854,6 +854,41 @@ async fn a_post_on_a_reused_connection_closed_without_answer_is_an_error() {
     assert!(server.await.unwrap(), "the POST was sent again");
 }
 
+/// A pooled connection keeps its deadline timer between exchanges; an exchange with a shorter
+/// read timeout than the one before must still time out on its own deadline.
+#[tokio::test]
+async fn a_shorter_read_timeout_on_a_reused_connection_still_applies() {
+    let (listener, address) = node().await;
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        read_request(&mut stream).await.unwrap();
+        let response = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        stream.write_all(response.as_bytes()).await.unwrap();
+        // The second request on the same connection gets no answer.
+        read_request(&mut stream).await.unwrap();
+        std::future::pending::<()>().await;
+        drop(stream);
+    });
+    let pool = Arc::new(Pool::default());
+    let long = Duration::from_secs(30);
+    let first = send(&pool, LIMITS, &address, get(&address, "/"), TIMEOUT, long).await;
+    assert_eq!(body_of(first.unwrap()).await, "ok");
+    assert_eq!(pool.idle_count(), 1);
+
+    let short = Duration::from_millis(100);
+    let started = std::time::Instant::now();
+    let second = send(&pool, LIMITS, &address, get(&address, "/"), TIMEOUT, short).await;
+    assert!(
+        matches!(second, Err(ProxyError::UpstreamTimeout { after, .. }) if after == short),
+        "expected a 100 ms timeout, got {second:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn a_node_that_does_not_answer_in_time_is_a_response_headers_timeout() {
     let (listener, address) = node().await;
