@@ -8,6 +8,8 @@
 #   ROUNDS=1 DURATION=5 benches/load/peers.sh     a short run
 #   PROFILE=perf benches/load/peers.sh    instead, record `perf` on the data plane during a gateway-only load
 #   PROFILE=strace benches/load/peers.sh  instead, count the data plane's syscalls during such a load
+#   PROFILE=callgrind benches/load/peers.sh   instead, count the data plane's instructions per
+#                                         proxied request under valgrind (noise-free; needs valgrind)
 #
 # The data plane runs with one worker thread, pinned to cpu 0 like the peers (nginx
 # worker_processes 1, haproxy nbthread 1); peerbench puts wrk and the upstreams on cpu 1. Every
@@ -65,7 +67,12 @@ pids+=($!)
 ADMIN=$(value_of "$WORK/cp.out" admin_url)
 XDS=$(value_of "$WORK/cp.out" xds_url)
 
-RUST_LOG=${RUST_LOG:-warn} taskset -c 0 "${DP_BIN:-$BIN/data-plane}" --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 \
+wrap=()
+if [ "$PROFILE" = callgrind ]; then
+  # Counting starts with `callgrind_control -z` after the warm-up, so start-up is not counted.
+  wrap=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" --dump-instr=no)
+fi
+RUST_LOG=${RUST_LOG:-warn} taskset -c 0 "${wrap[@]}" "${DP_BIN:-$BIN/data-plane}" --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 \
   --control-plane "$XDS" --node-id peers --worker-threads 1 \
   >"$WORK/dp.out" 2>"$WORK/dp.log" &
 DP_PID=$!
@@ -121,6 +128,23 @@ if [ "$PROFILE" = strace ]; then
   timeout -s INT "${DURATION:-5}" strace -c -f -p "$DP_PID" -o "$WORK/strace.txt" || true
   wait "$wrk_pid" || true
   cat "$WORK/wrk-strace.txt" "$WORK/strace.txt"
+  exit 0
+fi
+
+if [ "$PROFILE" = callgrind ]; then
+  # Instructions per request, every thread of the data plane counted: a warm-up, counters
+  # zeroed, a measured load, one dump. Valgrind runs the proxy ~50x slower; the count is exact.
+  "$PEERBENCH" up
+  trap '"$PEERBENCH" down; cleanup' EXIT
+  taskset -c 1 wrk -t1 -c8 -d3s "$URL" >/dev/null
+  callgrind_control -z "$DP_PID" >/dev/null
+  taskset -c 1 wrk -t1 -c8 -d"${DURATION:-10}"s "$URL" >"$WORK/wrk-callgrind.txt"
+  callgrind_control -d "$DP_PID" >/dev/null
+  requests=$(awk '/requests in/ {print $1}' "$WORK/wrk-callgrind.txt")
+  instructions=$(cat "$WORK"/callgrind.out.* 2>/dev/null | awk '/^summary:/ {s += $2} END {print s}')
+  [ -n "$requests" ] && [ "${instructions:-0}" -gt 0 ] || die "no callgrind dump or no wrk count"
+  echo "peers: $requests requests, $instructions instructions, $((instructions / requests)) per request"
+  echo "peers: dump in $WORK (callgrind_annotate $WORK/callgrind.out.*)" >&2
   exit 0
 fi
 

@@ -73,6 +73,7 @@ pub async fn serve_connection(
         stream,
         read: BytesMut::with_capacity(READ_SIZE),
         write: Vec::with_capacity(READ_SIZE),
+        spans: Vec::new(),
         deadline: Instant::now() + HEADER_READ_TIMEOUT,
         timer: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)),
     };
@@ -137,6 +138,8 @@ struct Connection {
     stream: TcpStream,
     read: BytesMut,
     write: Vec<u8>,
+    /// Scratch space for [`parse_request`], kept so a request costs no allocation for it.
+    spans: Vec<(HeaderName, usize, usize)>,
     /// When the head being waited for must be complete.
     deadline: Instant,
     /// Fires at or before `deadline`.
@@ -149,7 +152,7 @@ impl Connection {
         self.deadline = Instant::now() + HEADER_READ_TIMEOUT;
         loop {
             if !self.read.is_empty() {
-                match parse_request(&mut self.read) {
+                match parse_request(&mut self.read, &mut self.spans) {
                     Ok(Some(next)) => return next,
                     Ok(None) if self.read.len() >= MAX_HEAD_BYTES => {
                         return Next::Refuse(
@@ -295,8 +298,13 @@ enum Framing {
 }
 
 /// Parses a request head from the front of `read`. `Ok(None)`: more bytes are needed. A
-/// request this path does not serve leaves `read` untouched for hyper.
-fn parse_request(read: &mut BytesMut) -> Result<Option<Next>, Next> {
+/// request this path does not serve leaves `read` untouched for hyper. `spans` is scratch
+/// space, left empty.
+fn parse_request(
+    read: &mut BytesMut,
+    spans: &mut Vec<(HeaderName, usize, usize)>,
+) -> Result<Option<Next>, Next> {
+    spans.clear();
     let bad = |message| Next::Refuse(StatusCode::BAD_REQUEST, message);
     let preface = read.len().min(H2_PREFACE.len());
     if read[..preface] == H2_PREFACE[..preface] {
@@ -336,7 +344,6 @@ fn parse_request(read: &mut BytesMut) -> Result<Option<Next>, Next> {
     let path = parsed.path.unwrap_or_default();
     let path_start = path.as_ptr() as usize - base;
     let path_span = path_start..path_start + path.len();
-    let mut spans = Vec::with_capacity(parsed.headers.len());
     for header in parsed.headers.iter() {
         let name = HeaderName::from_bytes(header.name.as_bytes())
             .map_err(|_| bad("invalid header name"))?;
@@ -364,7 +371,7 @@ fn parse_request(read: &mut BytesMut) -> Result<Option<Next>, Next> {
     let uri = Uri::from_maybe_shared(head.slice(path_span)).map_err(|_| bad("invalid target"))?;
     // Room for the forwarding headers the proxy adds, so the map does not grow on the way.
     let mut headers = HeaderMap::with_capacity(spans.len() + FORWARDING_HEADERS);
-    for (name, start, end) in spans {
+    for (name, start, end) in spans.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| bad("invalid header value"))?;
         headers.append(name, value);

@@ -159,17 +159,14 @@ impl Proxy {
                     }
                 });
                 let (mut parts, body) = response.into_parts();
-                headers::remove_hop_by_hop(&mut parts.headers);
                 parts
                     .headers
                     .insert(CONNECTION, HeaderValue::from_static("upgrade"));
                 parts.headers.insert(UPGRADE, protocol);
                 return Ok(Response::from_parts(parts, Either::Left(body)));
             }
-            let (mut parts, body) = response.into_parts();
-            headers::remove_hop_by_hop(&mut parts.headers);
-            debug!(route = %route.id, node = %node.authority, status = %parts.status, "proxied");
-            return Ok(Response::from_parts(parts, Either::Left(body)));
+            debug!(route = %route.id, node = %node.authority, status = %response.status(), "proxied");
+            return Ok(response.map(Either::Left));
         }
     }
 }

@@ -35,6 +35,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::forward::is_idempotent;
+use super::headers;
 use super::upstream::UpstreamBody;
 use crate::error::{BoxError, ProxyError, TimeoutPhase};
 
@@ -481,25 +482,49 @@ fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Fail
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
         };
-        // Where each header sits in the head, so the values can share its buffer.
+        // Where each header sits in the head, so the values can share its buffer. On the
+        // stack: a heap vector here was an allocation per response.
         let base = read.as_ptr() as usize;
-        let mut spans = Vec::with_capacity(parsed.headers.len());
-        for header in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(header.name.as_bytes())
-                .map_err(|_| Failed::Protocol(format!("invalid header name {:?}", header.name)))?;
-            let start = header.value.as_ptr() as usize - base;
-            spans.push((name, start, start + header.value.len()));
+        let mut spans = [Span::default(); MAX_HEADERS];
+        for (span, header) in spans.iter_mut().zip(parsed.headers.iter()) {
+            *span = Span::of(base, header);
         }
+        let count = parsed.headers.len();
         let head = read.split_to(length).freeze();
-        return build_head(status, version, &head, spans, head_only).map(Some);
+        return build_head(status, version, &head, &spans[..count], head_only).map(Some);
     }
 }
 
+/// Where one header's name and value sit in a response head.
+#[derive(Copy, Clone, Default)]
+struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl Span {
+    /// The offsets of `header`, which borrows from a buffer starting at address `base`. A
+    /// head is at most [`MAX_HEAD_BYTES`] long, so the offsets fit.
+    fn of(base: usize, header: &httparse::Header<'_>) -> Span {
+        let offsets = |bytes: &[u8]| {
+            let start = (bytes.as_ptr() as usize - base) as u32;
+            (start, start + bytes.len() as u32)
+        };
+        Span {
+            name: offsets(header.name.as_bytes()),
+            value: offsets(header.value),
+        }
+    }
+}
+
+/// Builds the response head the client will see: framing decided from `Content-Length`,
+/// `Transfer-Encoding` and `Connection`, and hop-by-hop headers (with those `Connection` lists)
+/// left out, so callers need not strip them again.
 fn build_head(
     status: StatusCode,
     version: Version,
     head: &Bytes,
-    spans: Vec<(HeaderName, usize, usize)>,
+    spans: &[Span],
     head_only: bool,
 ) -> Result<Head, Failed> {
     let mut headers = HeaderMap::with_capacity(spans.len());
@@ -507,8 +532,14 @@ fn build_head(
     let mut chunked = false;
     let mut transfer_encoded = false;
     let mut close = version == Version::HTTP_10;
-    for (name, start, end) in spans {
-        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+    // Names a `Connection` header lists as this hop's own; rare, so allocated only when seen.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for span in spans {
+        let range = |(start, end): (u32, u32)| start as usize..end as usize;
+        let raw_name = &head[range(span.name)];
+        let name = HeaderName::from_bytes(raw_name)
+            .map_err(|_| Failed::Protocol(format!("invalid header name {raw_name:?}")))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(range(span.value)))
             .map_err(|_| Failed::Protocol(format!("invalid value for header {name}")))?;
         if name == CONTENT_LENGTH {
             let length = value
@@ -531,7 +562,8 @@ fn build_head(
                 .and_then(|v| v.rsplit(',').next())
                 .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
         } else if name == CONNECTION {
-            for token in value.to_str().unwrap_or_default().split(',') {
+            let value = value.to_str().unwrap_or_default();
+            for token in value.split(',') {
                 let token = token.trim();
                 if token.eq_ignore_ascii_case("close") {
                     close = true;
@@ -539,8 +571,17 @@ fn build_head(
                     close = false;
                 }
             }
+            listed.extend(
+                headers::connection_listed(value)
+                    .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()),
+            );
         }
-        headers.append(name, value);
+        if !headers::is_hop_by_hop(name.as_str()) {
+            headers.append(name, value);
+        }
+    }
+    for name in listed {
+        headers.remove(name);
     }
     let no_body =
         head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;

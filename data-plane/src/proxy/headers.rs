@@ -29,8 +29,16 @@ const HOP_BY_HOP: [&str; 9] = [
 
 /// Whether `name` is one of [`HOP_BY_HOP`], in any case. Comparing lengths first makes this a
 /// few instructions per header, cheaper than hashing the names into the map.
-fn is_hop_by_hop(name: &str) -> bool {
+pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|hop| hop.eq_ignore_ascii_case(name))
+}
+
+/// The header names a `Connection` value lists besides the hop-by-hop ones (`close`,
+/// `keep-alive`, `upgrade`): headers the sender meant for this hop only.
+pub fn connection_listed(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|token| {
+        !token.is_empty() && !is_hop_by_hop(token) && !token.eq_ignore_ascii_case("close")
+    })
 }
 
 /// Removes the hop-by-hop headers, and every header that `Connection` names as such.
@@ -48,9 +56,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             .get_all(CONNECTION)
             .iter()
             .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .map(str::trim)
-            .filter(|token| !is_hop_by_hop(token));
+            .flat_map(connection_listed);
         for token in listed {
             if let Some(name) = headers
                 .keys()

@@ -159,7 +159,7 @@ impl UpstreamClient {
     }
 
     /// Sends `request` (its URI names the node) and waits for the response headers; the body
-    /// is streamed afterwards by whoever polls it.
+    /// is streamed afterwards by whoever polls it. The response carries no hop-by-hop headers.
     ///
     /// Two deadlines apply, because the connector's own timeout is one value for the whole
     /// pool: establishing the connection (or taking one from the pool, which is immediate) must
@@ -191,9 +191,11 @@ impl UpstreamClient {
             Inner::Plain(client) => Hyper::Plain(client),
             Inner::Tls(client) => Hyper::Tls(client),
         };
-        let response = client
+        let mut response = client
             .send(request, address, connect_timeout, read_timeout)
             .await?;
+        // h1 leaves them out while parsing; hyper keeps every header it received.
+        super::headers::remove_hop_by_hop(response.headers_mut());
         Ok(response.map(Either::Left))
     }
 }

@@ -372,6 +372,20 @@ fn connection_close_is_not_keep_alive() {
 }
 
 #[test]
+fn hop_by_hop_headers_and_the_ones_connection_lists_are_left_out() {
+    let (head, _) = parse(
+        b"HTTP/1.1 200 OK\r\nX-Before: 1\r\nConnection: keep-alive, X-Before, x-after\r\n\
+          Keep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\nX-After: 2\r\n\
+          X-Kept: 3\r\nContent-Length: 2\r\n\r\n",
+        false,
+    );
+    assert!(head.keep_alive);
+    let mut names: Vec<&str> = head.headers.keys().map(|n| n.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["content-length", "x-kept"]);
+}
+
+#[test]
 fn a_response_without_length_or_transfer_encoding_runs_until_close() {
     let (head, _) = parse(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n",
