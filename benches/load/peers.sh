@@ -8,6 +8,7 @@
 #   ROUNDS=1 DURATION=5 benches/load/peers.sh     a short run
 #   PROFILE=perf benches/load/peers.sh    instead, record `perf` on the data plane during a gateway-only load
 #   PROFILE=strace benches/load/peers.sh  instead, count the data plane's syscalls during such a load
+#   PROFILE_TARGET=plugins|agg            profile that route instead of the plain proxy one
 #   PROFILE=callgrind benches/load/peers.sh   instead, count the data plane's instructions per
 #                                         proxied request under valgrind (noise-free; needs valgrind)
 #
@@ -116,6 +117,12 @@ PLUGINS_URL="$PROXY/plugins/catalog?item=14286&apikey=bench-key-0123456789"
 # peerbench starts the upstreams, then checks that every target answers 200.
 
 URL="$PROXY/catalog?item=14286"
+# The PROFILE modes load one route: PROFILE_TARGET=proxy (default), agg or plugins.
+case "${PROFILE_TARGET:-proxy}" in
+  agg) PROFILE_URL=$AGG_URL ;;
+  plugins) PROFILE_URL=$PLUGINS_URL ;;
+  *) PROFILE_URL=$URL ;;
+esac
 echo "peers: gateway at $URL (data plane pid $DP_PID, logs in $WORK)" >&2
 
 if [ "$PROFILE" = strace ]; then
@@ -123,7 +130,7 @@ if [ "$PROFILE" = strace ]; then
   # the counts mean anything).
   "$PEERBENCH" up
   trap '"$PEERBENCH" down; cleanup' EXIT
-  taskset -c 1 wrk -t1 -c"${CONNECTIONS:-32}" -d"${DURATION:-5}"s "$URL" >"$WORK/wrk-strace.txt" &
+  taskset -c 1 wrk -t1 -c"${CONNECTIONS:-32}" -d"${DURATION:-5}"s "$PROFILE_URL" >"$WORK/wrk-strace.txt" &
   wrk_pid=$!
   timeout -s INT "${DURATION:-5}" strace -c -f -p "$DP_PID" -o "$WORK/strace.txt" || true
   wait "$wrk_pid" || true
@@ -136,9 +143,9 @@ if [ "$PROFILE" = callgrind ]; then
   # zeroed, a measured load, one dump. Valgrind runs the proxy ~50x slower; the count is exact.
   "$PEERBENCH" up
   trap '"$PEERBENCH" down; cleanup' EXIT
-  taskset -c 1 wrk -t1 -c8 -d3s "$URL" >/dev/null
+  taskset -c 1 wrk -t1 -c8 -d3s "$PROFILE_URL" >/dev/null
   callgrind_control -z "$DP_PID" >/dev/null
-  taskset -c 1 wrk -t1 -c8 -d"${DURATION:-10}"s "$URL" >"$WORK/wrk-callgrind.txt"
+  taskset -c 1 wrk -t1 -c8 -d"${DURATION:-10}"s "$PROFILE_URL" >"$WORK/wrk-callgrind.txt"
   callgrind_control -d "$DP_PID" >/dev/null
   requests=$(awk '/requests in/ {print $1}' "$WORK/wrk-callgrind.txt")
   instructions=$(cat "$WORK"/callgrind.out.* 2>/dev/null | awk '/^summary:/ {s += $2} END {print s}')
@@ -152,7 +159,7 @@ if [ "$PROFILE" = perf ]; then
   # A gateway-only load with perf attached: the upstreams and wrk from peerbench's `up`.
   "$PEERBENCH" up
   trap '"$PEERBENCH" down; cleanup' EXIT
-  taskset -c 1 wrk -t1 -c"${CONNECTIONS:-32}" -d"${DURATION:-10}"s "$URL" >"$WORK/wrk-perf.txt" &
+  taskset -c 1 wrk -t1 -c"${CONNECTIONS:-32}" -d"${DURATION:-10}"s "$PROFILE_URL" >"$WORK/wrk-perf.txt" &
   wrk_pid=$!
   perf record -F 999 -g -p "$DP_PID" -o "$WORK/perf.data" -- sleep "${DURATION:-10}" 2>/dev/null || true
   wait "$wrk_pid" || true

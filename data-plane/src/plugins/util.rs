@@ -1,35 +1,49 @@
 //! Small request helpers shared by plugins.
 
+use std::borrow::Cow;
+
 use http::Uri;
 use http::uri::PathAndQuery;
 
-/// Percent-decodes a query component (`+` is a space, as in forms).
-pub fn percent_decode(text: &str) -> String {
+/// Percent-decodes a query component (`+` is a space, as in forms). A component with nothing
+/// to decode is borrowed; an invalid escape is kept as it is.
+pub fn percent_decode(text: &str) -> Cow<'_, str> {
     let bytes = text.as_bytes();
+    if !bytes.iter().any(|&b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(text);
+    }
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                Ok(byte) => {
-                    out.push(byte);
+            b'%' => match (
+                bytes.get(i + 1).and_then(hex),
+                bytes.get(i + 2).and_then(hex),
+            ) {
+                (Some(high), Some(low)) => {
+                    out.push(high << 4 | low);
                     i += 2;
                 }
-                Err(_) => out.push(b'%'),
+                _ => out.push(b'%'),
             },
             other => out.push(other),
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The value of one hex digit.
+fn hex(digit: &u8) -> Option<u8> {
+    (*digit as char).to_digit(16).map(|d| d as u8)
 }
 
 /// The first value of query argument `name` in `uri`, decoded.
 pub fn query_arg(uri: &Uri, name: &str) -> Option<String> {
     uri.query()?.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(key) == name).then(|| percent_decode(value))
+        (percent_decode(key) == name).then(|| percent_decode(value).into_owned())
     })
 }
 
@@ -69,5 +83,8 @@ mod tests {
             let _ = percent_decode(odd);
         }
         assert_eq!(percent_decode("%41%zz%"), "A%zz%");
+        // Escapes next to multi-byte characters: bytes, never a slice inside a character.
+        assert_eq!(percent_decode("%aé"), "%aé");
+        assert_eq!(percent_decode("é%C3%A9+"), "éé ");
     }
 }
