@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::util::{query_arg, without_query_arg};
 use super::{Access, ConsumerRuntime, Plugin, RequestCtx, reject};
-use gateway_proto::plugins::auth::{KeyAuthConfig, key_digest};
+use gateway_proto::plugins::auth::{KeyAuthConfig, key_digest_bytes};
 
 /// The header that tells the upstream which consumer called.
 pub const CONSUMER_HEADER: HeaderName = HeaderName::from_static("x-consumer-username");
@@ -81,7 +81,12 @@ impl Plugin for KeyAuth {
                 }
             },
         };
-        let Some(consumer) = ctx.consumers.by_key_digest.get(&key_digest(&key)).cloned() else {
+        let Some(consumer) = ctx
+            .consumers
+            .by_key_digest
+            .get(&key_digest_bytes(&key))
+            .cloned()
+        else {
             return Access::Reject(reject(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",

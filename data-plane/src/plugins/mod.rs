@@ -380,7 +380,7 @@ pub struct ConsumerRuntime {
 #[derive(Debug, Default)]
 pub struct Consumers {
     /// By SHA-256 of the API key.
-    pub by_key_digest: HashMap<String, Arc<ConsumerRuntime>>,
+    pub by_key_digest: HashMap<[u8; 32], Arc<ConsumerRuntime>>,
     /// By basic-auth user name.
     pub by_basic_username: HashMap<String, Arc<ConsumerRuntime>>,
     /// By JWT key.
@@ -446,7 +446,7 @@ impl CompiledPlugins {
                 spec: spec.clone(),
             });
             let credentials = &spec.credentials;
-            if let Some(digest) = credentials.key_auth.as_ref().and_then(|k| k.digest()) {
+            if let Some(digest) = credentials.key_auth.as_ref().and_then(|k| k.digest_bytes()) {
                 consumers
                     .by_key_digest
                     .insert(digest, Arc::clone(&consumer));

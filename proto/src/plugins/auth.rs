@@ -175,6 +175,16 @@ impl KeyAuthCredential {
             .clone()
             .or_else(|| self.key.as_deref().map(key_digest))
     }
+
+    /// The key's digest as bytes, however it was written; `None` without a key, or when
+    /// `key_sha256` is not 64 hex digits.
+    pub fn digest_bytes(&self) -> Option<[u8; 32]> {
+        match (&self.key_sha256, &self.key) {
+            (Some(hex), _) => from_hex(hex)?.try_into().ok(),
+            (None, Some(key)) => Some(key_digest_bytes(key)),
+            (None, None) => None,
+        }
+    }
 }
 
 /// User name and password: plaintext password on input, salted hash once sealed.
@@ -233,6 +243,12 @@ pub const REDACTED: &str = "<redacted>";
 /// SHA-256 of an API key, lowercase hex.
 pub fn key_digest(key: &str) -> String {
     hex_digest(key.as_bytes())
+}
+
+/// SHA-256 of an API key, as bytes: what a data plane looks a presented key up by (no hex
+/// string to format per request).
+pub fn key_digest_bytes(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
 }
 
 /// Hashes `password` with `salt` into the stored `sha256$<salt>$<digest>` form.
@@ -320,5 +336,12 @@ mod tests {
             key_sha256: None,
         };
         assert_eq!(sealed.digest(), plain.digest());
+        assert_eq!(sealed.digest_bytes(), plain.digest_bytes());
+        assert_eq!(plain.digest_bytes(), Some(key_digest_bytes("abc")));
+        let malformed = KeyAuthCredential {
+            key: None,
+            key_sha256: Some("abc".into()),
+        };
+        assert_eq!(malformed.digest_bytes(), None);
     }
 }
