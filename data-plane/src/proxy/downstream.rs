@@ -339,7 +339,7 @@ fn parse_request(
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let mut close = version == Version::HTTP_10;
+    let mut persistence = super::headers::Persistence::default();
     let base = read.as_ptr() as usize;
     let path = parsed.path.unwrap_or_default();
     let path_start = path.as_ptr() as usize - base;
@@ -355,14 +355,7 @@ fn parse_request(
         } else if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
             return Ok(Some(Next::HandOff));
         } else if name == CONNECTION {
-            for token in value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    close = false;
-                }
-            }
+            persistence.add(value);
         }
         let start = value.as_ptr() as usize - base;
         spans.push((name, start, start + value.len()));
@@ -383,7 +376,7 @@ fn parse_request(
     *request.headers_mut() = headers;
     Ok(Some(Next::Request {
         request,
-        keep_alive: !close,
+        keep_alive: !persistence.closes(version == Version::HTTP_10),
     }))
 }
 

@@ -21,6 +21,7 @@ use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
@@ -219,7 +220,8 @@ pub async fn send(
                 }
             },
         };
-        let deadline = tokio::time::Instant::now() + read_timeout;
+        let progress = Progress::new(read_timeout);
+        let deadline = progress.deadline();
         let mut timer = match conn.timer.take() {
             Some(mut timer) => {
                 if timer.deadline() > deadline {
@@ -231,15 +233,25 @@ pub async fn send(
         };
         let this_body = body.take().unwrap_or_else(super::upstream::empty_body);
         let result = {
-            let mut exchange = pin!(exchange(&mut conn, &parts, this_body));
+            let mut exchange = pin!(exchange(&mut conn, &parts, this_body, &progress));
             loop {
                 tokio::select! {
                     biased;
                     result = &mut exchange => break result,
                     () = timer.as_mut() => {
+                        let deadline = progress.deadline();
                         if tokio::time::Instant::now() < deadline {
-                            // An earlier exchange's deadline: move the timer to this one.
+                            // An earlier exchange's deadline, or one the body's progress
+                            // moved: move the timer to this one.
                             timer.as_mut().reset(deadline);
+                        } else if progress.waiting_for_client.load(Relaxed) {
+                            // The client's body stalled, not the node: not the node's fault.
+                            return Err(ProxyError::DownstreamBody {
+                                source: format!(
+                                    "the request body stalled for more than {read_timeout:?}"
+                                )
+                                .into(),
+                            });
                         } else {
                             return Err(ProxyError::UpstreamTimeout {
                                 node: address.to_owned(),
@@ -301,11 +313,45 @@ struct Head {
     keep_alive: bool,
 }
 
+/// What an exchange tells the deadline watching it. The response head is due `read_timeout`
+/// after the exchange started or, with a request body, after its last chunk went out (as
+/// nginx's send timeout moves): a long upload is not cut by the read timeout.
+struct Progress {
+    started: tokio::time::Instant,
+    read_timeout: Duration,
+    /// Nanoseconds from `started` to the last body chunk sent.
+    last_chunk_nanos: AtomicU64,
+    /// Whether the exchange is waiting for the client's next body chunk: a deadline that
+    /// passes then is the client's fault, not the node's (passive health must not count it).
+    waiting_for_client: AtomicBool,
+}
+
+impl Progress {
+    fn new(read_timeout: Duration) -> Progress {
+        Progress {
+            started: tokio::time::Instant::now(),
+            read_timeout,
+            last_chunk_nanos: AtomicU64::new(0),
+            waiting_for_client: AtomicBool::new(false),
+        }
+    }
+
+    fn deadline(&self) -> tokio::time::Instant {
+        self.started + Duration::from_nanos(self.last_chunk_nanos.load(Relaxed)) + self.read_timeout
+    }
+
+    fn chunk_sent(&self) {
+        let since = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_chunk_nanos.store(since, Relaxed);
+    }
+}
+
 /// Writes the request, streams its body, and reads the final response head.
 async fn exchange(
     conn: &mut Conn,
     parts: &http::request::Parts,
     body: UpstreamBody,
+    progress: &Progress,
 ) -> Result<Head, Failed> {
     let framing = if body.is_end_stream() {
         BodyFraming::Empty
@@ -321,7 +367,7 @@ async fn exchange(
         .await
         .map_err(Failed::Silent)?;
     if framing != BodyFraming::Empty {
-        send_body(conn, body, framing).await?;
+        send_body(conn, body, framing, progress).await?;
     }
     let head_only = parts.method == Method::HEAD;
     loop {
@@ -408,9 +454,14 @@ async fn send_body(
     conn: &mut Conn,
     mut body: UpstreamBody,
     framing: BodyFraming,
+    progress: &Progress,
 ) -> Result<(), Failed> {
     let mut sent: u64 = 0;
-    while let Some(frame) = body.frame().await {
+    loop {
+        progress.waiting_for_client.store(true, Relaxed);
+        let frame = body.frame().await;
+        progress.waiting_for_client.store(false, Relaxed);
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(Failed::RequestBody)?;
         // Trailers are not forwarded: HTTP/1.1 peers rarely accept them from a proxy.
         let Ok(data) = frame.into_data() else {
@@ -420,6 +471,7 @@ async fn send_body(
             continue;
         }
         sent += data.len() as u64;
+        progress.chunk_sent();
         if framing == BodyFraming::Chunked {
             conn.write.clear();
             conn.write
@@ -535,7 +587,7 @@ fn build_head(
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoded = false;
-    let mut close = version == Version::HTTP_10;
+    let mut persistence = headers::Persistence::default();
     // Names a `Connection` header lists as this hop's own; rare, so allocated only when seen.
     let mut listed: Vec<HeaderName> = Vec::new();
     for span in spans {
@@ -566,15 +618,8 @@ fn build_head(
                 .and_then(|v| v.rsplit(',').next())
                 .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
         } else if name == CONNECTION {
+            persistence.add(value.as_bytes());
             let value = value.to_str().unwrap_or_default();
-            for token in value.split(',') {
-                let token = token.trim();
-                if token.eq_ignore_ascii_case("close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case("keep-alive") {
-                    close = false;
-                }
-            }
             listed.extend(
                 headers::connection_listed(value)
                     .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()),
@@ -609,9 +654,12 @@ fn build_head(
         status,
         version,
         headers,
-        keep_alive: !close
+        // A framing a careful peer would not send (Transfer-Encoding with Content-Length, or in
+        // HTTP/1.0) is followed for this response, but the connection is not trusted again
+        // (RFC 9112 §6.1, §6.3).
+        keep_alive: !persistence.closes(version == Version::HTTP_10)
             && framing != Framing::UntilClose
-            && !(transfer_encoded && content_length.is_some()),
+            && !(transfer_encoded && (content_length.is_some() || version == Version::HTTP_10)),
         framing,
     })
 }

@@ -41,6 +41,30 @@ pub fn connection_listed(value: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// The persistence tokens of the `Connection` headers of one message.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Persistence {
+    close: bool,
+    keep_alive: bool,
+}
+
+impl Persistence {
+    /// Adds the tokens of one `Connection` value.
+    pub fn add(&mut self, value: &[u8]) {
+        for token in value.split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            self.close |= token.eq_ignore_ascii_case(b"close");
+            self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+
+    /// Whether the connection closes after this message (RFC 9112 §9.3): a `close` anywhere
+    /// wins over `keep-alive`; HTTP/1.0 closes unless it asks to stay open.
+    pub fn closes(self, http10: bool) -> bool {
+        self.close || (http10 && !self.keep_alive)
+    }
+}
+
 /// Removes the hop-by-hop headers, and every header that `Connection` names as such.
 ///
 /// Runs on every request and response, so it compares each name once and hashes only what it

@@ -439,6 +439,18 @@ async fn connection_close_is_answered_with_close_and_the_server_closes() {
 }
 
 #[tokio::test]
+async fn close_wins_over_keep_alive_in_any_order() {
+    let gateway = Gateway::start().await;
+    let mut client = gateway.connect().await;
+    client
+        .send("GET /api/bye HTTP/1.1\r\nHost: example\r\nConnection: close, keep-alive\r\n\r\n")
+        .await;
+    let reply = client.response().await;
+    assert!(reply.has_token("connection", "close"), "{reply:?}");
+    client.expect_closed().await;
+}
+
+#[tokio::test]
 async fn an_http10_request_without_keep_alive_gets_the_connection_closed() {
     let gateway = Gateway::start().await;
     let mut client = gateway.connect().await;

@@ -372,6 +372,21 @@ fn connection_close_is_not_keep_alive() {
 }
 
 #[test]
+fn close_wins_over_keep_alive_and_http_1_0_chunked_is_not_reused() {
+    let (head, _) = parse(
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n",
+        false,
+    );
+    assert!(!head.keep_alive);
+    let (head, _) = parse(
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+        false,
+    );
+    assert_eq!(head.framing, Framing::Chunked(Chunked::Size));
+    assert!(!head.keep_alive);
+}
+
+#[test]
 fn hop_by_hop_headers_and_the_ones_connection_lists_are_left_out() {
     let (head, _) = parse(
         b"HTTP/1.1 200 OK\r\nX-Before: 1\r\nConnection: keep-alive, X-Before, x-after\r\n\
@@ -1203,6 +1218,92 @@ async fn a_request_body_of_unknown_length_goes_out_chunked() {
     let answer = String::from_utf8(answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.ends_with("\r\n\r\nstored"), "{answer}");
+}
+
+/// A hyper server standing in for the gateway's listener (only hyper makes an `Incoming`):
+/// each request it gets is forwarded with its streamed body through `send` to a node that
+/// reads the request and answers 200 once it has it all. Returns the listener's address and
+/// the outcomes of `send`.
+async fn front_forwarding_to_a_reading_node(
+    read_timeout: Duration,
+) -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<Result<StatusCode, ProxyError>>,
+) {
+    let (node_listener, node_address) = node().await;
+    tokio::spawn(async move {
+        let (mut stream, _) = node_listener.accept().await.unwrap();
+        if read_request(&mut stream).await.is_some() {
+            let _ = stream.write_all(ok("stored").as_bytes()).await;
+        }
+        std::future::pending::<()>().await;
+    });
+    let (front, front_address) = node().await;
+    let (outcomes, received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (stream, _) = front.accept().await.unwrap();
+        let pool = Arc::new(Pool::default());
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let (pool, node_address, outcomes) =
+                (Arc::clone(&pool), node_address.clone(), outcomes.clone());
+            async move {
+                let forwarded = Request::post(format!("http://{node_address}/upload"))
+                    .body(Either::Left(request.into_body()))
+                    .unwrap();
+                let result = send(
+                    &pool,
+                    LIMITS,
+                    &node_address,
+                    forwarded,
+                    TIMEOUT,
+                    read_timeout,
+                )
+                .await
+                .map(|response| response.status());
+                let _ = outcomes.send(result);
+                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::new())))
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await;
+    });
+    (front_address, received)
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_is_the_clients_failure_not_a_node_timeout() {
+    let (front, mut outcomes) =
+        front_forwarding_to_a_reading_node(Duration::from_millis(150)).await;
+    let mut client = TcpStream::connect(&front).await.unwrap();
+    client
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\nhalf")
+        .await
+        .unwrap();
+    // The rest never comes.
+    let outcome = timeout(TIMEOUT, outcomes.recv()).await.unwrap().unwrap();
+    assert!(
+        matches!(outcome, Err(ProxyError::DownstreamBody { .. })),
+        "expected the client's failure, got {outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_upload_is_not_cut_by_the_read_timeout() {
+    let (front, mut outcomes) =
+        front_forwarding_to_a_reading_node(Duration::from_millis(150)).await;
+    let mut client = TcpStream::connect(&front).await.unwrap();
+    client
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 6\r\n\r\n")
+        .await
+        .unwrap();
+    // Six bytes over 600 ms: four read timeouts in all, never one between two chunks.
+    for byte in b"abcdef" {
+        sleep(Duration::from_millis(100)).await;
+        client.write_all(&[*byte]).await.unwrap();
+    }
+    let outcome = timeout(TIMEOUT, outcomes.recv()).await.unwrap().unwrap();
+    assert_eq!(outcome.unwrap(), StatusCode::OK);
 }
 
 /// A head of about `size` bytes in a few long headers (the 128-header limit must not be what
