@@ -61,6 +61,9 @@ pub enum ProxyError {
         /// The methods the matching routes allow, sorted and without duplicates.
         allow: Vec<Method>,
     },
+    /// `CONNECT`: the gateway is a reverse proxy and opens no tunnels.
+    #[error("CONNECT is not supported")]
+    ConnectNotSupported,
     /// The route's upstream has no node with a non-zero weight.
     #[error("upstream {upstream} has no available node")]
     NoUpstreamNode {
@@ -137,6 +140,7 @@ impl ProxyError {
         match self {
             ProxyError::RouteNotFound
             | ProxyError::MethodNotAllowed { .. }
+            | ProxyError::ConnectNotSupported
             | ProxyError::DownstreamBody { .. } => Origin::Downstream,
             ProxyError::NoUpstreamNode { .. }
             | ProxyError::UpstreamConnect { .. }
@@ -164,6 +168,7 @@ impl ProxyError {
         match self {
             ProxyError::RouteNotFound => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::ConnectNotSupported => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NoUpstreamNode { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamRequest { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -179,6 +184,7 @@ impl ProxyError {
         match self {
             ProxyError::RouteNotFound => "route_not_found",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
+            ProxyError::ConnectNotSupported => "not_implemented",
             ProxyError::NoUpstreamNode { .. } => "no_upstream_node",
             ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamRequest { .. } => {
                 "upstream_unavailable"
@@ -198,6 +204,7 @@ impl ProxyError {
                 "method not allowed; allowed: {}",
                 join_methods(allow).unwrap_or_default()
             ),
+            ProxyError::ConnectNotSupported => "CONNECT is not supported".to_owned(),
             ProxyError::NoUpstreamNode { .. } => "no available upstream node".to_owned(),
             ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamRequest { .. } => {
                 "the upstream is unavailable".to_owned()

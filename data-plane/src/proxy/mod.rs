@@ -89,6 +89,11 @@ impl Proxy {
         remote: SocketAddr,
         request: Request<UpstreamBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        // After a 2xx to CONNECT the connection is a tunnel, which neither client speaks to a
+        // node; a reverse proxy refuses it (as nginx does) rather than forward it half-right.
+        if request.method() == http::Method::CONNECT {
+            return Err(ProxyError::ConnectNotSupported);
+        }
         let original_host = original_host(&request);
         let host = original_host
             .as_ref()

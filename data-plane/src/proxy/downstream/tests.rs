@@ -451,6 +451,18 @@ async fn close_wins_over_keep_alive_in_any_order() {
 }
 
 #[tokio::test]
+async fn connect_is_refused_with_a_json_501() {
+    let gateway = Gateway::start().await;
+    let mut client = gateway.connect().await;
+    client
+        .send("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        .await;
+    let reply = client.response().await;
+    assert_eq!(reply.status, 501, "{reply:?}");
+    assert!(reply.text().contains("\"not_implemented\""), "{reply:?}");
+}
+
+#[tokio::test]
 async fn an_http10_request_without_keep_alive_gets_the_connection_closed() {
     let gateway = Gateway::start().await;
     let mut client = gateway.connect().await;
