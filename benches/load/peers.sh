@@ -71,7 +71,9 @@ XDS=$(value_of "$WORK/cp.out" xds_url)
 wrap=()
 if [ "$PROFILE" = callgrind ]; then
   # Counting starts with `callgrind_control -z` after the warm-up, so start-up is not counted.
-  wrap=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" --dump-instr=no)
+  # CALLGRIND_ARGS adds options, e.g. --separate-callers=3 to see who calls memcpy.
+  # shellcheck disable=SC2206
+  wrap=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" --dump-instr=no ${CALLGRIND_ARGS:-})
 fi
 RUST_LOG=${RUST_LOG:-warn} taskset -c 0 "${wrap[@]}" "${DP_BIN:-$BIN/data-plane}" --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 \
   --control-plane "$XDS" --node-id peers --worker-threads 1 \

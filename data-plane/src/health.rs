@@ -269,6 +269,7 @@ async fn probe(
     let exchange = upstream.client.send(
         request,
         node,
+        crate::proxy::h1::HeadForm::Map,
         timeout.min(upstream.connect_timeout),
         timeout,
     );

@@ -40,6 +40,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::error::{ProxyError, json_body, json_response};
+use crate::proxy::h1::HeadForm;
 use crate::proxy::upstream::UpstreamBody;
 use crate::proxy::{Proxy, ProxyBody};
 use crate::runtime::{CompileError, CompiledRoute, UpstreamRuntime};
@@ -574,6 +575,7 @@ impl Exchange<'_> {
                 request,
                 self.remote,
                 self.original_host.clone(),
+                HeadForm::Map,
             )
             .await
             .map_err(|e| {

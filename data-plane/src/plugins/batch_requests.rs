@@ -25,6 +25,7 @@ use serde_json::{Map, Value, json};
 
 use super::{Endpoint, Plugin};
 use crate::error::{json_body, json_response};
+use crate::proxy::h1::HeadForm;
 use crate::proxy::upstream::UpstreamBody;
 use crate::proxy::{Proxy, ProxyBody, headers};
 
@@ -134,7 +135,7 @@ impl BatchRequests {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
         let answers = join_all(items.into_iter().map(|request| async move {
             let answer = async {
-                let response = proxy.handle(remote, request).await;
+                let response = proxy.handle(remote, request, HeadForm::Map).await;
                 self.answer(response).await
             };
             tokio::time::timeout_at(deadline, answer)

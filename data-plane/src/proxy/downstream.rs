@@ -43,7 +43,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
-use super::h1::put_header;
+use super::h1::{HeadForm, PassedHead, put_header};
 use super::upstream::empty_body;
 use super::{Proxy, ProxyBody};
 use crate::error::json_response;
@@ -85,7 +85,7 @@ pub async fn serve_connection(
             } => {
                 let head_request = request.method() == Method::HEAD;
                 let http10 = request.version() == Version::HTTP_10;
-                let response = proxy.handle(remote, request).await;
+                let response = proxy.handle(remote, request, HeadForm::Passed).await;
                 let keep_alive = keep_alive && !stop.is_requested();
                 match conn
                     .respond(response, head_request, http10, keep_alive)
@@ -204,6 +204,10 @@ impl Connection {
         mut keep_alive: bool,
     ) -> io::Result<bool> {
         let (parts, mut body) = response.into_parts();
+        let passed = match &mut body {
+            Either::Left(Either::Right(upstream)) => upstream.take_passed_head(),
+            _ => None,
+        };
         let status = parts.status;
         let framing = if head_request
             || status.is_informational()
@@ -225,7 +229,14 @@ impl Connection {
         if framing == Framing::UntilClose {
             keep_alive = false;
         }
-        encode_response_head(&mut self.write, &parts, framing, http10, keep_alive);
+        encode_response_head(
+            &mut self.write,
+            &parts,
+            passed.as_deref(),
+            framing,
+            http10,
+            keep_alive,
+        );
         if framing == Framing::None {
             self.flush().await?;
             return Ok(keep_alive);
@@ -380,11 +391,13 @@ fn parse_request(
     }))
 }
 
-/// Writes the status line and headers into `out` (cleared first). Framing headers are this
-/// hop's own, except that a bodiless answer (HEAD, 204, 304) keeps the `Content-Length` it has.
+/// Writes the status line and headers (those of the map, then those `passed` on as the node
+/// sent them) into `out` (cleared first). Framing headers are this hop's own, except that a
+/// bodiless answer (HEAD, 204, 304) keeps the `Content-Length` it has.
 fn encode_response_head(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
+    passed: Option<&PassedHead>,
     framing: Framing,
     http10: bool,
     keep_alive: bool,
@@ -401,15 +414,20 @@ fn encode_response_head(
             .as_bytes(),
     );
     out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        let ours = name == CONNECTION
-            || name == TRANSFER_ENCODING
-            || (name == CONTENT_LENGTH && framing != Framing::None);
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+        .chain(passed.into_iter().flat_map(PassedHead::iter));
+    for (name, value) in headers {
+        let ours = name.eq_ignore_ascii_case(b"connection")
+            || name.eq_ignore_ascii_case(b"transfer-encoding")
+            || (framing != Framing::None && name.eq_ignore_ascii_case(b"content-length"));
         if !ours {
-            put_header(out, name.as_str().as_bytes(), value.as_bytes());
+            put_header(out, name, value);
         }
     }
-    if !parts.headers.contains_key(DATE) {
+    if !parts.headers.contains_key(DATE) && !passed.is_some_and(PassedHead::has_date) {
         put_date(out);
     }
     match framing {
@@ -462,7 +480,7 @@ async fn hand_off(proxy: Arc<Proxy>, conn: Connection, remote: SocketAddr, stop:
         let proxy = Arc::clone(&proxy);
         async move {
             let request = request.map(Either::Left);
-            Ok::<_, Infallible>(proxy.handle(remote, request).await)
+            Ok::<_, Infallible>(proxy.handle(remote, request, HeadForm::Map).await)
         }
     });
     serve_hyper(io, service, remote, stop).await;

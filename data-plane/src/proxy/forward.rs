@@ -21,6 +21,7 @@ use http_body_util::Either;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
+use super::h1::HeadForm;
 use super::headers::{self, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use super::upstream::{UpstreamBody, empty_body};
 use super::{Proxy, ProxyBody};
@@ -42,6 +43,7 @@ struct Prepared {
 impl Proxy {
     /// Sends `request` (already routed to `route`) to a node of `upstream` and returns the
     /// response with its body streaming; retries per the route's or upstream's policy.
+    /// `form`: where the response headers go (see [`HeadForm`]).
     pub(crate) async fn send_upstream(
         &self,
         route: &CompiledRoute,
@@ -49,6 +51,7 @@ impl Proxy {
         mut request: Request<UpstreamBody>,
         remote: SocketAddr,
         original_host: Option<HeaderValue>,
+        form: HeadForm,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let upgrade = upgrade_protocol(&request);
         let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
@@ -102,7 +105,7 @@ impl Proxy {
             let started = Instant::now();
             let result = upstream
                 .client
-                .send(request, node, connect_timeout, read_timeout)
+                .send(request, node, form, connect_timeout, read_timeout)
                 .await;
             let elapsed = started.elapsed();
             drop(in_flight);

@@ -27,7 +27,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -42,11 +42,15 @@ use crate::error::{BoxError, ProxyError, TimeoutPhase};
 
 /// Headers a response map has room for beyond those the node sent.
 const RESPONSE_HEADROOM: usize = 4;
+/// Headers a [`PassedHead`] holds; a response with more gets a map instead.
+const MAX_PASSED: usize = 16;
 /// A response head larger than this is refused: no API answer needs more, and the limit bounds
 /// what a broken node can make the gateway buffer.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Header lines per response head.
 const MAX_HEADERS: usize = 128;
+// `build_head` keeps one bit per header line in a u128.
+const _: () = assert!(MAX_HEADERS <= 128);
 /// Bytes asked of the socket per read: a small API answer, head and body, fits in one.
 const READ_SIZE: usize = 8 * 1024;
 /// A chunk-size line, or the trailer section, longer than this is a broken node.
@@ -83,6 +87,8 @@ struct Conn {
     stream: TcpStream,
     read: BytesMut,
     write: Vec<u8>,
+    /// Scratch space for [`parse_head`].
+    spans: Vec<Span>,
     /// Served a request before: a failure before the first response byte may just mean the node
     /// closed it while it sat in the pool.
     reused: bool,
@@ -145,6 +151,7 @@ impl Conn {
             stream,
             read: BytesMut::new(),
             write: Vec::new(),
+            spans: Vec::new(),
             reused: false,
             timer: None,
         }))
@@ -173,6 +180,42 @@ impl Conn {
     }
 }
 
+/// How the caller takes the response head.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum HeadForm {
+    /// Headers in the response's `HeaderMap`.
+    Map,
+    /// Headers as the node sent them, in the body's [`PassedHead`], and an empty map: for a
+    /// caller that only writes the head to an HTTP/1.1 client. Building a map, encoding it
+    /// again and dropping it was a quarter of a plain proxied request's instructions.
+    Passed,
+}
+
+/// Response headers as the node sent them (names in its spelling, values untouched), minus
+/// the hop-by-hop ones and those its `Connection` header names. httparse has checked names
+/// and values with the rules `HeaderName` and `HeaderValue` apply.
+#[derive(Debug)]
+pub struct PassedHead {
+    head: Bytes,
+    spans: [Span; MAX_PASSED],
+    count: usize,
+    has_date: bool,
+}
+
+impl PassedHead {
+    /// Each header's name and value, in the node's order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans[..self.count]
+            .iter()
+            .map(|span| (&self.head[span.name_range()], &self.head[span.value_range()]))
+    }
+
+    /// Whether the node sent a `Date` header.
+    pub fn has_date(&self) -> bool {
+        self.has_date
+    }
+}
+
 /// Why an exchange failed, before it became a [`ProxyError`].
 #[derive(Debug)]
 enum Failed {
@@ -190,12 +233,13 @@ enum Failed {
 /// waits for the response head; the body is read later, by whoever polls it.
 ///
 /// Deadlines: getting a connection must finish within `connect_timeout`, and from then on the
-/// response head must arrive within `read_timeout`.
+/// response head must arrive within `read_timeout`. `form`: where the response headers go.
 pub async fn send(
     pool: &Arc<Pool>,
     limits: PoolLimits,
     address: &str,
     request: Request<UpstreamBody>,
+    form: HeadForm,
     connect_timeout: Duration,
     read_timeout: Duration,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -233,7 +277,7 @@ pub async fn send(
         };
         let this_body = body.take().unwrap_or_else(super::upstream::empty_body);
         let result = {
-            let mut exchange = pin!(exchange(&mut conn, &parts, this_body, &progress));
+            let mut exchange = pin!(exchange(&mut conn, &parts, this_body, form, &progress));
             loop {
                 tokio::select! {
                     biased;
@@ -276,6 +320,7 @@ pub async fn send(
             keep_alive: head.keep_alive,
             home: Arc::clone(pool),
             limits,
+            passed: head.passed,
         });
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
@@ -308,7 +353,9 @@ impl Failed {
 struct Head {
     status: StatusCode,
     version: Version,
+    /// Empty when the headers are `passed`.
     headers: HeaderMap,
+    passed: Option<Box<PassedHead>>,
     framing: Framing,
     keep_alive: bool,
 }
@@ -351,6 +398,7 @@ async fn exchange(
     conn: &mut Conn,
     parts: &http::request::Parts,
     body: UpstreamBody,
+    form: HeadForm,
     progress: &Progress,
 ) -> Result<Head, Failed> {
     let framing = if body.is_end_stream() {
@@ -371,7 +419,7 @@ async fn exchange(
     }
     let head_only = parts.method == Method::HEAD;
     loop {
-        if let Some(head) = parse_head(&mut conn.read, head_only)? {
+        if let Some(head) = parse_head(&mut conn.read, &mut conn.spans, head_only, form)? {
             return Ok(head);
         }
         if conn.read.len() >= MAX_HEAD_BYTES {
@@ -501,7 +549,13 @@ async fn send_body(
 
 /// Parses a final response head from the front of `read`, skipping interim (1xx) heads.
 /// `Ok(None)`: more bytes are needed.
-fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Failed> {
+/// `spans` is scratch space, kept with the connection so a response costs no allocation for it.
+fn parse_head(
+    read: &mut BytesMut,
+    spans: &mut Vec<Span>,
+    head_only: bool,
+    form: HeadForm,
+) -> Result<Option<Head>, Failed> {
     loop {
         if read.is_empty() {
             return Ok(None);
@@ -536,21 +590,17 @@ fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Fail
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
         };
-        // Where each header sits in the head, so the values can share its buffer. On the
-        // stack: a heap vector here was an allocation per response.
+        // Where each header sits in the head, so the values can share its buffer.
         let base = read.as_ptr() as usize;
-        let mut spans = [Span::default(); MAX_HEADERS];
-        for (span, header) in spans.iter_mut().zip(parsed.headers.iter()) {
-            *span = Span::of(base, header);
-        }
-        let count = parsed.headers.len();
+        spans.clear();
+        spans.extend(parsed.headers.iter().map(|header| Span::of(base, header)));
         let head = read.split_to(length).freeze();
-        return build_head(status, version, &head, &spans[..count], head_only).map(Some);
+        return build_head(status, version, head, spans, head_only, form).map(Some);
     }
 }
 
 /// Where one header's name and value sit in a response head.
-#[derive(Copy, Clone, Default)]
+#[derive(Copy, Clone, Debug, Default)]
 struct Span {
     name: (u32, u32),
     value: (u32, u32),
@@ -569,76 +619,111 @@ impl Span {
             value: offsets(header.value),
         }
     }
+
+    fn name_range(&self) -> std::ops::Range<usize> {
+        self.name.0 as usize..self.name.1 as usize
+    }
+
+    fn value_range(&self) -> std::ops::Range<usize> {
+        self.value.0 as usize..self.value.1 as usize
+    }
 }
 
 /// Builds the response head the client will see: framing decided from `Content-Length`,
 /// `Transfer-Encoding` and `Connection`, and hop-by-hop headers (with those `Connection` lists)
-/// left out, so callers need not strip them again.
+/// left out, so callers need not strip them again. The headers go to a map or, if `form` asks
+/// and they fit, stay in `head` as a [`PassedHead`].
 fn build_head(
     status: StatusCode,
     version: Version,
-    head: &Bytes,
+    head: Bytes,
     spans: &[Span],
     head_only: bool,
+    form: HeadForm,
 ) -> Result<Head, Failed> {
-    // Room for what plugins add on the way back (rate-limit, CORS, request-id headers), so the
-    // map does not grow and rehash: that was 2,000 instructions per request with limit-count.
-    let mut headers = HeaderMap::with_capacity(spans.len() + RESPONSE_HEADROOM);
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoded = false;
+    let mut has_date = false;
     let mut persistence = headers::Persistence::default();
     // Names a `Connection` header lists as this hop's own; rare, so allocated only when seen.
-    let mut listed: Vec<HeaderName> = Vec::new();
+    let mut listed: Vec<&[u8]> = Vec::new();
     for span in spans {
-        let range = |(start, end): (u32, u32)| start as usize..end as usize;
-        let raw_name = &head[range(span.name)];
-        let name = HeaderName::from_bytes(raw_name)
-            .map_err(|_| Failed::Protocol(format!("invalid header name {raw_name:?}")))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(range(span.value)))
-            .map_err(|_| Failed::Protocol(format!("invalid value for header {name}")))?;
-        if name == CONTENT_LENGTH {
-            let length = value
-                .to_str()
-                .ok()
-                .map(str::trim)
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
+        let name = &head[span.name_range()];
+        let value = &head[span.value_range()];
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let length = parse_length(value)
                 .ok_or_else(|| Failed::Protocol("invalid Content-Length".into()))?;
             if content_length.is_some_and(|earlier| earlier != length) {
                 return Err(Failed::Protocol("conflicting Content-Length values".into()));
             }
             content_length = Some(length);
-        } else if name == TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoded = true;
             // Only the final coding decides the framing.
             chunked = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.rsplit(',').next())
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        } else if name == CONNECTION {
-            persistence.add(value.as_bytes());
-            let value = value.to_str().unwrap_or_default();
-            listed.extend(
-                headers::connection_listed(value)
-                    .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()),
-            );
-        }
-        if !headers::is_hop_by_hop(name.as_str()) {
-            headers.append(name, value);
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            persistence.add(value);
+            listed.extend(headers::connection_listed(value));
+        } else if name.eq_ignore_ascii_case(b"date") {
+            has_date = true;
         }
     }
-    for name in listed {
-        headers.remove(name);
+    // What goes on: not this hop's own, and no length next to a transfer coding (RFC 9112
+    // §6.3: Transfer-Encoding overrides Content-Length, which must not go on). One bit per
+    // header: a head has at most MAX_HEADERS of them.
+    let mut keep: u128 = 0;
+    for (i, span) in spans.iter().enumerate() {
+        let name = &head[span.name_range()];
+        if !headers::is_hop_by_hop(name)
+            && !listed.iter().any(|l| l.eq_ignore_ascii_case(name))
+            && !(transfer_encoded && name.eq_ignore_ascii_case(b"content-length"))
+        {
+            keep |= 1 << i;
+        }
     }
+    let kept = || {
+        spans
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| keep & (1 << i) != 0)
+            .map(|(_, span)| span)
+    };
+    let kept_count = keep.count_ones() as usize;
+    let (headers, passed) = if form == HeadForm::Passed && kept_count <= MAX_PASSED {
+        let mut passed = Box::new(PassedHead {
+            head: head.clone(),
+            spans: [Span::default(); MAX_PASSED],
+            count: kept_count,
+            has_date,
+        });
+        for (slot, span) in passed.spans.iter_mut().zip(kept()) {
+            *slot = *span;
+        }
+        (HeaderMap::new(), Some(passed))
+    } else {
+        // Room for what plugins add on the way back (rate-limit, CORS, request-id headers), so
+        // the map does not grow and rehash: that was 2,000 instructions per request with
+        // limit-count.
+        let mut map = HeaderMap::with_capacity(kept_count + RESPONSE_HEADROOM);
+        for span in kept() {
+            let raw_name = &head[span.name_range()];
+            let name = HeaderName::from_bytes(raw_name)
+                .map_err(|_| Failed::Protocol(format!("invalid header name {raw_name:?}")))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(span.value_range()))
+                .map_err(|_| Failed::Protocol(format!("invalid value for header {name}")))?;
+            map.append(name, value);
+        }
+        (map, None)
+    };
     let no_body =
         head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = if no_body {
         Framing::Length(0)
     } else if transfer_encoded {
-        // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, which must not go on.
-        headers.remove(CONTENT_LENGTH);
         if chunked {
             Framing::Chunked(Chunked::Size)
         } else {
@@ -654,6 +739,7 @@ fn build_head(
         status,
         version,
         headers,
+        passed,
         // A framing a careful peer would not send (Transfer-Encoding with Content-Length, or in
         // HTTP/1.0) is followed for this response, but the connection is not trusted again
         // (RFC 9112 §6.1, §6.3).
@@ -661,6 +747,19 @@ fn build_head(
             && framing != Framing::UntilClose
             && !(transfer_encoded && (content_length.is_some() || version == Version::HTTP_10)),
         framing,
+    })
+}
+
+/// A `Content-Length` value: digits only (no sign, no list), optional surrounding whitespace,
+/// and no overflow.
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |length, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        length.checked_mul(10)?.checked_add(u64::from(digit))
     })
 }
 
@@ -786,9 +885,17 @@ pub struct ResponseBody {
     keep_alive: bool,
     home: Arc<Pool>,
     limits: PoolLimits,
+    /// The response's headers, when the caller asked for [`HeadForm::Passed`].
+    passed: Option<Box<PassedHead>>,
 }
 
 impl ResponseBody {
+    /// The headers kept as the node sent them, if the exchange was asked for that form and
+    /// they have not been taken yet.
+    pub fn take_passed_head(&mut self) -> Option<Box<PassedHead>> {
+        self.passed.take()
+    }
+
     /// The body is complete: the connection goes back to the pool if it can carry another
     /// exchange (keep-alive, and nothing unread beyond this response).
     fn finish(&mut self) {

@@ -12,32 +12,31 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 /// `X-Forwarded-Host`: the host the client asked for.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
-/// non-standard `Keep-Alive` and `Proxy-Connection` that old clients still send. A proxy must
-/// not forward them: `Transfer-Encoding` in particular is re-decided by each hop's framing.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-];
-
-/// Whether `name` is one of [`HOP_BY_HOP`], in any case. Comparing lengths first makes this a
-/// few instructions per header, cheaper than hashing the names into the map.
-pub fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|hop| hop.eq_ignore_ascii_case(name))
+/// Whether `name`, in any case, is a header that describes one connection, not the message
+/// (RFC 9110 §7.6.1: `Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`,
+/// `Proxy-Authorization`, `Proxy-Authenticate`), or the non-standard `Keep-Alive` and
+/// `Proxy-Connection` that old clients still send. A proxy must not forward them:
+/// `Transfer-Encoding` in particular is re-decided by each hop's framing. The length picks the
+/// one or two names it can be, so most names cost one comparison: this runs on every header.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    let is = |hop: &str| name.eq_ignore_ascii_case(hop.as_bytes());
+    match name.len() {
+        2 => is("te"),
+        7 => is("trailer") || is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding"),
+        18 => is("proxy-authenticate"),
+        19 => is("proxy-authorization"),
+        _ => false,
+    }
 }
 
 /// The header names a `Connection` value lists besides the hop-by-hop ones (`close`,
 /// `keep-alive`, `upgrade`): headers the sender meant for this hop only.
-pub fn connection_listed(value: &str) -> impl Iterator<Item = &str> {
-    value.split(',').map(str::trim).filter(|token| {
-        !token.is_empty() && !is_hop_by_hop(token) && !token.eq_ignore_ascii_case("close")
+pub fn connection_listed(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|token| {
+        !token.is_empty() && !is_hop_by_hop(token) && !token.eq_ignore_ascii_case(b"close")
     })
 }
 
@@ -72,19 +71,18 @@ impl Persistence {
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let mut doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| is_hop_by_hop(name.as_str()))
+        .filter(|name| is_hop_by_hop(name.as_str().as_bytes()))
         .cloned()
         .collect();
     if !doomed.is_empty() {
         let listed = headers
             .get_all(CONNECTION)
             .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(connection_listed);
+            .flat_map(|value| connection_listed(value.as_bytes()));
         for token in listed {
             if let Some(name) = headers
                 .keys()
-                .find(|name| name.as_str().eq_ignore_ascii_case(token))
+                .find(|name| name.as_str().as_bytes().eq_ignore_ascii_case(token))
             {
                 doomed.push(name.clone());
             }
@@ -136,6 +134,32 @@ fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_names_are_known_in_any_case_and_nothing_else_is() {
+        let hop_by_hop = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "proxy-authenticate",
+        ];
+        for name in hop_by_hop {
+            assert!(is_hop_by_hop(name.as_bytes()), "{name}");
+            assert!(is_hop_by_hop(name.to_ascii_uppercase().as_bytes()), "{name}");
+        }
+        // Same lengths as hop-by-hop names, and near misses.
+        for name in [
+            "tx", "trailers", "upgrade2", "connexion", "keep_alive", "content-length", "date",
+            "proxy-connectiox", "transfer-encodinG2", "x-te", "", "proxy-authorizatio",
+        ] {
+            assert!(!is_hop_by_hop(name.as_bytes()), "{name}");
+        }
+    }
 
     #[test]
     fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {

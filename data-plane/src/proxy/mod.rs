@@ -29,6 +29,7 @@ use crate::plugins::RequestCtx;
 use crate::router::{RequestView, RouteMatch};
 use crate::runtime::{CompiledRoute, RouteTarget, Runtime};
 use crate::state::State;
+use h1::HeadForm;
 use upstream::UpstreamBody;
 
 /// The body of a response to a client: an upstream's body streamed through, or one the
@@ -57,15 +58,19 @@ impl Proxy {
         Proxy { state }
     }
 
-    /// Handles one client request; never fails: errors become JSON responses here.
+    /// Handles one client request; never fails: errors become JSON responses here. With
+    /// [`HeadForm::Passed`] a proxied answer may carry its headers in its body (see
+    /// [`h1::ResponseBody::take_passed_head`]) rather than in the map: only for a caller that
+    /// writes the response to an HTTP/1.1 client itself.
     pub async fn handle(
         &self,
         remote: SocketAddr,
         request: Request<UpstreamBody>,
+        form: HeadForm,
     ) -> Response<ProxyBody> {
         // One load per request: the whole exchange sees one config version.
         let runtime = self.state.runtime();
-        let response = match self.forward(&runtime, remote, request).await {
+        let response = match self.forward(&runtime, remote, request, form).await {
             Ok(response) => response,
             Err(error) => self.error_response(remote, error),
         };
@@ -88,6 +93,7 @@ impl Proxy {
         runtime: &Runtime,
         remote: SocketAddr,
         request: Request<UpstreamBody>,
+        form: HeadForm,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // After a 2xx to CONNECT the connection is a tunnel, which neither client speaks to a
         // node; a reverse proxy refuses it (as nginx does) rather than forward it half-right.
@@ -122,7 +128,7 @@ impl Proxy {
         };
         if route.plugins.plugins.is_empty() {
             return self
-                .forward_matched(&route, &params, remote, original_host, None, request)
+                .forward_matched(&route, &params, remote, original_host, None, request, form)
                 .await;
         }
         // Plugins: the request phases may change or refuse the request; the response phases
@@ -134,8 +140,17 @@ impl Proxy {
             Ok(()) => {
                 let request = Request::from_parts(parts, body);
                 let original_host = ctx.host_override.clone().map(Some).unwrap_or(original_host);
+                // The response phases read and change the headers: they need the map.
                 let result = self
-                    .forward_matched(&route, &params, remote, original_host, Some(&ctx), request)
+                    .forward_matched(
+                        &route,
+                        &params,
+                        remote,
+                        original_host,
+                        Some(&ctx),
+                        request,
+                        HeadForm::Map,
+                    )
                     .await;
                 result.unwrap_or_else(|error| self.error_response(remote, error))
             }
@@ -153,6 +168,7 @@ impl Proxy {
         original_host: Option<HeaderValue>,
         ctx: Option<&RequestCtx<'_>>,
         request: Request<UpstreamBody>,
+        form: HeadForm,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         if route.spec.plugins.contains_key("batch-requests")
             && let Some(endpoint) = route.plugins.plugins.iter().find_map(|p| p.endpoint())
@@ -179,7 +195,7 @@ impl Proxy {
                 )));
             }
         };
-        self.send_upstream(route, upstream, request, remote, original_host)
+        self.send_upstream(route, upstream, request, remote, original_host, form)
             .await
     }
 }

@@ -160,6 +160,8 @@ impl UpstreamClient {
 
     /// Sends `request` (its URI names the node) and waits for the response headers; the body
     /// is streamed afterwards by whoever polls it. The response carries no hop-by-hop headers.
+    /// `form` asks for the headers as the node sent them ([`h1::HeadForm::Passed`]); only
+    /// plain HTTP/1.1 exchanges can keep them that way, others fill the map.
     ///
     /// Two deadlines apply, because the connector's own timeout is one value for the whole
     /// pool: establishing the connection (or taking one from the pool, which is immediate) must
@@ -170,6 +172,7 @@ impl UpstreamClient {
         &self,
         request: Request<UpstreamBody>,
         node: &Node,
+        form: h1::HeadForm,
         connect_timeout: Duration,
         read_timeout: Duration,
     ) -> Result<Response<UpstreamResponseBody>, ProxyError> {
@@ -181,6 +184,7 @@ impl UpstreamClient {
                     *limits,
                     address,
                     request,
+                    form,
                     connect_timeout,
                     read_timeout,
                 )

@@ -141,7 +141,10 @@ struct Gateway {
 
 impl Gateway {
     async fn start() -> Gateway {
-        let origin = Origin::start().await;
+        Gateway::in_front_of(Origin::start().await).await
+    }
+
+    async fn in_front_of(origin: Origin) -> Gateway {
         let state = State::new();
         let node = json!({"host": "127.0.0.1", "port": origin.addr.port()});
         let resources = [(
@@ -856,4 +859,63 @@ async fn shutdown_lets_an_in_flight_request_finish_with_connection_close() {
     assert!(reply.has_token("connection", "close"), "{reply:?}");
     client.expect_closed().await;
     gateway.stopped().await;
+}
+
+#[tokio::test]
+async fn response_headers_pass_as_the_node_spelled_them_without_this_hops_own() {
+    // A node scripted byte by byte: hyper would lowercase the names.
+    const HEAD: &str = "HTTP/1.1 200 OK\r\nX-Kept: one\r\nConnection: keep-alive, X-Secret\r\n\
+        X-Secret: hidden\r\nKeep-Alive: timeout=5\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+        Set-Cookie: a=1\r\nContent-Length: 2\r\nSet-Cookie: b=2\r\n\r\n";
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = Origin {
+        addr: listener.local_addr().unwrap(),
+        received: Arc::default(),
+    };
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some(end) = find(&buf, b"\r\n\r\n") {
+                buf.drain(..end + 4);
+                stream.write_all(format!("{HEAD}ok").as_bytes()).await.unwrap();
+            }
+        }
+    });
+    let gateway = Gateway::in_front_of(origin).await;
+    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
+    for _ in 0..2 {
+        client.write_all(get("/api/hop").as_bytes()).await.unwrap();
+        let mut wire = Vec::new();
+        while !(find(&wire, b"\r\n\r\n").is_some() && wire.ends_with(b"ok")) {
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(WAIT, client.read(&mut chunk))
+                .await
+                .expect("the answer arrives")
+                .unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&wire));
+            wire.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8(wire).unwrap();
+        let lower = text.to_ascii_lowercase();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("\r\nX-Kept: one\r\n"), "{text}");
+        assert!(
+            text.contains("\r\nSet-Cookie: a=1\r\n") && text.contains("\r\nSet-Cookie: b=2\r\n"),
+            "{text}"
+        );
+        assert!(!lower.contains("x-secret"), "{text}");
+        assert!(!lower.contains("keep-alive"), "{text}");
+        assert!(!lower.contains("\r\nconnection:"), "{text}");
+        assert_eq!(lower.matches("\r\ndate:").count(), 1, "{text}");
+        assert!(text.contains("\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n"), "{text}");
+        assert_eq!(lower.matches("\r\ncontent-length: 2\r\n").count(), 1, "{text}");
+        assert!(text.ends_with("\r\n\r\nok"), "{text}");
+    }
 }
