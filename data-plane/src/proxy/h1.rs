@@ -205,9 +205,12 @@ pub struct PassedHead {
 impl PassedHead {
     /// Each header's name and value, in the node's order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.spans[..self.count]
-            .iter()
-            .map(|span| (&self.head[span.name_range()], &self.head[span.value_range()]))
+        self.spans[..self.count].iter().map(|span| {
+            (
+                &self.head[span.name_range()],
+                &self.head[span.value_range()],
+            )
+        })
     }
 
     /// Whether the node sent a `Date` header.
@@ -678,10 +681,10 @@ fn build_head(
     let mut keep: u128 = 0;
     for (i, span) in spans.iter().enumerate() {
         let name = &head[span.name_range()];
-        if !headers::is_hop_by_hop(name)
-            && !listed.iter().any(|l| l.eq_ignore_ascii_case(name))
-            && !(transfer_encoded && name.eq_ignore_ascii_case(b"content-length"))
-        {
+        let dropped = headers::is_hop_by_hop(name)
+            || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
+            || (transfer_encoded && name.eq_ignore_ascii_case(b"content-length"));
+        if !dropped {
             keep |= 1 << i;
         }
     }

@@ -35,9 +35,12 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
 /// The header names a `Connection` value lists besides the hop-by-hop ones (`close`,
 /// `keep-alive`, `upgrade`): headers the sender meant for this hop only.
 pub fn connection_listed(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|token| {
-        !token.is_empty() && !is_hop_by_hop(token) && !token.eq_ignore_ascii_case(b"close")
-    })
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| {
+            !token.is_empty() && !is_hop_by_hop(token) && !token.eq_ignore_ascii_case(b"close")
+        })
 }
 
 /// The persistence tokens of the `Connection` headers of one message.
@@ -150,12 +153,25 @@ mod tests {
         ];
         for name in hop_by_hop {
             assert!(is_hop_by_hop(name.as_bytes()), "{name}");
-            assert!(is_hop_by_hop(name.to_ascii_uppercase().as_bytes()), "{name}");
+            assert!(
+                is_hop_by_hop(name.to_ascii_uppercase().as_bytes()),
+                "{name}"
+            );
         }
         // Same lengths as hop-by-hop names, and near misses.
         for name in [
-            "tx", "trailers", "upgrade2", "connexion", "keep_alive", "content-length", "date",
-            "proxy-connectiox", "transfer-encodinG2", "x-te", "", "proxy-authorizatio",
+            "tx",
+            "trailers",
+            "upgrade2",
+            "connexion",
+            "keep_alive",
+            "content-length",
+            "date",
+            "proxy-connectiox",
+            "transfer-encodinG2",
+            "x-te",
+            "",
+            "proxy-authorizatio",
         ] {
             assert!(!is_hop_by_hop(name.as_bytes()), "{name}");
         }

@@ -160,6 +160,10 @@ impl Proxy {
     }
 
     /// Sends a matched request to its route's target (after the plugins' request phases).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the request's parts as routing left them; a struct would only be unpacked here"
+    )]
     async fn forward_matched(
         &self,
         route: &CompiledRoute,

@@ -884,7 +884,10 @@ async fn response_headers_pass_as_the_node_spelled_them_without_this_hops_own() 
             buf.extend_from_slice(&chunk[..n]);
             while let Some(end) = find(&buf, b"\r\n\r\n") {
                 buf.drain(..end + 4);
-                stream.write_all(format!("{HEAD}ok").as_bytes()).await.unwrap();
+                stream
+                    .write_all(format!("{HEAD}ok").as_bytes())
+                    .await
+                    .unwrap();
             }
         }
     });
@@ -914,8 +917,15 @@ async fn response_headers_pass_as_the_node_spelled_them_without_this_hops_own() 
         assert!(!lower.contains("keep-alive"), "{text}");
         assert!(!lower.contains("\r\nconnection:"), "{text}");
         assert_eq!(lower.matches("\r\ndate:").count(), 1, "{text}");
-        assert!(text.contains("\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n"), "{text}");
-        assert_eq!(lower.matches("\r\ncontent-length: 2\r\n").count(), 1, "{text}");
+        assert!(
+            text.contains("\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n"),
+            "{text}"
+        );
+        assert_eq!(
+            lower.matches("\r\ncontent-length: 2\r\n").count(),
+            1,
+            "{text}"
+        );
         assert!(text.ends_with("\r\n\r\nok"), "{text}");
     }
 }

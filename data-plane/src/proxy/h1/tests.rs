@@ -195,9 +195,18 @@ fn a_chunk_line_over_the_limit_is_rejected_even_when_it_arrives_whole() {
 fn parse(wire: &[u8], head_only: bool) -> (Head, BytesMut) {
     let (head, read) = parse_as(wire, head_only, HeadForm::Map);
     let (passed, passed_read) = parse_as(wire, head_only, HeadForm::Passed);
-    assert_eq!(visible(&passed), visible(&head), "the two forms differ for {wire:?}");
     assert_eq!(
-        (passed.status, passed.framing, passed.keep_alive, &passed_read[..]),
+        visible(&passed),
+        visible(&head),
+        "the two forms differ for {wire:?}"
+    );
+    assert_eq!(
+        (
+            passed.status,
+            passed.framing,
+            passed.keep_alive,
+            &passed_read[..]
+        ),
         (head.status, head.framing, head.keep_alive, &read[..])
     );
     (head, read)
@@ -218,9 +227,16 @@ fn visible(head: &Head) -> Vec<(String, Vec<u8>)> {
         .headers
         .iter()
         .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()));
-    let passed = head.passed.iter().flat_map(|passed| passed.iter()).map(|(name, value)| {
-        (String::from_utf8_lossy(name).to_ascii_lowercase(), value.to_vec())
-    });
+    let passed = head
+        .passed
+        .iter()
+        .flat_map(|passed| passed.iter())
+        .map(|(name, value)| {
+            (
+                String::from_utf8_lossy(name).to_ascii_lowercase(),
+                value.to_vec(),
+            )
+        });
     let mut all: Vec<_> = from_map.chain(passed).collect();
     // A map groups repeated names; the passed form keeps the node's order.
     all.sort();
@@ -229,7 +245,12 @@ fn visible(head: &Head) -> Vec<(String, Vec<u8>)> {
 
 /// Parses a head that must be refused: the reason.
 fn parse_error(wire: &[u8]) -> String {
-    match parse_head(&mut BytesMut::from(wire), &mut Vec::new(), false, HeadForm::Map) {
+    match parse_head(
+        &mut BytesMut::from(wire),
+        &mut Vec::new(),
+        false,
+        HeadForm::Map,
+    ) {
         Err(Failed::Protocol(reason)) => reason,
         Err(other) => panic!("expected a protocol error, got {other:?}"),
         Ok(Some(head)) => panic!("expected an error, got a {} head", head.status),
@@ -241,7 +262,10 @@ fn parse_error(wire: &[u8]) -> String {
 fn a_partial_head_needs_more_bytes_and_consumes_none() {
     let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n";
     let mut read = BytesMut::from(&wire[..]);
-    assert!(matches!(parse_head(&mut read, &mut Vec::new(), false, HeadForm::Map), Ok(None)));
+    assert!(matches!(
+        parse_head(&mut read, &mut Vec::new(), false, HeadForm::Map),
+        Ok(None)
+    ));
     assert_eq!(&read[..], wire);
 }
 
@@ -261,9 +285,14 @@ fn interim_responses_are_skipped_for_the_final_one() {
 #[test]
 fn an_interim_response_without_the_final_one_yet_needs_more_bytes() {
     let mut read = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 2"[..]);
-    assert!(matches!(parse_head(&mut read, &mut Vec::new(), false, HeadForm::Map), Ok(None)));
+    assert!(matches!(
+        parse_head(&mut read, &mut Vec::new(), false, HeadForm::Map),
+        Ok(None)
+    ));
     read.extend_from_slice(b"04 No Content\r\n\r\n");
-    let head = parse_head(&mut read, &mut Vec::new(), false, HeadForm::Map).unwrap().unwrap();
+    let head = parse_head(&mut read, &mut Vec::new(), false, HeadForm::Map)
+        .unwrap()
+        .unwrap();
     assert_eq!(head.status, StatusCode::NO_CONTENT);
     assert!(read.is_empty());
 }
@@ -355,7 +384,17 @@ fn repeated_identical_content_lengths_are_accepted() {
 
 #[test]
 fn an_invalid_content_length_is_an_error() {
-    for value in ["abc", "-1", "+5", "", " ", "5, 5", "5 5", "0x10", "18446744073709551616"] {
+    for value in [
+        "abc",
+        "-1",
+        "+5",
+        "",
+        " ",
+        "5, 5",
+        "5 5",
+        "0x10",
+        "18446744073709551616",
+    ] {
         let wire = format!("HTTP/1.1 200 OK\r\nContent-Length: {value}\r\n\r\n");
         let reason = parse_error(wire.as_bytes());
         assert!(reason.contains("Content-Length"), "{value:?}: {reason}");
@@ -589,7 +628,16 @@ async fn send_to(
     address: &str,
     request: Request<UpstreamBody>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    send(pool, LIMITS, address, request, HeadForm::Map, TIMEOUT, TIMEOUT).await
+    send(
+        pool,
+        LIMITS,
+        address,
+        request,
+        HeadForm::Map,
+        TIMEOUT,
+        TIMEOUT,
+    )
+    .await
 }
 
 async fn body_of(response: Response<ResponseBody>) -> Bytes {
@@ -928,13 +976,31 @@ async fn a_shorter_read_timeout_on_a_reused_connection_still_applies() {
     });
     let pool = Arc::new(Pool::default());
     let long = Duration::from_secs(30);
-    let first = send(&pool, LIMITS, &address, get(&address, "/"), HeadForm::Map, TIMEOUT, long).await;
+    let first = send(
+        &pool,
+        LIMITS,
+        &address,
+        get(&address, "/"),
+        HeadForm::Map,
+        TIMEOUT,
+        long,
+    )
+    .await;
     assert_eq!(body_of(first.unwrap()).await, "ok");
     assert_eq!(pool.idle_count(), 1);
 
     let short = Duration::from_millis(100);
     let started = std::time::Instant::now();
-    let second = send(&pool, LIMITS, &address, get(&address, "/"), HeadForm::Map, TIMEOUT, short).await;
+    let second = send(
+        &pool,
+        LIMITS,
+        &address,
+        get(&address, "/"),
+        HeadForm::Map,
+        TIMEOUT,
+        short,
+    )
+    .await;
     assert!(
         matches!(second, Err(ProxyError::UpstreamTimeout { after, .. }) if after == short),
         "expected a 100 ms timeout, got {second:?}"
