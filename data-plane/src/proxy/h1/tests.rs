@@ -640,6 +640,26 @@ async fn send_to(
     .await
 }
 
+/// `GET /` to the node at `address`, with these pool limits and read timeout.
+async fn get_root(
+    pool: &Arc<Pool>,
+    limits: PoolLimits,
+    address: &str,
+    read_timeout: Duration,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let request = get(address, "/");
+    send(
+        pool,
+        limits,
+        address,
+        request,
+        HeadForm::Map,
+        TIMEOUT,
+        read_timeout,
+    )
+    .await
+}
+
 async fn body_of(response: Response<ResponseBody>) -> Bytes {
     response.into_body().collect().await.unwrap().to_bytes()
 }
@@ -976,31 +996,13 @@ async fn a_shorter_read_timeout_on_a_reused_connection_still_applies() {
     });
     let pool = Arc::new(Pool::default());
     let long = Duration::from_secs(30);
-    let first = send(
-        &pool,
-        LIMITS,
-        &address,
-        get(&address, "/"),
-        HeadForm::Map,
-        TIMEOUT,
-        long,
-    )
-    .await;
+    let first = get_root(&pool, LIMITS, &address, long).await;
     assert_eq!(body_of(first.unwrap()).await, "ok");
     assert_eq!(pool.idle_count(), 1);
 
     let short = Duration::from_millis(100);
     let started = std::time::Instant::now();
-    let second = send(
-        &pool,
-        LIMITS,
-        &address,
-        get(&address, "/"),
-        HeadForm::Map,
-        TIMEOUT,
-        short,
-    )
-    .await;
+    let second = get_root(&pool, LIMITS, &address, short).await;
     assert!(
         matches!(second, Err(ProxyError::UpstreamTimeout { after, .. }) if after == short),
         "expected a 100 ms timeout, got {second:?}"
@@ -1024,16 +1026,7 @@ async fn a_node_that_does_not_answer_in_time_is_a_response_headers_timeout() {
     });
     let pool = Arc::new(Pool::default());
     let read_timeout = Duration::from_millis(100);
-    let result = send(
-        &pool,
-        LIMITS,
-        &address,
-        get(&address, "/"),
-        HeadForm::Map,
-        TIMEOUT,
-        read_timeout,
-    )
-    .await;
+    let result = get_root(&pool, LIMITS, &address, read_timeout).await;
     match result {
         Err(ProxyError::UpstreamTimeout { phase, after, .. }) => {
             assert_eq!(phase, TimeoutPhase::ResponseHeaders);
@@ -1074,32 +1067,12 @@ async fn an_idle_connection_older_than_the_idle_timeout_is_closed_not_reused() {
         read_request(&mut first).await
     });
     let pool = Arc::new(Pool::default());
-    let response = send(
-        &pool,
-        limits,
-        &address,
-        get(&address, "/"),
-        HeadForm::Map,
-        TIMEOUT,
-        TIMEOUT,
-    )
-    .await
-    .unwrap();
+    let response = get_root(&pool, limits, &address, TIMEOUT).await.unwrap();
     assert_eq!(body_of(response).await, "one");
     assert_eq!(pool.idle_count(), 1);
     sleep(Duration::from_millis(100)).await;
 
-    let response = send(
-        &pool,
-        limits,
-        &address,
-        get(&address, "/"),
-        HeadForm::Map,
-        TIMEOUT,
-        TIMEOUT,
-    )
-    .await
-    .unwrap();
+    let response = get_root(&pool, limits, &address, TIMEOUT).await.unwrap();
     assert_eq!(body_of(response).await, "two");
     let on_first = timeout(TIMEOUT, server).await.unwrap().unwrap();
     assert_eq!(on_first, None);
@@ -1125,28 +1098,8 @@ async fn the_pool_keeps_at_most_its_size_of_idle_connections() {
     });
     let pool = Arc::new(Pool::default());
     // Both in flight at once, so each needs its own connection.
-    let one = send(
-        &pool,
-        limits,
-        &address,
-        get(&address, "/"),
-        HeadForm::Map,
-        TIMEOUT,
-        TIMEOUT,
-    )
-    .await
-    .unwrap();
-    let two = send(
-        &pool,
-        limits,
-        &address,
-        get(&address, "/"),
-        HeadForm::Map,
-        TIMEOUT,
-        TIMEOUT,
-    )
-    .await
-    .unwrap();
+    let one = get_root(&pool, limits, &address, TIMEOUT).await.unwrap();
+    let two = get_root(&pool, limits, &address, TIMEOUT).await.unwrap();
     assert_eq!(body_of(one).await, "one");
     assert_eq!(body_of(two).await, "two");
     assert_eq!(pool.idle_count(), 1);
