@@ -41,6 +41,12 @@ impl Stop {
         let _ = self.requested.wait_for(|stop| *stop).await;
     }
 
+    /// Completes once shutdown is requested, owning its receiver: a future that can be kept
+    /// and polled across many waits, so its waiter is registered once.
+    pub async fn into_requested(mut self) {
+        self.requested().await;
+    }
+
     /// Whether shutdown has been requested.
     pub fn is_requested(&self) -> bool {
         *self.requested.borrow()

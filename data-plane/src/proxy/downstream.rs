@@ -22,7 +22,7 @@ use std::convert::Infallible;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -67,8 +67,11 @@ pub async fn serve_connection(
     proxy: Arc<Proxy>,
     stream: TcpStream,
     remote: SocketAddr,
-    mut stop: Stop,
+    stop: Stop,
 ) {
+    // One shutdown watch for the connection's life: a fresh one per request head registered
+    // and unregistered a waiter every time (callgrind: 1.5% of a proxied request).
+    let mut stopping = pin!(stop.clone().into_requested());
     let mut conn = Connection {
         stream,
         read: BytesMut::with_capacity(READ_SIZE),
@@ -78,7 +81,7 @@ pub async fn serve_connection(
         timer: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)),
     };
     loop {
-        match conn.read_head(&mut stop).await {
+        match conn.read_head(stopping.as_mut()).await {
             Next::Request {
                 request,
                 keep_alive,
@@ -147,8 +150,8 @@ struct Connection {
 }
 
 impl Connection {
-    /// Waits for the next request head and parses it.
-    async fn read_head(&mut self, stop: &mut Stop) -> Next {
+    /// Waits for the next request head and parses it; `stopping` completes on shutdown.
+    async fn read_head(&mut self, mut stopping: Pin<&mut impl Future<Output = ()>>) -> Next {
         self.deadline = Instant::now() + HEADER_READ_TIMEOUT;
         loop {
             if !self.read.is_empty() {
@@ -187,7 +190,7 @@ impl Connection {
                         );
                     }
                 }
-                () = stop.requested(), if idle => return Next::Closed,
+                () = stopping.as_mut(), if idle => return Next::Closed,
             }
         }
     }

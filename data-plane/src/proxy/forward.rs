@@ -332,11 +332,11 @@ fn build(
         "https" => Scheme::HTTPS,
         _ => Scheme::HTTP,
     };
-    let uri = Uri::builder()
-        .scheme(scheme)
-        .authority(node.authority.clone())
-        .path_and_query(prepared.path_and_query.clone())
-        .build()
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(scheme);
+    uri.authority = Some(node.authority.clone());
+    uri.path_and_query = Some(prepared.path_and_query.clone());
+    let uri = Uri::from_parts(uri)
         .map_err(|e| ProxyError::Internal(format!("building the upstream URI: {e}")))?;
     let mut request = Request::new(body);
     *request.method_mut() = prepared.method.clone();
