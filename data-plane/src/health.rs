@@ -7,7 +7,7 @@
 //! - **Active**: each data plane probes every node of an upstream with `health_check.active`
 //!   (HTTP GET to `path`; 2xx and 3xx are healthy). `unhealthy_after` consecutive failures mark
 //!   the node unhealthy; `healthy_after` consecutive successes mark it healthy again and lift
-//!   any passive ejection. One task per upstream runtime ([`reconcile`]); it stops when that
+//!   any passive ejection (successes counted from the ejection on). One task per upstream runtime ([`reconcile`]); it stops when that
 //!   runtime is retired by a snapshot swap, and the next one carries on with the same state.
 //! - **Passive**: `unhealthy_after` consecutive failed requests (connect errors, timeouts,
 //!   502/503/504) eject the node for `eject_ms`.
@@ -132,6 +132,8 @@ impl NodeHealth {
             return false;
         }
         self.request_failures.store(0, Relaxed);
+        // Probes count again from here: only successes after the ejection lift it.
+        self.probe_successes.store(0, Relaxed);
         self.ejected_until_ms
             .store(now_ms().saturating_add(policy.eject_ms), Relaxed);
         self.ejections.fetch_add(1, Relaxed);
@@ -143,7 +145,11 @@ impl NodeHealth {
         if ok {
             self.probe_failures.store(0, Relaxed);
             let successes = self.probe_successes.fetch_add(1, Relaxed) + 1;
-            if !self.active_healthy.load(Relaxed) && successes >= policy.healthy_after {
+            // Out: failed its probes, or ejected by requests, even when it came back before
+            // the probes noticed it was gone.
+            let out = !self.active_healthy.load(Relaxed)
+                || self.ejected_until_ms.load(Relaxed) > now_ms();
+            if out && successes >= policy.healthy_after {
                 self.active_healthy.store(true, Relaxed);
                 // A node that proved itself healthy again is back in rotation at once rather
                 // than at the end of a passive ejection it earned while it was down.
@@ -429,6 +435,20 @@ mod tests {
         assert!(!health.is_available(now));
         assert!(health.is_available(now + 60_001));
         assert_eq!(health.ejections(), 1);
+        // Probes lift an ejection, but only with successes that came after it.
+        let probes = active();
+        for _ in 1..probes.healthy_after {
+            assert_eq!(health.record_probe(true, &probes), None);
+        }
+        assert!(!health.record_request(false, Some(&policy)));
+        assert!(health.record_request(false, Some(&policy)));
+        for _ in 1..probes.healthy_after {
+            assert_eq!(health.record_probe(true, &probes), None);
+            assert!(!health.is_available(now_ms()));
+        }
+        assert_eq!(health.record_probe(true, &probes), Some(true));
+        assert_eq!(health.state(now_ms()), HealthState::Healthy);
+        assert_eq!(health.ejections(), 2);
         // Without a passive policy failures never eject.
         let other = NodeHealth::default();
         for _ in 0..100 {
