@@ -272,8 +272,10 @@ async fn probe(
     else {
         return false;
     };
+    // A probe is the gateway's own request: no client to name in `X-Forwarded-*`.
     let exchange = upstream.client.send(
         request,
+        None,
         node,
         crate::proxy::h1::HeadForm::Map,
         timeout.min(upstream.connect_timeout),

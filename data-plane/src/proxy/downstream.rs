@@ -43,7 +43,8 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
-use super::h1::{HeadForm, PassedHead, put_header};
+use super::h1::{HeadForm, PassedHead};
+use super::headers::put_header;
 use super::upstream::empty_body;
 use super::{Proxy, ProxyBody};
 use crate::error::json_response;
@@ -53,7 +54,9 @@ use crate::server::{HEADER_READ_TIMEOUT, Stop, serve_hyper};
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Header lines per request head (hyper's default).
 const MAX_HEADERS: usize = 100;
-/// Headers the proxy adds to a request on its way upstream (`X-Forwarded-*`, `Host`).
+/// Room in a request's map for headers added on its way upstream: by plugins, and the hop's
+/// own (`X-Forwarded-*`, `Host`) when hyper's client sends it (the h1 client writes those
+/// straight into the head).
 const FORWARDING_HEADERS: usize = 4;
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 8 * 1024;

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use gateway_proto::model::{HashSource, PassHost, Retries, RetryOn};
-use http::header::{CONNECTION, COOKIE, EXPECT, HOST, HeaderValue, UPGRADE};
+use http::header::{CONNECTION, COOKIE, HeaderValue, UPGRADE};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -22,7 +22,7 @@ use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
 use super::h1::HeadForm;
-use super::headers::{self, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use super::headers::{self, HopHeaders};
 use super::upstream::{UpstreamBody, empty_body};
 use super::{Proxy, ProxyBody};
 use crate::balance::hash_bytes;
@@ -37,7 +37,8 @@ struct Prepared {
     method: Method,
     path_and_query: PathAndQuery,
     headers: http::HeaderMap,
-    original_host: Option<HeaderValue>,
+    /// `Host` left out: it depends on the node.
+    hop: HopHeaders,
 }
 
 impl Proxy {
@@ -105,7 +106,14 @@ impl Proxy {
             let started = Instant::now();
             let result = upstream
                 .client
-                .send(request, node, form, connect_timeout, read_timeout)
+                .send(
+                    request,
+                    Some(&prepared.hop),
+                    node,
+                    form,
+                    connect_timeout,
+                    read_timeout,
+                )
                 .await;
             let elapsed = started.elapsed();
             drop(in_flight);
@@ -278,7 +286,8 @@ fn hash_key<B>(upstream: &UpstreamRuntime, request: &Request<B>, remote: SocketA
     found.unwrap_or_else(by_address)
 }
 
-/// Rewrites the client's request head for the hop, except what depends on the node.
+/// Rewrites the client's request head for the hop, except what depends on the node. The
+/// headers this hop sets stay beside the map until the head is written (see [`HopHeaders`]).
 fn prepare(
     parts: http::request::Parts,
     remote: SocketAddr,
@@ -302,25 +311,23 @@ fn prepare(
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(UPGRADE, protocol.clone());
     }
-    // The server already answered `100-continue` to the client when the body was first read.
-    headers.remove(EXPECT);
     // X-Forwarded-For is a chain, so this hop is appended; X-Forwarded-Proto and -Host describe
     // the hop into this gateway, so whatever the client claimed is replaced.
-    headers::append_forwarded_for(&mut headers, remote.ip());
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    match &original_host {
-        Some(host) => headers.insert(&X_FORWARDED_HOST, host.clone()),
-        None => headers.remove(&X_FORWARDED_HOST),
+    let hop = HopHeaders {
+        client: remote.ip(),
+        forwarded_host: original_host,
+        host: None,
     };
     Prepared {
         method,
         path_and_query,
         headers,
-        original_host,
+        hop,
     }
 }
 
-/// The request for one attempt on `node`; `again` keeps `prepared` whole for another attempt.
+/// The request for one attempt on `node` (its `Host` in `prepared.hop`); `again` keeps
+/// `prepared` whole for another attempt.
 fn build(
     prepared: &mut Prepared,
     again: bool,
@@ -343,22 +350,16 @@ fn build(
     *request.uri_mut() = uri;
     // The client picks the version the node speaks (HTTP/1.1, or HTTP/2 by ALPN or h2c).
     *request.version_mut() = Version::HTTP_11;
-    let mut headers = if again {
+    *request.headers_mut() = if again {
         prepared.headers.clone()
     } else {
         std::mem::take(&mut prepared.headers)
     };
-    let host = match upstream.pass_host {
-        PassHost::Pass => prepared.original_host.clone(),
+    prepared.hop.host = match upstream.pass_host {
+        PassHost::Pass => prepared.hop.forwarded_host.clone(),
         PassHost::Node => Some(node.host_header.clone()),
         PassHost::Rewrite => upstream.upstream_host.clone(),
     };
-    match host {
-        Some(host) => headers.insert(HOST, host),
-        // No host to pass: the client fills in the node's address.
-        None => headers.remove(HOST),
-    };
-    *request.headers_mut() = headers;
     Ok(request)
 }
 

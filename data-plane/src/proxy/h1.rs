@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::forward::is_idempotent;
-use super::headers;
+use super::headers::{self, HopHeaders, X_FORWARDED_FOR, put_header};
 use super::upstream::UpstreamBody;
 use crate::error::{BoxError, ProxyError, TimeoutPhase};
 
@@ -236,12 +236,18 @@ enum Failed {
 /// waits for the response head; the body is read later, by whoever polls it.
 ///
 /// Deadlines: getting a connection must finish within `connect_timeout`, and from then on the
-/// response head must arrive within `read_timeout`. `form`: where the response headers go.
+/// response head must arrive within `read_timeout`. `hop`: headers this hop adds (see
+/// [`HopHeaders`]). `form`: where the response headers go.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site, in the client; a struct for it would be built per request"
+)]
 pub async fn send(
     pool: &Arc<Pool>,
     limits: PoolLimits,
     address: &str,
     request: Request<UpstreamBody>,
+    hop: Option<&HopHeaders>,
     form: HeadForm,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -280,7 +286,7 @@ pub async fn send(
         };
         let this_body = body.take().unwrap_or_else(super::upstream::empty_body);
         let result = {
-            let mut exchange = pin!(exchange(&mut conn, &parts, this_body, form, &progress));
+            let mut exchange = pin!(exchange(&mut conn, &parts, hop, this_body, form, &progress));
             loop {
                 tokio::select! {
                     biased;
@@ -400,6 +406,7 @@ impl Progress {
 async fn exchange(
     conn: &mut Conn,
     parts: &http::request::Parts,
+    hop: Option<&HopHeaders>,
     body: UpstreamBody,
     form: HeadForm,
     progress: &Progress,
@@ -412,7 +419,7 @@ async fn exchange(
             None => BodyFraming::Chunked,
         }
     };
-    encode_head(&mut conn.write, parts, framing);
+    encode_head(&mut conn.write, parts, hop, framing);
     conn.stream
         .write_all(&conn.write)
         .await
@@ -452,24 +459,39 @@ enum BodyFraming {
 }
 
 /// Writes the request line and headers into `out` (cleared first). The body's framing headers
-/// are the gateway's own: whatever the client sent was about its hop, already decoded.
-fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: BodyFraming) {
+/// are the gateway's own: whatever the client sent was about its hop, already decoded. `hop`:
+/// this hop's headers, written here in place of the client's lines for those names.
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    hop: Option<&HopHeaders>,
+    framing: BodyFraming,
+) {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !parts.headers.contains_key(HOST)
-        && let Some(authority) = parts.uri.authority()
-    {
-        put_header(out, HOST.as_str().as_bytes(), authority.as_str().as_bytes());
+    let authority = parts.uri.authority().map_or("", |a| a.as_str());
+    if hop.is_none() && !parts.headers.contains_key(HOST) && !authority.is_empty() {
+        put_header(out, b"host", authority.as_bytes());
     }
+    let mut chain = false;
     for (name, value) in &parts.headers {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             continue;
         }
+        if hop.is_some() && HopHeaders::replaces(name) {
+            chain |= name == X_FORWARDED_FOR;
+            continue;
+        }
         put_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(hop) = hop {
+        // The client's chain is looked up only when it sent one: most requests have none.
+        let chain = chain.then(|| parts.headers.get_all(&X_FORWARDED_FOR));
+        hop.encode(out, chain.iter().flatten(), authority);
     }
     match framing {
         BodyFraming::Length(length) => {
@@ -489,14 +511,6 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: BodyFra
         }
         BodyFraming::Empty => {}
     }
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Appends one `name: value` header line.
-pub(super) fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 

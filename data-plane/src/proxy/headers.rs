@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use http::HeaderMap;
-use http::header::{CONNECTION, HeaderName, HeaderValue};
+use http::header::{CONNECTION, EXPECT, HOST, HeaderName, HeaderValue};
 
 /// `X-Forwarded-For`: the client addresses the request passed through.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -96,19 +96,102 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the client's address to `X-Forwarded-For`, merging repeated headers into one
-/// comma-separated list as RFC 7239's predecessors expect.
-pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let mut value: Vec<u8> = Vec::with_capacity(48);
-    for earlier in headers.get_all(&X_FORWARDED_FOR) {
-        value.extend_from_slice(earlier.as_bytes());
-        value.extend_from_slice(b", ");
+/// The request headers this hop sets: `X-Forwarded-For` (the client appended to the chain),
+/// `X-Forwarded-Proto` and `-Host` (this hop's, replacing the client's claims) and `Host` (per
+/// `pass_host`); `Expect` goes, because the server already answered `100-continue`.
+///
+/// They stay beside the client's map rather than in it: the HTTP/1.1 client writes them while
+/// encoding the head ([`HopHeaders::encode`]), which spared a proxied request three map
+/// inserts, two allocations and the map's growth; clients that send a map (hyper's) get them
+/// inserted ([`HopHeaders::apply`]). Both write the same headers.
+#[derive(Clone, Debug)]
+pub struct HopHeaders {
+    /// The address appended to `X-Forwarded-For`.
+    pub client: IpAddr,
+    /// `X-Forwarded-Host`: the host the client asked for; none drops the client's claim.
+    pub forwarded_host: Option<HeaderValue>,
+    /// `Host` for the node; none: the node's address, from the request URI.
+    pub host: Option<HeaderValue>,
+}
+
+impl HopHeaders {
+    /// Whether the client's header `name` is this hop's to write (or to drop).
+    pub fn replaces(name: &HeaderName) -> bool {
+        if name == HOST || name == EXPECT {
+            return true;
+        }
+        // Standard names are never one of these; custom ones are compared by length first.
+        let name = name.as_str().as_bytes();
+        name.len() >= 15
+            && (name == X_FORWARDED_FOR.as_str().as_bytes()
+                || name == X_FORWARDED_PROTO.as_str().as_bytes()
+                || name == X_FORWARDED_HOST.as_str().as_bytes())
     }
-    write_ip(&mut value, client);
-    // Joining valid values with ", " is valid; the fallback only guards against surprises.
-    let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-    headers.insert(&X_FORWARDED_FOR, value);
+
+    /// Puts them into `headers`, the client's map.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        let mut forwarded_for = Vec::with_capacity(48);
+        self.write_forwarded_for(&mut forwarded_for, headers.get_all(&X_FORWARDED_FOR).iter());
+        // Joining valid values with ", " is valid; the fallback only guards against surprises.
+        let forwarded_for = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded_for))
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        headers.insert(&X_FORWARDED_FOR, forwarded_for);
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        match &self.forwarded_host {
+            Some(host) => headers.insert(&X_FORWARDED_HOST, host.clone()),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+        match &self.host {
+            Some(host) => headers.insert(HOST, host.clone()),
+            // No host to pass: the client fills in the node's address.
+            None => headers.remove(HOST),
+        };
+        headers.remove(EXPECT);
+    }
+
+    /// Appends them as header lines to `out`; the caller leaves the client's own lines for
+    /// these names out ([`HopHeaders::replaces`]). `chain`: the client's `X-Forwarded-For`
+    /// values; `authority`: the node's address, the `Host` when there is no other.
+    pub fn encode<'a>(
+        &self,
+        out: &mut Vec<u8>,
+        chain: impl Iterator<Item = &'a HeaderValue>,
+        authority: &str,
+    ) {
+        let host = self
+            .host
+            .as_ref()
+            .map_or(authority.as_bytes(), |h| h.as_bytes());
+        put_header(out, b"host", host);
+        out.extend_from_slice(b"x-forwarded-for: ");
+        self.write_forwarded_for(out, chain);
+        out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+        if let Some(host) = &self.forwarded_host {
+            put_header(out, b"x-forwarded-host", host.as_bytes());
+        }
+    }
+
+    /// The `X-Forwarded-For` value: the client's chain, repeated headers merged into one
+    /// comma-separated list as RFC 7239's predecessors expect, then the client.
+    fn write_forwarded_for<'a>(
+        &self,
+        out: &mut Vec<u8>,
+        chain: impl Iterator<Item = &'a HeaderValue>,
+    ) {
+        for earlier in chain {
+            out.extend_from_slice(earlier.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        write_ip(out, self.client);
+    }
+}
+
+/// Appends one `name: value` header line.
+pub fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes `ip` as text. An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d; it is
@@ -209,12 +292,17 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_appended() {
+        let hop = |client: &str| HopHeaders {
+            client: client.parse().unwrap(),
+            forwarded_host: None,
+            host: None,
+        };
         let mut headers = HeaderMap::new();
-        append_forwarded_for(&mut headers, "10.0.0.1".parse().unwrap());
+        hop("10.0.0.1").apply(&mut headers);
         assert_eq!(headers[&X_FORWARDED_FOR], "10.0.0.1");
 
         headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
-        append_forwarded_for(&mut headers, "::ffff:192.0.2.7".parse().unwrap());
+        hop("::ffff:192.0.2.7").apply(&mut headers);
         assert_eq!(headers.get_all(&X_FORWARDED_FOR).iter().count(), 1);
         assert_eq!(headers[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 192.0.2.7");
     }

@@ -26,6 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
 
 use super::h1;
+use super::headers::HopHeaders;
 use crate::error::{ProxyError, TimeoutPhase};
 use crate::upstream::Node;
 
@@ -160,8 +161,10 @@ impl UpstreamClient {
 
     /// Sends `request` (its URI names the node) and waits for the response headers; the body
     /// is streamed afterwards by whoever polls it. The response carries no hop-by-hop headers.
-    /// `form` asks for the headers as the node sent them ([`h1::HeadForm::Passed`]); only
-    /// plain HTTP/1.1 exchanges can keep them that way, others fill the map.
+    /// `hop`: the headers this hop adds, written into the head by [`h1`] and into the map for
+    /// hyper. `form` asks for the response headers as the node sent them
+    /// ([`h1::HeadForm::Passed`]); only plain HTTP/1.1 exchanges can keep them that way,
+    /// others fill the map.
     ///
     /// Two deadlines apply, because the connector's own timeout is one value for the whole
     /// pool: establishing the connection (or taking one from the pool, which is immediate) must
@@ -170,7 +173,8 @@ impl UpstreamClient {
     /// (`is_connect`), which tells "refused" (502) apart from "too slow" (504).
     pub async fn send(
         &self,
-        request: Request<UpstreamBody>,
+        mut request: Request<UpstreamBody>,
+        hop: Option<&HopHeaders>,
         node: &Node,
         form: h1::HeadForm,
         connect_timeout: Duration,
@@ -184,6 +188,7 @@ impl UpstreamClient {
                     *limits,
                     address,
                     request,
+                    hop,
                     form,
                     connect_timeout,
                     read_timeout,
@@ -195,6 +200,9 @@ impl UpstreamClient {
             Inner::Plain(client) => Hyper::Plain(client),
             Inner::Tls(client) => Hyper::Tls(client),
         };
+        if let Some(hop) = hop {
+            hop.apply(request.headers_mut());
+        }
         let mut response = client
             .send(request, address, connect_timeout, read_timeout)
             .await?;

@@ -71,6 +71,82 @@ fn assert_rejected(wire: &[u8]) {
     }
 }
 
+/// The header lines of a request head, names lowercased, sorted: what a node sees, whatever
+/// the order.
+fn header_lines(head: &[u8]) -> Vec<(String, String)> {
+    let mut slots = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut slots);
+    assert!(request.parse(head).unwrap().is_complete(), "{head:?}");
+    let mut lines: Vec<(String, String)> = request
+        .headers
+        .iter()
+        .map(|h| {
+            let value = String::from_utf8(h.value.to_vec()).unwrap();
+            (h.name.to_ascii_lowercase(), value)
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn hop_headers_written_with_the_head_are_those_put_into_the_map() {
+    let hops = [
+        HopHeaders {
+            client: "10.0.0.1".parse().unwrap(),
+            forwarded_host: None,
+            host: None,
+        },
+        HopHeaders {
+            client: "::ffff:192.0.2.7".parse().unwrap(),
+            forwarded_host: Some(HeaderValue::from_static("api.example.com")),
+            host: Some(HeaderValue::from_static("node.internal")),
+        },
+    ];
+    let clients: [&[(&str, &str)]; 3] = [
+        &[],
+        &[
+            ("x-forwarded-for", "10.0.0.2"),
+            ("host", "api.example.com"),
+            ("x-forwarded-for", "10.0.0.3"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "claimed.example.com"),
+            ("expect", "100-continue"),
+            ("accept", "*/*"),
+        ],
+        // Near misses of the names this hop writes are the client's own.
+        &[
+            ("X-Forwarded-For", "10.0.0.9"),
+            ("x-forwarded-protocol", "kept"),
+            ("x-forwarded-hos", "kept"),
+            ("x-forwarded", "kept"),
+        ],
+    ];
+    for hop in &hops {
+        for client in clients {
+            let mut request = Request::get("http://node:8080/x?y=1");
+            for (name, value) in client {
+                request = request.header(*name, *value);
+            }
+            let (parts, ()) = request.body(()).unwrap().into_parts();
+            let mut written = Vec::new();
+            encode_head(&mut written, &parts, Some(hop), BodyFraming::Empty);
+
+            let mut applied = parts.clone();
+            hop.apply(&mut applied.headers);
+            let mut from_map = Vec::new();
+            encode_head(&mut from_map, &applied, None, BodyFraming::Empty);
+
+            let lines = header_lines(&written);
+            assert_eq!(lines, header_lines(&from_map), "{hop:?} {client:?}");
+            let forwarded_for = lines.iter().filter(|(name, _)| name == "x-forwarded-for");
+            assert_eq!(forwarded_for.count(), 1, "{lines:?}");
+            assert!(!lines.iter().any(|(name, _)| name == "expect"), "{lines:?}");
+            assert!(written.starts_with(b"GET /x?y=1 HTTP/1.1\r\n"));
+        }
+    }
+}
+
 #[test]
 fn chunk_sizes_in_either_hex_case_and_with_extensions_are_decoded() {
     let wire =
@@ -633,6 +709,7 @@ async fn send_to(
         LIMITS,
         address,
         request,
+        None,
         HeadForm::Map,
         TIMEOUT,
         TIMEOUT,
@@ -653,6 +730,7 @@ async fn get_root(
         limits,
         address,
         request,
+        None,
         HeadForm::Map,
         TIMEOUT,
         read_timeout,
@@ -1307,6 +1385,7 @@ async fn front_forwarding_to_a_reading_node(
                     LIMITS,
                     &node_address,
                     forwarded,
+                    None,
                     HeadForm::Map,
                     TIMEOUT,
                     read_timeout,
