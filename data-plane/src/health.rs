@@ -7,8 +7,9 @@
 //! - **Active**: each data plane probes every node of an upstream with `health_check.active`
 //!   (HTTP GET to `path`; 2xx and 3xx are healthy). `unhealthy_after` consecutive failures mark
 //!   the node unhealthy; `healthy_after` consecutive successes mark it healthy again and lift
-//!   any passive ejection (successes counted from the ejection on). One task per upstream runtime ([`reconcile`]); it stops when that
-//!   runtime is retired by a snapshot swap, and the next one carries on with the same state.
+//!   any passive ejection (successes counted from the ejection on). One task per upstream
+//!   runtime ([`reconcile`]); it stops when that runtime is retired by a snapshot swap, and the
+//!   next one carries on with the same state.
 //! - **Passive**: `unhealthy_after` consecutive failed requests (connect errors, timeouts,
 //!   502/503/504) eject the node for `eject_ms`.
 //!

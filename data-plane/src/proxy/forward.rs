@@ -37,7 +37,7 @@ struct Prepared {
     method: Method,
     path_and_query: PathAndQuery,
     headers: http::HeaderMap,
-    /// `Host` left out: it depends on the node.
+    /// Its `host` is set per attempt by [`build`]: it depends on the node.
     hop: HopHeaders,
 }
 

@@ -96,6 +96,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// `X-Forwarded-Proto` of every request: the listeners speak plain HTTP.
+const FORWARDED_PROTO: &str = "http";
+
 /// The request headers this hop sets: `X-Forwarded-For` (the client appended to the chain),
 /// `X-Forwarded-Proto` and `-Host` (this hop's, replacing the client's claims) and `Host` (per
 /// `pass_host`); `Expect` goes, because the server already answered `100-continue`.
@@ -136,7 +139,10 @@ impl HopHeaders {
         let forwarded_for = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded_for))
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         headers.insert(&X_FORWARDED_FOR, forwarded_for);
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(
+            &X_FORWARDED_PROTO,
+            HeaderValue::from_static(FORWARDED_PROTO),
+        );
         match &self.forwarded_host {
             Some(host) => headers.insert(&X_FORWARDED_HOST, host.clone()),
             None => headers.remove(&X_FORWARDED_HOST),
@@ -165,7 +171,8 @@ impl HopHeaders {
         put_header(out, b"host", host);
         out.extend_from_slice(b"x-forwarded-for: ");
         self.write_forwarded_for(out, chain);
-        out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+        out.extend_from_slice(b"\r\n");
+        put_header(out, b"x-forwarded-proto", FORWARDED_PROTO.as_bytes());
         if let Some(host) = &self.forwarded_host {
             put_header(out, b"x-forwarded-host", host.as_bytes());
         }
