@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use gateway_proto::model::{ActiveHealthCheck, PassiveHealthCheck};
@@ -28,11 +28,10 @@ use tracing::{info, warn};
 use crate::runtime::Runtime;
 use crate::upstream::UpstreamRuntime;
 
-/// Milliseconds since the process started, +1 so that 0 means "never".
+/// Milliseconds on a monotonic clock, at tick resolution (see [`crate::clock`]); never 0, so
+/// that 0 means "never". Ejections last seconds: a few milliseconds of lag do not matter.
 pub fn now_ms() -> u64 {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+    crate::clock::coarse_now_ms()
 }
 
 /// The health of one node.

@@ -8,6 +8,7 @@
 //! - [`proxy`]: the client-traffic listener and the upstream client.
 //! - [`status`]: `/healthz`, `/readyz` and `/metrics` ([`metrics`]).
 //! - [`error`]: the request path's one error type and its JSON responses.
+//! - [`clock`]: cheap millisecond and second readings for the request path's bookkeeping.
 //! - [`state`]: what all of the above share — the one `ArcSwap<Runtime>`.
 //!
 //! The request path never waits for the control plane: it serves whatever runtime is
@@ -19,6 +20,7 @@
 
 pub mod balance;
 pub mod batch;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod health;

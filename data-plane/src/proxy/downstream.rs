@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt as _;
@@ -58,6 +58,8 @@ const MAX_HEADERS: usize = 100;
 /// own (`X-Forwarded-*`, `Host`) when hyper's client sends it (the h1 client writes those
 /// straight into the head).
 const FORWARDING_HEADERS: usize = 4;
+/// [`HEADER_READ_TIMEOUT`] in the clock's unit.
+const HEADER_READ_TIMEOUT_MS: u64 = HEADER_READ_TIMEOUT.as_secs() * 1000;
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 8 * 1024;
 /// Response bytes gathered before a write while the body keeps coming.
@@ -80,7 +82,7 @@ pub async fn serve_connection(
         read: BytesMut::with_capacity(READ_SIZE),
         write: Vec::with_capacity(READ_SIZE),
         spans: Vec::new(),
-        deadline: Instant::now() + HEADER_READ_TIMEOUT,
+        deadline_ms: 0,
         timer: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)),
     };
     loop {
@@ -146,8 +148,9 @@ struct Connection {
     write: Vec<u8>,
     /// Scratch space for [`parse_request`], kept so a request costs no allocation for it.
     spans: Vec<(HeaderName, usize, usize)>,
-    /// When the head being waited for must be complete.
-    deadline: Instant,
+    /// When the head being waited for must be complete ([`crate::clock::coarse_now_ms`]: a
+    /// request costs no precise clock read for a deadline of seconds).
+    deadline_ms: u64,
     /// Fires at or before `deadline`.
     timer: Pin<Box<Sleep>>,
 }
@@ -155,7 +158,7 @@ struct Connection {
 impl Connection {
     /// Waits for the next request head and parses it; `stopping` completes on shutdown.
     async fn read_head(&mut self, mut stopping: Pin<&mut impl Future<Output = ()>>) -> Next {
-        self.deadline = Instant::now() + HEADER_READ_TIMEOUT;
+        self.deadline_ms = crate::clock::coarse_now_ms() + HEADER_READ_TIMEOUT_MS;
         loop {
             if !self.read.is_empty() {
                 match parse_request(&mut self.read, &mut self.spans) {
@@ -181,9 +184,11 @@ impl Connection {
                     Ok(_) => {}
                 },
                 () = self.timer.as_mut() => {
-                    if Instant::now() < self.deadline {
+                    let now_ms = crate::clock::coarse_now_ms();
+                    if now_ms < self.deadline_ms {
                         // An earlier deadline's timer: move it to this one.
-                        self.timer.as_mut().reset(self.deadline);
+                        let left = Duration::from_millis(self.deadline_ms - now_ms);
+                        self.timer.as_mut().reset(Instant::now() + left);
                     } else if idle {
                         return Next::Closed;
                     } else {
@@ -463,14 +468,11 @@ thread_local! {
 
 /// Writes a `Date` header, formatted at most once per second.
 fn put_date(out: &mut Vec<u8>) {
-    let now = SystemTime::now();
-    let second = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let second = crate::clock::coarse_unix_secs();
     DATE_NOW.with_borrow_mut(|(formatted_for, value)| {
         if *formatted_for != second || value.is_empty() {
             *formatted_for = second;
-            *value = httpdate::fmt_http_date(now);
+            *value = httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(second));
         }
         put_header(out, b"date", value.as_bytes());
     });

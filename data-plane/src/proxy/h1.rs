@@ -24,7 +24,7 @@ use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING};
@@ -68,6 +68,12 @@ pub struct PoolLimits {
     pub idle_timeout: Duration,
 }
 
+impl PoolLimits {
+    fn idle_timeout_ms(&self) -> u64 {
+        u64::try_from(self.idle_timeout.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
 /// The idle keep-alive connections to one node, oldest first. Shared across config snapshots
 /// with the rest of the node's state.
 #[derive(Debug, Default)]
@@ -78,7 +84,8 @@ pub struct Pool {
 #[derive(Debug)]
 struct Idle {
     conn: Box<Conn>,
-    since: Instant,
+    /// When it was put back ([`crate::clock::coarse_now_ms`]).
+    since_ms: u64,
 }
 
 /// One connection and what has been read from it but not used yet.
@@ -102,9 +109,11 @@ struct Conn {
 impl Pool {
     /// The newest idle connection that is still usable, if any.
     fn checkout(&self, limits: PoolLimits) -> Option<Box<Conn>> {
+        let now = crate::clock::coarse_now_ms();
+        let idle_timeout = limits.idle_timeout_ms();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(entry) = idle.pop() {
-            if entry.since.elapsed() > limits.idle_timeout {
+            if now.saturating_sub(entry.since_ms) > idle_timeout {
                 // Every connection below this one has been idle longer still.
                 idle.clear();
                 return None;
@@ -120,15 +129,19 @@ impl Pool {
 
     /// Keeps `conn` for the next request, unless the pool is full.
     fn checkin(&self, conn: Box<Conn>, limits: PoolLimits) {
-        let now = Instant::now();
+        let now = crate::clock::coarse_now_ms();
+        let idle_timeout = limits.idle_timeout_ms();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let expired = idle
             .iter()
-            .take_while(|e| now.duration_since(e.since) > limits.idle_timeout)
+            .take_while(|e| now.saturating_sub(e.since_ms) > idle_timeout)
             .count();
         idle.drain(..expired);
         if idle.len() < limits.size {
-            idle.push(Idle { conn, since: now });
+            idle.push(Idle {
+                conn,
+                since_ms: now,
+            });
         }
     }
 
