@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::TryFutureExt as _;
+use futures_util::future;
 use gateway_proto::model::{KeepalivePool, PassHost, Scheme, Upstream, UpstreamTls};
 use http::header::UPGRADE;
 use http::{Request, Response};
@@ -171,19 +173,22 @@ impl UpstreamClient {
     /// finish within `connect_timeout`, and from then on the response headers must arrive
     /// within `read_timeout`. A connection failure is reported by the client itself
     /// (`is_connect`), which tells "refused" (502) apart from "too slow" (504).
-    pub async fn send(
-        &self,
-        mut request: Request<UpstreamBody>,
-        hop: Option<&HopHeaders>,
-        node: &Node,
+    ///
+    /// Not an `async fn`: the plain HTTP/1.1 exchange is returned as it is, so its future is
+    /// not wrapped (and moved) once more; hyper's exchanges are boxed.
+    pub fn send<'a>(
+        &'a self,
+        request: Request<UpstreamBody>,
+        hop: Option<&'a HopHeaders>,
+        node: &'a Node,
         form: h1::HeadForm,
         connect_timeout: Duration,
         read_timeout: Duration,
-    ) -> Result<Response<UpstreamResponseBody>, ProxyError> {
+    ) -> impl Future<Output = Result<Response<UpstreamResponseBody>, ProxyError>> + 'a {
         let address = node.authority.as_str();
         let client = match &self.inner {
             Inner::Http1 { limits, .. } if !request.headers().contains_key(UPGRADE) => {
-                let response = h1::send(
+                let exchange = h1::send(
                     &node.connections,
                     *limits,
                     address,
@@ -192,23 +197,27 @@ impl UpstreamClient {
                     form,
                     connect_timeout,
                     read_timeout,
-                )
-                .await?;
-                return Ok(response.map(Either::Right));
+                );
+                return future::Either::Left(
+                    exchange.map_ok(|response| response.map(Either::Right)),
+                );
             }
             Inner::Http1 { upgrades, .. } => Hyper::Plain(upgrades),
             Inner::Plain(client) => Hyper::Plain(client),
             Inner::Tls(client) => Hyper::Tls(client),
         };
-        if let Some(hop) = hop {
-            hop.apply(request.headers_mut());
-        }
-        let mut response = client
-            .send(request, address, connect_timeout, read_timeout)
-            .await?;
-        // h1 leaves them out while parsing; hyper keeps every header it received.
-        super::headers::remove_hop_by_hop(response.headers_mut());
-        Ok(response.map(Either::Left))
+        future::Either::Right(Box::pin(async move {
+            let mut request = request;
+            if let Some(hop) = hop {
+                hop.apply(request.headers_mut());
+            }
+            let mut response = client
+                .send(request, address, connect_timeout, read_timeout)
+                .await?;
+            // h1 leaves them out while parsing; hyper keeps every header it received.
+            super::headers::remove_hop_by_hop(response.headers_mut());
+            Ok(response.map(Either::Left))
+        }))
     }
 }
 
