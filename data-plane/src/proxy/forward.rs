@@ -45,15 +45,19 @@ impl Proxy {
     /// Sends `request` (already routed to `route`) to a node of `upstream` and returns the
     /// response with its body streaming; retries per the route's or upstream's policy.
     /// `form`: where the response headers go (see [`HeadForm`]).
-    pub(crate) async fn send_upstream(
-        &self,
-        route: &CompiledRoute,
-        upstream: &UpstreamRuntime,
+    ///
+    /// Not an `async fn`: the request is taken apart before the future is built, so the future
+    /// holds what the attempts need rather than the request too (an `async fn` keeps its
+    /// arguments for its whole life, and its callers move it whole).
+    pub(crate) fn send_upstream<'a>(
+        &'a self,
+        route: &'a CompiledRoute,
+        upstream: &'a UpstreamRuntime,
         mut request: Request<UpstreamBody>,
         remote: SocketAddr,
         original_host: Option<HeaderValue>,
         form: HeadForm,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + 'a {
         let upgrade = upgrade_protocol(&request);
         let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
         let key = upstream
@@ -84,100 +88,104 @@ impl Proxy {
         let mut prepared = prepare(parts, remote, original_host, upgrade.as_ref());
         upstream.budget.record_request();
 
-        let mut tried: Vec<usize> = Vec::new();
-        let mut index =
-            upstream
-                .pick_index(key, |_| false)
-                .ok_or_else(|| ProxyError::NoUpstreamNode {
-                    upstream: upstream.key.clone(),
-                })?;
-        loop {
-            let node = &upstream.nodes[index];
-            // Without retries there is one attempt: its head is moved, not copied.
-            let request = build(
-                &mut prepared,
-                retries.is_some(),
-                upstream,
-                node,
-                body.take().unwrap_or_else(empty_body),
-            )?;
-
-            let in_flight = node.load.start();
-            let started = Instant::now();
-            let result = upstream
-                .client
-                .send(
-                    request,
-                    Some(&prepared.hop),
-                    node,
-                    form,
-                    connect_timeout,
-                    read_timeout,
-                )
-                .await;
-            let elapsed = started.elapsed();
-            drop(in_flight);
-            self.state.metrics.record_upstream(elapsed);
-            let failure = failure_of(&result);
-            let node_failed = failure.is_some_and(|f| f != Failure::Client);
-            // A refused connection is quick; counting it as a fast answer would make `ewma`
-            // send more traffic to a dead node. A failure counts as a slow answer instead.
-            node.load.observe_latency(if node_failed {
-                elapsed.max(FAILURE_LATENCY)
-            } else {
-                elapsed
-            });
-            if node
-                .health
-                .record_request(!node_failed, upstream.passive_check())
-            {
-                warn!(upstream = %upstream.key, node = %node.authority, "node ejected by passive health checks");
-            }
-            let may_retry = retries.is_some_and(|policy| {
-                failure.is_some_and(|f| f.allows_retry(policy))
-                    && tried.len() < policy.count as usize
-            });
-            if may_retry {
-                tried.push(index);
-                // Another node, not tried yet, and a token from the budget: else this answer
-                // (or error) is the client's.
-                let next = upstream.pick_index(key, |i| tried.contains(&i));
-                if let Some(next) = next
-                    && upstream.budget.try_retry()
-                {
-                    debug!(upstream = %upstream.key, node = %node.authority, failure = ?failure, "retrying on another node");
-                    self.state.metrics.record_retry();
-                    index = next;
-                    continue;
+        async move {
+            let mut tried: Vec<usize> = Vec::new();
+            let mut index =
+                upstream
+                    .pick_index(key, |_| false)
+                    .ok_or_else(|| ProxyError::NoUpstreamNode {
+                        upstream: upstream.key.clone(),
+                    })?;
+            loop {
+                let node = &upstream.nodes[index];
+                let in_flight = node.load.start();
+                let started = Instant::now();
+                // The request is built in a block that ends before the await: a local of the loop
+                // body would keep its (moved-from) slot in the future's state.
+                let result = {
+                    // Without retries there is one attempt: its head is moved, not copied.
+                    let request = build(
+                        &mut prepared,
+                        retries.is_some(),
+                        upstream,
+                        node,
+                        body.take().unwrap_or_else(empty_body),
+                    )?;
+                    upstream.client.send(
+                        request,
+                        Some(&prepared.hop),
+                        node,
+                        form,
+                        connect_timeout,
+                        read_timeout,
+                    )
                 }
-            }
-
-            let mut response = result?;
-            if response.status() == StatusCode::SWITCHING_PROTOCOLS
-                && let (Some(protocol), Some(downstream)) = (upgrade, downstream_upgrade)
-            {
-                let upstream_upgrade = hyper::upgrade::on(&mut response);
-                tokio::spawn(async move {
-                    match (downstream.await, upstream_upgrade.await) {
-                        (Ok(client), Ok(server)) => {
-                            let (mut client, mut server) =
-                                (TokioIo::new(client), TokioIo::new(server));
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        }
-                        (Err(error), _) | (_, Err(error)) => {
-                            debug!(%error, "upgrade failed");
-                        }
-                    }
+                .await;
+                let elapsed = started.elapsed();
+                drop(in_flight);
+                self.state.metrics.record_upstream(elapsed);
+                let failure = failure_of(&result);
+                let node_failed = failure.is_some_and(|f| f != Failure::Client);
+                // A refused connection is quick; counting it as a fast answer would make `ewma`
+                // send more traffic to a dead node. A failure counts as a slow answer instead.
+                node.load.observe_latency(if node_failed {
+                    elapsed.max(FAILURE_LATENCY)
+                } else {
+                    elapsed
                 });
-                let (mut parts, body) = response.into_parts();
-                parts
-                    .headers
-                    .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-                parts.headers.insert(UPGRADE, protocol);
-                return Ok(Response::from_parts(parts, Either::Left(body)));
+                if node
+                    .health
+                    .record_request(!node_failed, upstream.passive_check())
+                {
+                    warn!(upstream = %upstream.key, node = %node.authority, "node ejected by passive health checks");
+                }
+                let may_retry = retries.is_some_and(|policy| {
+                    failure.is_some_and(|f| f.allows_retry(policy))
+                        && tried.len() < policy.count as usize
+                });
+                if may_retry {
+                    tried.push(index);
+                    // Another node, not tried yet, and a token from the budget: else this answer
+                    // (or error) is the client's.
+                    let next = upstream.pick_index(key, |i| tried.contains(&i));
+                    if let Some(next) = next
+                        && upstream.budget.try_retry()
+                    {
+                        debug!(upstream = %upstream.key, node = %node.authority, failure = ?failure, "retrying on another node");
+                        self.state.metrics.record_retry();
+                        index = next;
+                        continue;
+                    }
+                }
+
+                let mut response = result?;
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let (Some(protocol), Some(downstream)) = (upgrade, downstream_upgrade)
+                {
+                    let upstream_upgrade = hyper::upgrade::on(&mut response);
+                    tokio::spawn(async move {
+                        match (downstream.await, upstream_upgrade.await) {
+                            (Ok(client), Ok(server)) => {
+                                let (mut client, mut server) =
+                                    (TokioIo::new(client), TokioIo::new(server));
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            }
+                            (Err(error), _) | (_, Err(error)) => {
+                                debug!(%error, "upgrade failed");
+                            }
+                        }
+                    });
+                    let (mut parts, body) = response.into_parts();
+                    parts
+                        .headers
+                        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                    parts.headers.insert(UPGRADE, protocol);
+                    return Ok(Response::from_parts(parts, Either::Left(body)));
+                }
+                debug!(route = %route.id, node = %node.authority, status = %response.status(), "proxied");
+                return Ok(response.map(Either::Left));
             }
-            debug!(route = %route.id, node = %node.authority, status = %response.status(), "proxied");
-            return Ok(response.map(Either::Left));
         }
     }
 }

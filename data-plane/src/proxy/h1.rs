@@ -255,102 +255,108 @@ enum Failed {
     clippy::too_many_arguments,
     reason = "one call site, in the client; a struct for it would be built per request"
 )]
-pub async fn send(
-    pool: &Arc<Pool>,
+///
+/// Not an `async fn`, for the reason `Proxy::send_upstream` gives: the future holds the
+/// request's parts, not the request as well.
+pub fn send<'a>(
+    pool: &'a Arc<Pool>,
     limits: PoolLimits,
-    address: &str,
+    address: &'a str,
     request: Request<UpstreamBody>,
-    hop: Option<&HopHeaders>,
+    hop: Option<&'a HopHeaders>,
     form: HeadForm,
     connect_timeout: Duration,
     read_timeout: Duration,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + 'a {
     let (parts, body) = request.into_parts();
     // An empty request can go again on a fresh connection if a pooled one turns out dead.
     let replayable = body.is_end_stream() && is_idempotent(&parts.method);
     let mut body = Some(body);
-    loop {
-        let mut conn = match pool.checkout(limits) {
-            Some(conn) => conn,
-            None => match tokio::time::timeout(connect_timeout, Conn::connect(address)).await {
-                Ok(connected) => connected.map_err(|e| ProxyError::UpstreamConnect {
-                    node: address.to_owned(),
-                    source: Box::new(e),
-                })?,
-                Err(_) => {
-                    return Err(ProxyError::UpstreamTimeout {
+    async move {
+        loop {
+            let mut conn = match pool.checkout(limits) {
+                Some(conn) => conn,
+                None => match tokio::time::timeout(connect_timeout, Conn::connect(address)).await {
+                    Ok(connected) => connected.map_err(|e| ProxyError::UpstreamConnect {
                         node: address.to_owned(),
-                        phase: TimeoutPhase::Connect,
-                        after: connect_timeout,
-                    });
+                        source: Box::new(e),
+                    })?,
+                    Err(_) => {
+                        return Err(ProxyError::UpstreamTimeout {
+                            node: address.to_owned(),
+                            phase: TimeoutPhase::Connect,
+                            after: connect_timeout,
+                        });
+                    }
+                },
+            };
+            let progress = Progress::new(read_timeout);
+            let deadline = progress.deadline();
+            let mut timer = match conn.timer.take() {
+                Some(mut timer) => {
+                    if timer.deadline() > deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    timer
                 }
-            },
-        };
-        let progress = Progress::new(read_timeout);
-        let deadline = progress.deadline();
-        let mut timer = match conn.timer.take() {
-            Some(mut timer) => {
-                if timer.deadline() > deadline {
-                    timer.as_mut().reset(deadline);
-                }
-                timer
-            }
-            None => Box::pin(tokio::time::sleep_until(deadline)),
-        };
-        let this_body = body.take().unwrap_or_else(super::upstream::empty_body);
-        let result = {
-            let mut exchange = pin!(exchange(&mut conn, &parts, hop, this_body, form, &progress));
-            loop {
-                tokio::select! {
-                    biased;
-                    result = &mut exchange => break result,
-                    () = timer.as_mut() => {
-                        let deadline = progress.deadline();
-                        if tokio::time::Instant::now() < deadline {
-                            // An earlier exchange's deadline, or one the body's progress
-                            // moved: move the timer to this one.
-                            timer.as_mut().reset(deadline);
-                        } else if progress.waiting_for_client.load(Relaxed) {
-                            // The client's body stalled, not the node: not the node's fault.
-                            return Err(ProxyError::DownstreamBody {
-                                source: format!(
-                                    "the request body stalled for more than {read_timeout:?}"
-                                )
-                                .into(),
-                            });
-                        } else {
-                            return Err(ProxyError::UpstreamTimeout {
-                                node: address.to_owned(),
-                                phase: TimeoutPhase::ResponseHeaders,
-                                after: read_timeout,
-                            });
+                None => Box::pin(tokio::time::sleep_until(deadline)),
+            };
+            let this_body = body.take().unwrap_or_else(super::upstream::empty_body);
+            let result = {
+                let mut exchange =
+                    pin!(exchange(&mut conn, &parts, hop, this_body, form, &progress));
+                loop {
+                    tokio::select! {
+                        biased;
+                        result = &mut exchange => break result,
+                        () = timer.as_mut() => {
+                            let deadline = progress.deadline();
+                            if tokio::time::Instant::now() < deadline {
+                                // An earlier exchange's deadline, or one the body's progress
+                                // moved: move the timer to this one.
+                                timer.as_mut().reset(deadline);
+                            } else if progress.waiting_for_client.load(Relaxed) {
+                                // The client's body stalled, not the node: not the node's fault.
+                                return Err(ProxyError::DownstreamBody {
+                                    source: format!(
+                                        "the request body stalled for more than {read_timeout:?}"
+                                    )
+                                    .into(),
+                                });
+                            } else {
+                                return Err(ProxyError::UpstreamTimeout {
+                                    node: address.to_owned(),
+                                    phase: TimeoutPhase::ResponseHeaders,
+                                    after: read_timeout,
+                                });
+                            }
                         }
                     }
                 }
+            };
+            conn.timer = Some(timer);
+            let head = match result {
+                Ok(head) => head,
+                Err(Failed::Silent(_)) if conn.reused && replayable => continue,
+                Err(failed) => return Err(failed.into_proxy_error(address)),
+            };
+            let framing = head.framing;
+            let mut response = Response::new(ResponseBody {
+                conn: Some(conn),
+                framing,
+                keep_alive: head.keep_alive,
+                home: Arc::clone(pool),
+                limits,
+                passed: head.passed,
+            });
+            *response.status_mut() = head.status;
+            *response.version_mut() = head.version;
+            *response.headers_mut() = head.headers;
+            if framing == Framing::Length(0) {
+                response.body_mut().finish();
             }
-        };
-        conn.timer = Some(timer);
-        let head = match result {
-            Ok(head) => head,
-            Err(Failed::Silent(_)) if conn.reused && replayable => continue,
-            Err(failed) => return Err(failed.into_proxy_error(address)),
-        };
-        let framing = head.framing;
-        let mut response = Response::new(ResponseBody {
-            conn: Some(conn),
-            framing,
-            keep_alive: head.keep_alive,
-            home: Arc::clone(pool),
-            limits,
-            passed: head.passed,
-        });
-        *response.status_mut() = head.status;
-        *response.version_mut() = head.version;
-        *response.headers_mut() = head.headers;
-        if framing == Framing::Length(0) {
-            response.body_mut().finish();
+            return Ok(response);
         }
-        return Ok(response);
     }
 }
 
