@@ -65,7 +65,7 @@ impl Proxy {
     ///
     /// A route without plugins is sent from here, without further `async fn` layers: each
     /// layer's future is moved whole into its caller's, so every layer copied the whole
-    /// exchange's state once more per request (callgrind: memcpy was 9% of a proxied request).
+    /// exchange's state once more per request (~21 KB per request with three more layers).
     pub async fn handle(
         &self,
         remote: SocketAddr,
