@@ -151,7 +151,7 @@ struct Connection {
     /// When the head being waited for must be complete ([`crate::clock::coarse_now_ms`]: a
     /// request costs no precise clock read for a deadline of seconds).
     deadline_ms: u64,
-    /// Fires at or before `deadline`.
+    /// Fires at or before `deadline_ms`.
     timer: Pin<Box<Sleep>>,
 }
 

@@ -251,13 +251,13 @@ enum Failed {
 /// Deadlines: getting a connection must finish within `connect_timeout`, and from then on the
 /// response head must arrive within `read_timeout`. `hop`: headers this hop adds (see
 /// [`HopHeaders`]). `form`: where the response headers go.
+///
+/// Not an `async fn`, for the reason `Proxy::send_upstream` gives: the future holds the
+/// request's parts, not the request as well.
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site, in the client; a struct for it would be built per request"
 )]
-///
-/// Not an `async fn`, for the reason `Proxy::send_upstream` gives: the future holds the
-/// request's parts, not the request as well.
 pub fn send<'a>(
     pool: &'a Arc<Pool>,
     limits: PoolLimits,
