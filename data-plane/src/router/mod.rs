@@ -75,7 +75,7 @@ use http::{HeaderMap, Method};
 
 use crate::runtime::{CompileError, CompiledRoute};
 use conditions::{Conditions, Context, HostPattern, normalize_host};
-use tree::{ConfigMap, Hit, LeafId, PathTree, Pattern, Specificity};
+use tree::{ConfigMap, Hit, Hits, LeafId, PathTree, Pattern, Specificity};
 
 /// Named path segments captured by a match, in pattern order: (name, raw value).
 pub type Params = Vec<(String, String)>;
@@ -255,7 +255,7 @@ impl Router {
         let Some(rest) = request.path.strip_prefix('/') else {
             return RouteMatch::NotFound;
         };
-        let mut hits = Vec::new();
+        let mut hits = Hits::new();
         let mut values = Vec::new();
         self.tree.find(rest, &mut hits, &mut values);
         if hits.is_empty() {

@@ -140,6 +140,11 @@ impl Pattern {
     }
 }
 
+/// A lookup's hits, kept on the stack: a path matches a handful of pattern sets (the exact
+/// one, a parameter or two, a prefix), and this list was one of the four allocations of a
+/// proxied request.
+pub(super) type Hits = smallvec::SmallVec<[Hit; 8]>;
+
 /// One pattern set matched by a lookup, with the values of its named segments.
 #[derive(Debug)]
 pub(super) struct Hit {
@@ -214,7 +219,7 @@ impl PathTree {
     /// Every leaf whose patterns match `path_rest` (the request path after its leading `/`),
     /// in no particular order. Captured segment values go to `values`, each hit naming its
     /// range there.
-    pub fn find<'p>(&self, path_rest: &'p str, hits: &mut Vec<Hit>, values: &mut Vec<&'p str>) {
+    pub fn find<'p>(&self, path_rest: &'p str, hits: &mut Hits, values: &mut Vec<&'p str>) {
         if self.nodes.is_empty() {
             return;
         }
@@ -230,7 +235,7 @@ impl PathTree {
         node: usize,
         rest: Option<&'p str>,
         stack: &mut Vec<&'p str>,
-        hits: &mut Vec<Hit>,
+        hits: &mut Hits,
         values: &mut Vec<&'p str>,
     ) {
         let Some(node) = self.nodes.get(node) else {
@@ -267,7 +272,7 @@ impl PathTree {
 }
 
 /// Records a hit on `leaf` with the values captured so far.
-fn emit<'p>(hits: &mut Vec<Hit>, values: &mut Vec<&'p str>, leaf: LeafId, stack: &[&'p str]) {
+fn emit<'p>(hits: &mut Hits, values: &mut Vec<&'p str>, leaf: LeafId, stack: &[&'p str]) {
     hits.push(Hit {
         leaf,
         start: values.len(),
