@@ -161,3 +161,75 @@ async fn record_and_echo(
         .body(Full::new(Bytes::from(echo)))
         .unwrap()
 }
+
+/// Runs `check` on every seed, then on `count` mutants of them (bytes flipped, inserted,
+/// deleted, repeated, spliced from another seed, HTTP tokens dropped in), drawn from a fixed
+/// seed so a failure repeats. A panic names the input. The first byte of a seed is the fuzz
+/// entry's options byte and is mutated like the rest.
+pub fn mutations(seeds: &[&[u8]], count: usize, check: impl Fn(&[u8])) {
+    const TOKENS: &[&[u8]] = &[
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"\r\n\r\n",
+        b":",
+        b" ",
+        b"\t",
+        b",",
+        b";",
+        b"0",
+        b"chunked",
+        b"close",
+        b"content-length: ",
+        b"transfer-encoding: ",
+        b"connection: ",
+        b"HTTP/1.1 ",
+        b"ffffffffffffffffff",
+        b"18446744073709551616",
+        b"\x00",
+        b"\x7f",
+        b"\xff",
+    ];
+    let mut rng = fastrand::Rng::with_seed(0x5eed_f022);
+    let run = |input: &[u8]| {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(input)));
+        if let Err(panic) = outcome {
+            eprintln!("failing input: b\"{}\"", input.escape_ascii());
+            std::panic::resume_unwind(panic);
+        }
+    };
+    for seed in seeds {
+        run(seed);
+    }
+    for _ in 0..count {
+        let mut input = seeds[rng.usize(..seeds.len())].to_vec();
+        for _ in 0..rng.usize(1..=4) {
+            let at = rng.usize(..=input.len());
+            match rng.u8(..6) {
+                0 if at < input.len() => input[at] = rng.u8(..),
+                1 => {
+                    let token = TOKENS[rng.usize(..TOKENS.len())];
+                    input.splice(at..at, token.iter().copied());
+                }
+                2 => {
+                    let end = (at + rng.usize(1..8)).min(input.len());
+                    input.drain(at..end);
+                }
+                3 => {
+                    let end = (at + rng.usize(1..32)).min(input.len());
+                    let repeated = input[at..end].to_vec();
+                    input.splice(at..at, repeated);
+                }
+                4 => {
+                    let other = seeds[rng.usize(..seeds.len())];
+                    let from = rng.usize(..=other.len());
+                    input.truncate(at);
+                    input.extend_from_slice(&other[from..]);
+                }
+                _ if at < input.len() => input[at] = b"0123456789abcdefF"[rng.usize(..17)],
+                _ => input.push(rng.u8(..)),
+            }
+        }
+        run(&input);
+    }
+}

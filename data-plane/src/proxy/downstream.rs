@@ -546,5 +546,7 @@ impl AsyncWrite for Rewind {
     }
 }
 
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 #[cfg(test)]
 mod tests;

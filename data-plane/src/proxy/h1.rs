@@ -471,7 +471,7 @@ async fn exchange(
 
 /// How the request body is framed on the wire.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-enum BodyFraming {
+pub(super) enum BodyFraming {
     Empty,
     Length(u64),
     Chunked,
@@ -480,7 +480,7 @@ enum BodyFraming {
 /// Writes the request line and headers into `out` (cleared first). The body's framing headers
 /// are the gateway's own: whatever the client sent was about its hop, already decoded. `hop`:
 /// this hop's headers, written here in place of the client's lines for those names.
-fn encode_head(
+pub(super) fn encode_head(
     out: &mut Vec<u8>,
     parts: &http::request::Parts,
     hop: Option<&HopHeaders>,
@@ -1025,5 +1025,7 @@ impl Body for ResponseBody {
     }
 }
 
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -65,6 +65,8 @@
 mod conditions;
 mod tree;
 
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 #[cfg(test)]
 mod tests;
 

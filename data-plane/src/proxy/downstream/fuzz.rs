@@ -1,0 +1,116 @@
+//! Fuzzing entry for what a client sends: request heads parsed by [`parse_request`]. Built
+//! for tests and for `cargo fuzz` (`--cfg fuzzing`, see `tests/fuzz`).
+//!
+//! Besides "no panic", each input checks:
+//! - the verdict (a request, a refusal, a hand-off to hyper, or "more bytes") and what is
+//!   consumed do not depend on how reads split the head;
+//! - a hand-off leaves the bytes for hyper untouched;
+//! - a request the gateway accepts, encoded again for the node, is one complete head that
+//!   parses back to the same method and target (no header can smuggle a line break).
+
+use bytes::{BufMut as _, BytesMut};
+
+use super::{Next, parse_request};
+use crate::proxy::h1::{BodyFraming, encode_head};
+
+/// Parses `data` as client bytes. The first byte picks the size of the pieces the head
+/// arrives in; the rest is the wire.
+pub fn request(data: &[u8]) {
+    let Some((&options, wire)) = data.split_first() else {
+        return;
+    };
+    let mut spans = Vec::new();
+    let mut whole = BytesMut::from(wire);
+    let verdict = parse_request(&mut whole, &mut spans);
+    let consumed = wire.len() - whole.len();
+    let (piecewise, piecewise_consumed) = parse_in_pieces(wire, usize::from(options) + 1);
+    assert_eq!(
+        summary(&verdict),
+        piecewise,
+        "the verdict depends on how reads split the head"
+    );
+    assert_eq!(
+        consumed, piecewise_consumed,
+        "what is consumed depends on the split"
+    );
+    match verdict {
+        Ok(Some(Next::HandOff)) => assert_eq!(consumed, 0, "a hand-off must leave the bytes"),
+        Ok(Some(Next::Request { request, .. })) => reencode(request),
+        _ => {}
+    }
+}
+
+/// The verdict when the head arrives `piece` bytes at a time, and the bytes consumed.
+fn parse_in_pieces(wire: &[u8], piece: usize) -> (String, usize) {
+    let mut spans = Vec::new();
+    let mut read = BytesMut::new();
+    let mut fed = 0;
+    loop {
+        let next = (fed + piece).min(wire.len());
+        read.put_slice(&wire[fed..next]);
+        fed = next;
+        let verdict = parse_request(&mut read, &mut spans);
+        if !matches!(verdict, Ok(None)) || fed == wire.len() {
+            return (summary(&verdict), fed - read.len());
+        }
+    }
+}
+
+fn summary(verdict: &Result<Option<Next>, Next>) -> String {
+    match verdict {
+        Ok(None) => "more".to_owned(),
+        Ok(Some(next)) | Err(next) => match next {
+            Next::Request {
+                request,
+                keep_alive,
+            } => format!(
+                "{} {} {:?} {:?} keep-alive {keep_alive}",
+                request.method(),
+                request.uri(),
+                request.version(),
+                request.headers()
+            ),
+            Next::HandOff => "hand-off".to_owned(),
+            Next::Refuse(status, message) => format!("{status} {message}"),
+            Next::Closed => "closed".to_owned(),
+        },
+    }
+}
+
+/// Encodes an accepted request as the h1 client would send it and parses it back.
+fn reencode(request: http::Request<crate::proxy::upstream::UpstreamBody>) {
+    let (parts, _) = request.into_parts();
+    let mut out = Vec::new();
+    encode_head(&mut out, &parts, None, BodyFraming::Empty);
+    let mut headers = vec![httparse::EMPTY_HEADER; parts.headers.len() + 2];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let status = parsed.parse(&out);
+    assert!(
+        matches!(status, Ok(httparse::Status::Complete(n)) if n == out.len()),
+        "the head sent upstream is not one complete head: {status:?} {:?}",
+        out.escape_ascii().to_string()
+    );
+    assert_eq!(parsed.method, Some(parts.method.as_str()));
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    assert_eq!(parsed.path, Some(target));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request;
+    use crate::test_support::mutations;
+
+    const SEEDS: &[&[u8]] = &[
+        b"\x00GET /catalog?item=1 HTTP/1.1\r\nHost: a.test\r\nAccept: */*\r\n\r\n",
+        b"\x03GET http://b.test:8080/x HTTP/1.0\r\nConnection: keep-alive, x-h\r\nx-h: 1\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        b"\x07POST /p HTTP/1.1\r\nContent-Length: 0\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
+        b"\x01POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"\x05PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"\x02OPTIONS * HTTP/1.1\r\nExpect: 100-continue\r\nUpgrade: websocket\r\n\r\n",
+    ];
+
+    #[test]
+    fn mutated_requests_keep_the_parsers_invariants() {
+        mutations(SEEDS, 20_000, request);
+    }
+}
