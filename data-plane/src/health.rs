@@ -277,7 +277,8 @@ async fn probe(
         request,
         None,
         node,
-        crate::proxy::h1::HeadForm::Map,
+        // The verdict is the status.
+        crate::proxy::h1::HeadForm::Ignored,
         timeout.min(upstream.connect_timeout),
         timeout,
     );

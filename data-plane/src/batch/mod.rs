@@ -575,7 +575,8 @@ impl Exchange<'_> {
                 request,
                 self.remote,
                 self.original_host.clone(),
-                HeadForm::Map,
+                // Only the status and the body go into the merged answer.
+                HeadForm::Ignored,
             )
             .await
             .map_err(|e| {

@@ -202,6 +202,11 @@ pub enum HeadForm {
     /// caller that only writes the head to an HTTP/1.1 client. Building a map, encoding it
     /// again and dropping it was a quarter of a plain proxied request's instructions.
     Passed,
+    /// No headers (an empty map; hyper's exchanges still fill theirs): for a caller that reads
+    /// the status and the body only, such as a batch's sub-requests or a health probe. The
+    /// maps a 3-way batch built for its answers and dropped unread were 8% of its instructions
+    /// (callgrind: 109,100 -> 99,900 per request).
+    Ignored,
 }
 
 /// Response headers as the node sent them (names in its spelling, values untouched), minus
@@ -729,7 +734,9 @@ fn build_head(
             .map(|(_, span)| span)
     };
     let kept_count = keep.count_ones() as usize;
-    let (headers, passed) = if form == HeadForm::Passed && kept_count <= MAX_PASSED {
+    let (headers, passed) = if form == HeadForm::Ignored {
+        (HeaderMap::new(), None)
+    } else if form == HeadForm::Passed && kept_count <= MAX_PASSED {
         let mut passed = Box::new(PassedHead {
             head: head.clone(),
             spans: [Span::default(); MAX_PASSED],
