@@ -472,7 +472,7 @@ impl Exchange<'_> {
                 };
             }
         };
-        let uri = prepared.path_and_query.to_string();
+        let uri = prepared.path_and_query.as_str().to_owned();
         let exchange = async {
             // The semaphore is never closed; waiting for a permit is bounded by the deadline.
             let Ok(_permit) = self.permits.acquire().await else {
@@ -620,8 +620,12 @@ fn parse_body(body: &[u8]) -> Value {
     if body.is_empty() {
         return Value::Null;
     }
-    serde_json::from_slice(body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+    // UTF-8 checked once for the whole body: from bytes, serde_json checks every string on
+    // its own (callgrind: 2% of a 3-way batch). JSON is UTF-8, so other bodies are strings.
+    std::str::from_utf8(body)
+        .ok()
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_else(|| Value::String(String::from_utf8_lossy(body).into_owned()))
 }
 
 #[cfg(test)]

@@ -58,7 +58,16 @@ pub fn render<'v>(
     answer: impl Fn(&str) -> Option<&'v Value>,
     place: Place,
 ) -> Result<String, RenderError> {
-    let mut out = String::new();
+    // The literals plus room for typical values: one allocation rather than a doubling series.
+    let estimate = template
+        .segments
+        .iter()
+        .map(|segment| match segment {
+            Segment::Literal(text) => text.len(),
+            Segment::Var(_) => 16,
+        })
+        .sum();
+    let mut out = String::with_capacity(estimate);
     for segment in &template.segments {
         let variable = match segment {
             Segment::Literal(text) => {
