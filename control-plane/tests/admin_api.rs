@@ -555,6 +555,32 @@ async fn resources_and_versions(api: Api) {
     let openapi = api.call(Method::GET, "/api/v1/openapi.json", None).await;
     assert_eq!(openapi.body["openapi"], "3.1.0");
     assert!(openapi.body["paths"]["/api/v1/routes/{id}"]["put"].is_object());
+    // Every `{name}` in a path template is declared (schemathesis refuses the document
+    // otherwise), at the path's level.
+    let paths = openapi.body["paths"].as_object().expect("paths");
+    for (template, item) in paths {
+        let declared: Vec<&str> = item["parameters"]
+            .as_array()
+            .map(|params| params.iter().filter_map(|p| p["name"].as_str()).collect())
+            .unwrap_or_default();
+        for name in template
+            .split('{')
+            .skip(1)
+            .filter_map(|rest| rest.split_once('}'))
+        {
+            assert!(
+                declared.contains(&name.0),
+                "{template}: parameter {:?} is not declared",
+                name.0
+            );
+        }
+    }
+    let kinds = &paths["/api/v1/schemas/{kind}"]["parameters"][0]["schema"]["enum"];
+    assert!(
+        kinds
+            .as_array()
+            .is_some_and(|k| k.contains(&json!("route")))
+    );
     let health = api
         .send(Request::get("/healthz").body(Body::empty()).unwrap())
         .await;

@@ -83,11 +83,17 @@ pub async fn document() -> Json<Value> {
         "/api/v1/status".into(),
         json!({"get": operation("Current version and fleet convergence", "200", None, &[])}),
     );
+    // A kind by its plural or singular name (`routes`, `route`), as `Kind::parse` takes it.
+    let kind_names: Vec<&str> = Kind::ALL
+        .iter()
+        .flat_map(|kind| [kind.as_str(), kind.singular()])
+        .collect();
+    let kind_param = json!([{"name": "kind", "in": "path", "required": true, "schema": {"type": "string", "enum": kind_names}}]);
     paths.insert(
         "/api/v1/schemas/{kind}".into(),
-        json!({"get": operation("JSON Schema of a kind", "200", None, &["404"])}),
+        json!({"parameters": kind_param, "get": operation("JSON Schema of a kind", "200", None, &["404"])}),
     );
-    paths.insert("/api/v1/validate/{kind}".into(), json!({"post": operation("Validate a document without writing", "200", Some(json!({"type": "object"})), &["400", "404", "409"])}));
+    paths.insert("/api/v1/validate/{kind}".into(), json!({"parameters": kind_param, "post": operation("Validate a document without writing", "200", Some(json!({"type": "object"})), &["400", "404", "409"])}));
     schemas.insert(
         "Error".into(),
         json!({
