@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: format and lint gates, the binaries the end-to-end
-# tests spawn, every test (store and end-to-end tests use the Postgres at DATABASE_URL), and
-# validation of the deploy/ manifests.
+# The whole test suite, as CI runs it: format and lint gates (and the fuzz harness compiling),
+# the binaries the end-to-end tests spawn, every test (store and end-to-end tests use the
+# Postgres at DATABASE_URL), and validation of the deploy/ manifests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,12 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The libFuzzer harness is its own workspace (running it needs cargo-fuzz): check that it still
+# builds against the data plane's fuzz entries, which exist only under `--cfg fuzzing`.
+echo "== tests/fuzz compiles"
+cargo fmt --check --manifest-path tests/fuzz/Cargo.toml
+RUSTFLAGS="--cfg fuzzing" CARGO_TARGET_DIR=target/fuzz-check \
+  cargo check --quiet --locked --manifest-path tests/fuzz/Cargo.toml
 echo "== build the binaries the end-to-end tests spawn"
 cargo build --workspace --bins --quiet
 echo "== tests"

@@ -575,6 +575,7 @@ async fn resources_and_versions(api: Api) {
             );
         }
     }
+    assert!(paths["/api/v1/schemas/plugins/{name}"]["get"].is_object());
     let kinds = &paths["/api/v1/schemas/{kind}"]["parameters"][0]["schema"]["enum"];
     assert!(
         kinds

@@ -238,9 +238,9 @@ const BUDGET_RATIO: f64 = 0.2;
 /// …plus this many retries per second, so a quiet upstream can still retry.
 const BUDGET_MIN_PER_SEC: u64 = 10;
 
-/// Linkerd-style retry budget: over a sliding window of [`BUDGET_WINDOW_SECS`], retries may not
-/// exceed 20% of first attempts plus 10 per second. When a whole upstream is failing, this caps
-/// the extra load retries put on it at 1.2× (plus the floor) instead of (1 + count)×.
+/// Linkerd-style retry budget: over a sliding window of 10 s (`BUDGET_WINDOW_SECS`), retries
+/// may not exceed 20% of first attempts plus 10 per second. When a whole upstream is failing,
+/// this caps the extra load retries put on it at 1.2× (plus the floor) instead of (1 + count)×.
 #[derive(Debug, Default)]
 pub struct RetryBudget {
     buckets: [Bucket; BUDGET_WINDOW_SECS as usize],

@@ -93,6 +93,17 @@ pub async fn document() -> Json<Value> {
         "/api/v1/schemas/{kind}".into(),
         json!({"parameters": kind_param, "get": operation("JSON Schema of a kind", "200", None, &["404"])}),
     );
+    paths.insert(
+        "/api/v1/schemas/plugins".into(),
+        json!({"get": operation("Every plugin: name, priority, description", "200", None, &[])}),
+    );
+    paths.insert(
+        "/api/v1/schemas/plugins/{name}".into(),
+        json!({
+            "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "get": operation("A plugin's config schema", "200", None, &["404"]),
+        }),
+    );
     paths.insert("/api/v1/validate/{kind}".into(), json!({"parameters": kind_param, "post": operation("Validate a document without writing", "200", Some(json!({"type": "object"})), &["400", "404", "409"])}));
     schemas.insert(
         "Error".into(),

@@ -58,7 +58,8 @@ pub fn render<'v>(
     answer: impl Fn(&str) -> Option<&'v Value>,
     place: Place,
 ) -> Result<String, RenderError> {
-    // The literals plus room for typical values: one allocation rather than a doubling series.
+    // The literals plus room for typical values: usually one allocation rather than a doubling
+    // series (a long value, or the query a batch appends afterwards, may still grow it).
     let estimate = template
         .segments
         .iter()

@@ -165,8 +165,8 @@ impl UpstreamClient {
     /// is streamed afterwards by whoever polls it. The response carries no hop-by-hop headers.
     /// `hop`: the headers this hop adds, written into the head by [`h1`] and into the map for
     /// hyper. `form` asks for the response headers as the node sent them
-    /// ([`h1::HeadForm::Passed`]); only plain HTTP/1.1 exchanges can keep them that way,
-    /// others fill the map.
+    /// ([`h1::HeadForm::Passed`]) or for none ([`h1::HeadForm::Ignored`]); only plain HTTP/1.1
+    /// exchanges honour either, hyper's fill the map.
     ///
     /// Two deadlines apply, because the connector's own timeout is one value for the whole
     /// pool: establishing the connection (or taking one from the pool, which is immediate) must

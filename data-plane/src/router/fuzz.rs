@@ -3,7 +3,7 @@
 //! Built for tests and for `cargo fuzz` (`--cfg fuzzing`, see `tests/fuzz`).
 //!
 //! Besides "no panic" in building or matching: a route found is enabled and allows the method,
-//! and a 405 names methods only when some route would have taken another one.
+//! and a 405 never lists the request's own method.
 
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use crate::runtime::{CompiledRoute, RouteTarget};
 const MAX_ROUTES: usize = 32;
 
 /// The first line is the request (`METHOD HOST PATH`), each further line a route
-/// (`PATH HOST METHOD PRIORITY`, fields after the path optional).
+/// (`PATH HOST METHOD PRIORITY off`, fields after the path optional; `off` disables it).
 pub fn route(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let mut lines = text.split('\n');
@@ -42,8 +42,9 @@ pub fn route(data: &[u8]) {
             .into_iter()
             .collect();
         let priority: i64 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        let spec =
-            json!({"paths": [path], "hosts": hosts, "methods": methods, "priority": priority});
+        let enabled = fields.next() != Some("off");
+        let spec = json!({"paths": [path], "hosts": hosts, "methods": methods,
+            "priority": priority, "enabled": enabled});
         Some(Arc::new(CompiledRoute {
             id: format!("r{i}"),
             revision: i as u64 % 3,
@@ -75,7 +76,7 @@ mod tests {
 
     const SEEDS: &[&[u8]] = &[
         b"GET a.example.com /users/42/files/x\n/users/:id\n/users/:id/files/* *.example.com GET 5\n/users/me a.example.com\n/*",
-        b"POST  /api/v1\n/api* \nPOST\n/api/:v PUT\n/api/v1 x.test DELETE -3",
+        b"POST  /api/v1\n/api* \nPOST\n/api/:v PUT\n/api/v1 x.test DELETE -3\n/api/v1   9 off",
         b"OPTIONS A.Example.Com. /static\n/static/* a.example.com\n/:a/:b\n/static/img/* *.com",
     ];
 

@@ -1,17 +1,23 @@
-//! Fuzzing entry for what a client sends: request heads parsed by [`parse_request`]. Built
-//! for tests and for `cargo fuzz` (`--cfg fuzzing`, see `tests/fuzz`).
+//! Fuzzing entry for what a client sends: request heads parsed by `parse_request`. Built for
+//! tests and for `cargo fuzz` (`--cfg fuzzing`, see `tests/fuzz`).
 //!
 //! Besides "no panic", each input checks:
 //! - the verdict (a request, a refusal, a hand-off to hyper, or "more bytes") and what is
 //!   consumed do not depend on how reads split the head;
 //! - a hand-off leaves the bytes for hyper untouched;
-//! - a request the gateway accepts, encoded again for the node, is one complete head that
-//!   parses back to the same method and target (no header can smuggle a line break).
+//! - a request the gateway accepts, rewritten and encoded for the node as the proxy does it
+//!   (hop-by-hop headers out, the hop's `Host` and `X-Forwarded-*` in), is one complete head
+//!   that parses back to the same method, the target the client sent (byte for byte, for an
+//!   origin-form target), one `Host` (the node's), an `X-Forwarded-For` ending with the client
+//!   and no `Connection` (no header can smuggle a line break or a second request).
 
 use bytes::{BufMut as _, BytesMut};
+use http::HeaderValue;
+use http::header::HOST;
 
 use super::{Next, parse_request};
 use crate::proxy::h1::{BodyFraming, encode_head};
+use crate::proxy::headers::{self, HopHeaders};
 
 /// Parses `data` as client bytes. The first byte picks the size of the pieces the head
 /// arrives in; the rest is the wire.
@@ -35,7 +41,7 @@ pub fn request(data: &[u8]) {
     );
     match verdict {
         Ok(Some(Next::HandOff)) => assert_eq!(consumed, 0, "a hand-off must leave the bytes"),
-        Ok(Some(Next::Request { request, .. })) => reencode(request),
+        Ok(Some(Next::Request { request, .. })) => reencode(wire, request),
         _ => {}
     }
 }
@@ -77,13 +83,23 @@ fn summary(verdict: &Result<Option<Next>, Next>) -> String {
     }
 }
 
-/// Encodes an accepted request as the h1 client would send it and parses it back.
-fn reencode(request: http::Request<crate::proxy::upstream::UpstreamBody>) {
-    let (parts, _) = request.into_parts();
+/// The client the rewritten request names in `X-Forwarded-For`.
+const CLIENT: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+
+/// Rewrites an accepted request for the node (as `forward::prepare` does), encodes it as the
+/// h1 client would send it, and parses it back.
+fn reencode(wire: &[u8], request: http::Request<crate::proxy::upstream::UpstreamBody>) {
+    let (mut parts, _) = request.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    let hop = HopHeaders {
+        client: CLIENT,
+        forwarded_host: parts.headers.get(HOST).cloned(),
+        host: Some(HeaderValue::from_static("node.test:8080")),
+    };
     let mut out = Vec::new();
-    encode_head(&mut out, &parts, None, BodyFraming::Empty);
-    let mut headers = vec![httparse::EMPTY_HEADER; parts.headers.len() + 2];
-    let mut parsed = httparse::Request::new(&mut headers);
+    encode_head(&mut out, &parts, Some(&hop), BodyFraming::Empty);
+    let mut lines = vec![httparse::EMPTY_HEADER; parts.headers.len() + 4];
+    let mut parsed = httparse::Request::new(&mut lines);
     let status = parsed.parse(&out);
     assert!(
         matches!(status, Ok(httparse::Status::Complete(n)) if n == out.len()),
@@ -91,8 +107,36 @@ fn reencode(request: http::Request<crate::proxy::upstream::UpstreamBody>) {
         out.escape_ascii().to_string()
     );
     assert_eq!(parsed.method, Some(parts.method.as_str()));
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    assert_eq!(parsed.path, Some(target));
+    // What the client asked for, as it sent it.
+    let mut client_lines = [httparse::EMPTY_HEADER; 128];
+    let mut client = httparse::Request::new(&mut client_lines);
+    if client.parse(wire).is_ok()
+        && let Some(target) = client.path.filter(|t| t.starts_with('/'))
+    {
+        assert_eq!(
+            parsed.path,
+            Some(target),
+            "the target changed on its way upstream"
+        );
+    }
+    let named = |name: &str| -> Vec<&[u8]> {
+        parsed
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+            .collect()
+    };
+    assert_eq!(named("host"), [b"node.test:8080"], "the node's Host, once");
+    assert!(
+        named("connection").is_empty(),
+        "a hop-by-hop header went upstream"
+    );
+    let chain = named("x-forwarded-for");
+    assert!(
+        chain.len() == 1 && chain[0].ends_with(b"192.0.2.7"),
+        "X-Forwarded-For: {chain:?}"
+    );
 }
 
 #[cfg(test)]
