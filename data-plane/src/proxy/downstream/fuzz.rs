@@ -7,8 +7,8 @@
 //! - a hand-off leaves the bytes for hyper untouched;
 //! - a request the gateway accepts, rewritten and encoded for the node as the proxy does it
 //!   (hop-by-hop headers out, the hop's `Host` and `X-Forwarded-*` in), is one complete head
-//!   that parses back to the same method, the target the client sent (byte for byte, for an
-//!   origin-form target), one `Host` (the node's), an `X-Forwarded-For` ending with the client
+//!   that parses back to the same method, the target the client sent (byte for byte up to a
+//!   fragment, for an origin-form target), one `Host` (the node's), an `X-Forwarded-For` ending with the client
 //!   and no `Connection` (no header can smuggle a line break or a second request).
 
 use bytes::{BufMut as _, BytesMut};
@@ -29,7 +29,9 @@ pub fn request(data: &[u8]) {
     let mut whole = BytesMut::from(wire);
     let verdict = parse_request(&mut whole, &mut spans);
     let consumed = wire.len() - whole.len();
-    let (piecewise, piecewise_consumed) = parse_in_pieces(wire, usize::from(options) + 1);
+    // At most ~256 pieces: each piece re-parses the head so far.
+    let piece = (usize::from(options) + 1).max(wire.len() / 256);
+    let (piecewise, piecewise_consumed) = parse_in_pieces(wire, piece);
     assert_eq!(
         summary(&verdict),
         piecewise,
@@ -107,12 +109,14 @@ fn reencode(wire: &[u8], request: http::Request<crate::proxy::upstream::Upstream
         out.escape_ascii().to_string()
     );
     assert_eq!(parsed.method, Some(parts.method.as_str()));
-    // What the client asked for, as it sent it.
+    // What the client asked for, as it sent it, less a fragment (`#…`, which a request target
+    // may not carry; `http::Uri` drops it, in this loop as in hyper's server).
     let mut client_lines = [httparse::EMPTY_HEADER; 128];
     let mut client = httparse::Request::new(&mut client_lines);
     if client.parse(wire).is_ok()
         && let Some(target) = client.path.filter(|t| t.starts_with('/'))
     {
+        let target = target.split('#').next().unwrap_or_default();
         assert_eq!(
             parsed.path,
             Some(target),
@@ -150,6 +154,8 @@ mod tests {
         b"\x07POST /p HTTP/1.1\r\nContent-Length: 0\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
         b"\x01POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         b"\x05PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        // libFuzzer's find: a fragment, dropped on the way (the oracle once said otherwise).
+        b"\x00GET /c/tlog?i#1 HTTP/1.1\n\r\n",
         b"\x02OPTIONS * HTTP/1.1\r\nExpect: 100-continue\r\nUpgrade: websocket\r\n\r\n",
     ];
 
