@@ -39,12 +39,12 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::error::{ProxyError, json_body, json_response};
+use crate::error::{ProxyError, json_bytes, json_response};
 use crate::proxy::h1::HeadForm;
 use crate::proxy::upstream::UpstreamBody;
 use crate::proxy::{Proxy, ProxyBody};
 use crate::runtime::{CompileError, CompiledRoute, UpstreamRuntime};
-use merge::{Part, error_value};
+use merge::{Answer, Part, error_value};
 use template::{Context, Place, render};
 
 /// `X-Gateway-Batch`: `complete` when every sub-request succeeded, else `partial`.
@@ -96,6 +96,9 @@ pub struct CompiledSubRequest {
     pub group: Option<String>,
     /// Indices of the sub-requests whose answers it reads.
     pub deps: Vec<usize>,
+    /// Whether its answer is kept as the node's bytes ([`Answer::Raw`]): no other sub-request
+    /// reads it and the merge is not `deep`.
+    pub keep_raw: bool,
 }
 
 /// A configured sub-request body.
@@ -193,7 +196,14 @@ impl CompiledBatch {
                 timeout: sub.timeout_ms.map(Duration::from_millis),
                 group: sub.group.clone(),
                 deps,
+                keep_raw: spec.merge != Merge::Deep,
             });
+        }
+        // An answer another sub-request reads is parsed: templates point into it.
+        for i in 0..requests.len() {
+            if requests.iter().any(|r| r.deps.contains(&i)) {
+                requests[i].keep_raw = false;
+            }
         }
         let graph: Vec<Vec<usize>> = requests.iter().map(|r| r.deps.clone()).collect();
         let order = gateway_proto::schema::topological_order(&graph)
@@ -263,8 +273,8 @@ impl Failure {
 struct Outcome {
     /// The path and query it was sent to (or its template, if it never left).
     uri: String,
-    /// The status and JSON answer, or why there is none.
-    result: Result<(StatusCode, Value), Failure>,
+    /// The status and answer, or why there is none.
+    result: Result<(StatusCode, Answer), Failure>,
 }
 
 type SharedOutcome<'a> = Shared<BoxFuture<'a, Arc<Outcome>>>;
@@ -365,7 +375,11 @@ pub async fn execute(
     let mut contents = Vec::with_capacity(outcomes.len());
     for (sub, outcome) in batch.requests.iter().zip(&mut outcomes) {
         contents.push(match &mut outcome.result {
-            Ok((status, body)) => (status.as_u16(), std::mem::take(body), false),
+            Ok((status, body)) => (
+                status.as_u16(),
+                std::mem::replace(body, Answer::Value(Value::Null)),
+                false,
+            ),
             Err(failure) => {
                 failed = true;
                 if sub.required {
@@ -373,7 +387,11 @@ pub async fn execute(
                     all_timeouts &= failure.timeout;
                 }
                 let status = failure.status.as_u16();
-                (status, error_value(status, &failure.message), true)
+                (
+                    status,
+                    Answer::Value(error_value(status, &failure.message)),
+                    true,
+                )
             }
         });
     }
@@ -398,7 +416,7 @@ pub async fn execute(
         (true, false) => StatusCode::BAD_GATEWAY,
     };
     debug!(%status, sub_requests = outcomes.len(), failed, "batch answered");
-    let mut response = json_body(status, &merged);
+    let mut response = json_bytes(status, merged);
     response.headers_mut().insert(
         &X_GATEWAY_BATCH,
         HeaderValue::from_static(if failed { "partial" } else { "complete" }),
@@ -507,7 +525,11 @@ impl Exchange<'_> {
                 .iter()
                 .find(|(n, _)| *n == name)
                 .and_then(|(_, o)| o.result.as_ref().ok())
-                .map(|(_, body)| body)
+                .and_then(|(_, body)| match body {
+                    Answer::Value(value) => Some(value),
+                    // Never: an answer that is read is parsed (`keep_raw`).
+                    Answer::Raw(_) => None,
+                })
         };
         let bad = |e: template::RenderError| Failure::new(StatusCode::BAD_GATEWAY, e.to_string());
         let mut target = render(&sub.path, &self.context, answer, Place::Uri).map_err(bad)?;
@@ -556,7 +578,7 @@ impl Exchange<'_> {
         &self,
         sub: &CompiledSubRequest,
         prepared: Prepared,
-    ) -> Result<(StatusCode, Value), Failure> {
+    ) -> Result<(StatusCode, Answer), Failure> {
         let Prepared {
             method,
             path_and_query,
@@ -592,7 +614,7 @@ impl Exchange<'_> {
                 format!("the upstream answered {status}"),
             ));
         }
-        Ok((status, parse_body(&body)))
+        Ok((status, parse_body(body, sub.keep_raw)))
     }
 }
 
@@ -615,17 +637,25 @@ where
     }
 }
 
-/// A JSON body as JSON; anything else as a string (lossily decoded); nothing as `null`.
-fn parse_body(body: &[u8]) -> Value {
+/// A JSON body as JSON (its checked bytes if `keep_raw`, else parsed); anything else as a
+/// string (lossily decoded); nothing as `null`.
+fn parse_body(body: Bytes, keep_raw: bool) -> Answer {
     if body.is_empty() {
-        return Value::Null;
+        return Answer::Value(Value::Null);
     }
     // UTF-8 checked once for the whole body: from bytes, serde_json checks every string on
     // its own (callgrind: 2% of a 3-way batch). JSON is UTF-8, so other bodies are strings.
-    std::str::from_utf8(body)
-        .ok()
-        .and_then(|text| serde_json::from_str(text).ok())
-        .unwrap_or_else(|| Value::String(String::from_utf8_lossy(body).into_owned()))
+    if let Ok(text) = std::str::from_utf8(&body) {
+        if keep_raw {
+            if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+                let json = text.trim_matches([' ', '\t', '\n', '\r']);
+                return Answer::Raw(body.slice_ref(json.as_bytes()));
+            }
+        } else if let Ok(value) = serde_json::from_str(text) {
+            return Answer::Value(value);
+        }
+    }
+    Answer::Value(Value::String(String::from_utf8_lossy(&body).into_owned()))
 }
 
 #[cfg(test)]

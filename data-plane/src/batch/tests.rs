@@ -75,3 +75,37 @@ fn a_hand_built_cyclic_batch_is_refused() {
         Err(CompileError::InvalidBatch { .. })
     ));
 }
+
+#[test]
+fn answers_are_kept_raw_parsed_or_carried_as_strings() {
+    use super::merge::Answer;
+    use super::parse_body;
+    use bytes::Bytes;
+    use serde_json::Value;
+    let body = |text: &'static [u8]| Bytes::from_static(text);
+    // JSON no one reads: its bytes, without the surrounding whitespace.
+    assert_eq!(
+        parse_body(body(b" {\"a\": 1.50}\r\n"), true),
+        Answer::Raw(body(b"{\"a\": 1.50}"))
+    );
+    // JSON a template reads, or a deep merge: parsed.
+    assert_eq!(
+        parse_body(body(b"{\"a\": 1}"), false),
+        Answer::Value(json!({"a": 1}))
+    );
+    // Not JSON (trailing bytes, bad UTF-8): a string, either way.
+    for keep_raw in [true, false] {
+        assert_eq!(
+            parse_body(body(b"{\"a\": 1} x"), keep_raw),
+            Answer::Value(json!("{\"a\": 1} x"))
+        );
+        assert_eq!(
+            parse_body(body(b"ok \xff"), keep_raw),
+            Answer::Value(json!("ok \u{fffd}"))
+        );
+        assert_eq!(
+            parse_body(Bytes::new(), keep_raw),
+            Answer::Value(Value::Null)
+        );
+    }
+}
