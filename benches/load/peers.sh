@@ -11,6 +11,11 @@
 #   PROFILE_TARGET=plugins|agg            profile that route instead of the plain proxy one
 #   PROFILE=callgrind benches/load/peers.sh   instead, count the data plane's instructions per
 #                                         proxied request under valgrind (noise-free; needs valgrind)
+#   PROFILE=train benches/load/peers.sh   instead, only load each route in turn (benches/load/pgo.sh
+#                                         runs it on an instrumented data plane)
+#   PROFILE=floor benches/load/peers.sh   instead, alternate nginx-proxy, a blind relay (no HTTP) and
+#                                         the plain route, with user/kernel time per request and how
+#                                         busy each core was: does the proxy or the load set the rate?
 #
 # The data plane runs with one worker thread, pinned to cpu 0 like the peers (nginx
 # worker_processes 1, haproxy nbthread 1); peerbench puts wrk and the upstreams on cpu 1. Every
@@ -154,6 +159,82 @@ if [ "$PROFILE" = callgrind ]; then
   [ -n "$requests" ] && [ "${instructions:-0}" -gt 0 ] || die "no callgrind dump or no wrk count"
   echo "peers: $requests requests, $instructions instructions, $((instructions / requests)) per request"
   echo "peers: dump in $WORK (callgrind_annotate $WORK/callgrind.out.*)" >&2
+  exit 0
+fi
+
+if [ "$PROFILE" = train ]; then
+  # The load a profile-guided build learns from (benches/load/pgo.sh): each route in turn.
+  "$PEERBENCH" up
+  trap '"$PEERBENCH" down; cleanup' EXIT
+  for url in "$URL" "$AGG_URL" "$PLUGINS_URL"; do
+    out=$(taskset -c 1 wrk -t1 -c"${CONNECTIONS:-32}" -d"${DURATION:-10}"s "$url")
+    # A profile of error answers would teach the compiler the wrong paths.
+    if grep -q 'Non-2xx\|Socket errors' <<<"$out"; then die "errors while training on $url: $out"; fi
+    echo "peers: trained on $url: $(awk '/Requests\/sec/ {print $2}' <<<"$out") req/s" >&2
+  done
+  exit 0
+fi
+
+if [ "$PROFILE" = floor ]; then
+  # Who sets the rate: the proxy's core, or wrk's and the upstream's? Alternating rounds of
+  # nginx-proxy, a blind relay (no HTTP: the least work a tokio proxy can do, see
+  # benches/src/bin/blind-relay.rs) and the gateway's plain route, each with the proxy's user
+  # and kernel time per request (/proc/PID/stat) and how busy each core was (/proc/stat). If
+  # the relay, with its core partly idle, gets no more req/s than nginx, no proxy can: the
+  # CPU criterion of P1 applies, and the relay's CPU is the floor it can be met against.
+  (cd "$ROOT" && cargo build --release -q -p gateway-benches --bin blind-relay)
+  PEERS_DIR=$WORK/peerbench
+  RUN_DIR=$PEERS_DIR "$PEERBENCH" up
+  trap '"$PEERBENCH" down; cleanup' EXIT
+  taskset -c 0 "$BIN/blind-relay" 127.0.0.1:0 "127.0.0.1:$UP1" >"$WORK/relay.out" 2>"$WORK/relay.log" &
+  RELAY_PID=$!
+  pids+=("$RELAY_PID")
+  RELAY_URL="$(value_of "$WORK/relay.out" relay_url)/catalog?item=14286"
+  NGINX_PID=$(pgrep -P "$(cat "$PEERS_DIR/nginx-proxy.pid")" | head -n 1)
+  [ -n "$NGINX_PID" ] || die "no nginx-proxy worker"
+  ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+  busy() { grep -E '^cpu[01] ' /proc/stat | awk '{print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' | tr '\n' ' '; }
+  printf 'round\tname\treq_s\tp99\tuser_ticks\tsys_ticks\trequests\tcpu_before\tcpu_after\n' >"$WORK/floor.tsv"
+  for round in $(seq "${ROUNDS:-3}"); do
+    for target in "nginx-proxy $NGINX_PID http://127.0.0.1:18181/catalog?item=14286" \
+      "blind-relay $RELAY_PID $RELAY_URL" "gw-proxy $DP_PID $URL"; do
+      read -r name pid url <<<"$target"
+      taskset -c 1 wrk -t1 -c"${CONNECTIONS:-32}" -d"${WARMUP:-2}"s "$url" >/dev/null
+      before=$(ticks "$pid"); cores_before=$(busy)
+      out=$(taskset -c 1 wrk -t1 -c"${CONNECTIONS:-32}" -d"${DURATION:-6}"s --latency "$url")
+      after=$(ticks "$pid"); cores_after=$(busy)
+      read -r u0 s0 <<<"$before"; read -r u1 s1 <<<"$after"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" \
+        "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" "$(awk '$1 == "99%" {print $2}' <<<"$out")" \
+        $((u1 - u0)) $((s1 - s0)) "$(awk '/requests in/ {print $1}' <<<"$out")" \
+        "$cores_before" "$cores_after" >>"$WORK/floor.tsv"
+      echo "peers: round $round $name done" >&2
+    done
+  done
+  python3 - "$WORK/floor.tsv" "$(getconf CLK_TCK)" <<'PY' | tee "$WORK/floor.txt"
+import csv, statistics as st, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+hz = float(sys.argv[2])
+def busy(row, core):
+    before, after = row["cpu_before"].split(), row["cpu_after"].split()
+    b, t = (float(after[2 * core + i]) - float(before[2 * core + i]) for i in (0, 1))
+    return 100 * b / t if t else 0.0
+by = {}
+for r in rows:
+    n = float(r["requests"])
+    by.setdefault(r["name"], []).append({
+        "rps": float(r["req_s"]), "p99": r["p99"],
+        "user": float(r["user_ticks"]) * 1e6 / hz / n, "sys": float(r["sys_ticks"]) * 1e6 / hz / n,
+        "cpu0": busy(r, 0), "cpu1": busy(r, 1)})
+med = lambda name, key: st.median(x[key] for x in by[name])
+print(f"{'target':<13}{'req/s':>9}{'user us':>9}{'sys us':>8}{'CPU us':>8}{'cpu0 %':>8}{'cpu1 %':>8}  {'vs nginx':>9}{'CPU vs nginx':>13}")
+base_rps, base_cpu = med("nginx-proxy", "rps"), med("nginx-proxy", "user") + med("nginx-proxy", "sys")
+for name in by:
+    cpu = med(name, "user") + med(name, "sys")
+    print(f"{name:<13}{med(name, 'rps'):>9.0f}{med(name, 'user'):>9.2f}{med(name, 'sys'):>8.2f}{cpu:>8.2f}"
+          f"{med(name, 'cpu0'):>8.1f}{med(name, 'cpu1'):>8.1f}  {med(name, 'rps') / base_rps:>8.2f}x{cpu / base_cpu:>12.2f}x")
+print("(medians of rounds; cpu0 runs the proxy, cpu1 wrk and the upstream; user/sys: the proxy's own time per request)")
+PY
   exit 0
 fi
 
