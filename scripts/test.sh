@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: format and lint gates (and the fuzz harness compiling),
-# the binaries the end-to-end tests spawn, every test (store and end-to-end tests use the
-# Postgres at DATABASE_URL), and validation of the deploy/ manifests.
+# The whole test suite, as CI runs it: format and lint gates (shell scripts parsing, the fuzz
+# harness compiling), the binaries the end-to-end tests spawn, every test (store and end-to-end
+# tests use the Postgres at DATABASE_URL), and validation of the deploy/ manifests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,9 @@ export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
+# The load and profiling scripts run only by hand: at least they must parse.
+echo "== shell scripts parse"
+for script in scripts/*.sh benches/load/*.sh .ci/run; do bash -n "$script"; done
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The libFuzzer harness is its own workspace (running it needs cargo-fuzz): check that it still
