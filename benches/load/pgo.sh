@@ -15,6 +15,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gateway-pgo.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
 die() { echo "pgo: $*" >&2; exit 1; }
 
 llvm_major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
@@ -51,5 +52,4 @@ echo "pgo: 3/3 optimised build (target/pgo)" >&2
   CARGO_TARGET_DIR="$ROOT/target/pgo" \
   cargo build --release -q -p data-plane --bin data-plane)
 cp "$WORK/data-plane.profdata" "$ROOT/target/pgo/data-plane.profdata"
-rm -rf "$WORK"
 echo "$ROOT/target/pgo/release/data-plane"
