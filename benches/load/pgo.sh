@@ -46,7 +46,7 @@ if [ -z "$profdata" ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "llvm-$llvm_major" >/dev/null
   profdata=llvm-profdata-$llvm_major
 fi
-echo "pgo: merging with $profdata" >&2
+echo "pgo: llvm-profdata: $profdata" >&2
 
 echo "pgo: 1/3 instrumented build (target/pgo-generate)" >&2
 (cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$PROFILES" \
