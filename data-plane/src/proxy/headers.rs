@@ -53,6 +53,15 @@ pub struct Persistence {
 impl Persistence {
     /// Adds the tokens of one `Connection` value.
     pub fn add(&mut self, value: &[u8]) {
+        // Nearly every value is one of these alone: no split, no trim.
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            self.keep_alive = true;
+            return;
+        }
+        if value.eq_ignore_ascii_case(b"close") {
+            self.close = true;
+            return;
+        }
         for token in value.split(|&b| b == b',') {
             let token = token.trim_ascii();
             self.close |= token.eq_ignore_ascii_case(b"close");
