@@ -26,19 +26,18 @@ die() { echo "pgo: $*" >&2; exit 1; }
 llvm_major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 [ -n "$llvm_major" ] || die "cannot read rustc's LLVM version"
 matches() { "$1" merge --version 2>/dev/null | grep -q "LLVM version $llvm_major\\."; }
-rustup_profdata() {
-  echo "$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
-}
+# Where rustup's llvm-tools component puts it (present or not).
+rustup_profdata="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
 profdata=""
-for candidate in "$(rustup_profdata)" "llvm-profdata-$llvm_major" llvm-profdata; do
+for candidate in "$rustup_profdata" "llvm-profdata-$llvm_major" llvm-profdata; do
   if command -v "$candidate" >/dev/null && matches "$candidate"; then
     profdata=$candidate
     break
   fi
 done
 if [ -z "$profdata" ] && command -v rustup >/dev/null \
-  && rustup component add llvm-tools >&2 && matches "$(rustup_profdata)"; then
-  profdata=$(rustup_profdata)
+  && rustup component add llvm-tools >&2 && matches "$rustup_profdata"; then
+  profdata=$rustup_profdata
 fi
 if [ -z "$profdata" ]; then
   [ "$(id -u)" = 0 ] || die "need llvm-profdata $llvm_major (rustup component add llvm-tools, or Debian's llvm-$llvm_major)"
