@@ -16,6 +16,8 @@
 #   PROFILE=floor benches/load/peers.sh   instead, alternate nginx-proxy, a blind relay (no HTTP) and
 #                                         the plain route, with user/kernel time per request and how
 #                                         busy each core was: does the proxy or the load set the rate?
+#                                         DP_BIN_B=path adds a second data-plane build to the same
+#                                         rounds (gw-proxy-b): an A/B that shares nginx's drift
 #
 # The data plane runs with one worker thread, pinned to cpu 0 like the peers (nginx
 # worker_processes 1, haproxy nbthread 1); peerbench puts wrk and the upstreams on cpu 1. Every
@@ -41,12 +43,13 @@ trap cleanup EXIT
 
 die() { echo "peers: $*" >&2; exit 1; }
 
-# Waits until the data plane's /readyz reports version $1 or later (versions only grow, so the
-# last write's version covers every earlier one).
+# Waits until the data plane whose status listener is $2 (default: the first one) reports
+# version $1 or later on /readyz (versions only grow, so the last write's version covers every
+# earlier one).
 wait_applied() {
   local applied=0
   for _ in $(seq 200); do
-    applied=$(curl -sf "$STATUS/readyz" | sed -n 's/.*"version":\([0-9]*\).*/\1/p' || true)
+    applied=$(curl -sf "${2:-$STATUS}/readyz" | sed -n 's/.*"version":\([0-9]*\).*/\1/p' || true)
     [ "${applied:-0}" -ge "$1" ] && return 0
     sleep 0.05
   done
@@ -87,6 +90,15 @@ DP_PID=$!
 pids+=("$DP_PID")
 PROXY=$(value_of "$WORK/dp.out" proxy_url)
 STATUS=$(value_of "$WORK/dp.out" status_url)
+if [ -n "${DP_BIN_B:-}" ]; then
+  [ "$PROFILE" = floor ] || die "DP_BIN_B is read by PROFILE=floor only"
+  RUST_LOG=${RUST_LOG:-warn} taskset -c 0 "$DP_BIN_B" --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 \
+    --control-plane "$XDS" --node-id peers-b --worker-threads 1 >"$WORK/dp-b.out" 2>"$WORK/dp-b.log" &
+  DP_B_PID=$!
+  pids+=("$DP_B_PID")
+  PROXY_B=$(value_of "$WORK/dp-b.out" proxy_url)
+  STATUS_B=$(value_of "$WORK/dp-b.out" status_url)
+fi
 
 auth=(-H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json')
 curl -sf -X PUT "$ADMIN/api/v1/upstreams/catalog" "${auth[@]}" \
@@ -119,6 +131,7 @@ version=$(curl -sf -D - -o /dev/null -X PUT "$ADMIN/api/v1/routes/plugins" "${au
   | tr -d '\r' | awk -F': ' 'tolower($1)=="x-config-version"{print $2}')
 [ -n "$version" ] || die "creating the plugin route failed"
 wait_applied "$version"
+[ -z "${DP_BIN_B:-}" ] || wait_applied "$version" "$STATUS_B"
 AGG_URL="$PROXY/agg/product/14286"
 PLUGINS_URL="$PROXY/plugins/catalog?item=14286&apikey=bench-key-0123456789"
 # peerbench starts the upstreams, then checks that every target answers 200.
@@ -195,9 +208,11 @@ if [ "$PROFILE" = floor ]; then
   ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
   busy() { grep -E '^cpu[01] ' /proc/stat | awk '{print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' | tr '\n' ' '; }
   printf 'round\tname\treq_s\tp99\tuser_ticks\tsys_ticks\trequests\tcpu_before\tcpu_after\n' >"$WORK/floor.tsv"
+  targets=("nginx-proxy $NGINX_PID http://127.0.0.1:18181/catalog?item=14286"
+    "blind-relay $RELAY_PID $RELAY_URL" "gw-proxy $DP_PID $URL")
+  [ -z "${DP_BIN_B:-}" ] || targets+=("gw-proxy-b $DP_B_PID $PROXY_B/catalog?item=14286")
   for round in $(seq "${ROUNDS:-3}"); do
-    for target in "nginx-proxy $NGINX_PID http://127.0.0.1:18181/catalog?item=14286" \
-      "blind-relay $RELAY_PID $RELAY_URL" "gw-proxy $DP_PID $URL"; do
+    for target in "${targets[@]}"; do
       read -r name pid url <<<"$target"
       taskset -c 1 wrk -t1 -c"${CONNECTIONS:-32}" -d"${WARMUP:-2}"s "$url" >/dev/null
       before=$(ticks "$pid"); cores_before=$(busy)
