@@ -83,21 +83,24 @@ if [ "$PROFILE" = callgrind ]; then
   # shellcheck disable=SC2206
   wrap=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" --dump-instr=no ${CALLGRIND_ARGS:-})
 fi
-RUST_LOG=${RUST_LOG:-warn} taskset -c 0 "${wrap[@]}" "${DP_BIN:-$BIN/data-plane}" --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 \
-  --control-plane "$XDS" --node-id peers --worker-threads 1 \
-  >"$WORK/dp.out" 2>"$WORK/dp.log" &
-DP_PID=$!
-pids+=("$DP_PID")
-PROXY=$(value_of "$WORK/dp.out" proxy_url)
-STATUS=$(value_of "$WORK/dp.out" status_url)
+# Starts data-plane binary $2 as node $1 on cpu 0, output in $WORK/$1.out and .log; any further
+# arguments wrap it (valgrind). Sets STARTED_PID, STARTED_PROXY and STARTED_STATUS.
+start_data_plane() {
+  local name=$1 bin=$2
+  shift 2
+  RUST_LOG=${RUST_LOG:-warn} taskset -c 0 "$@" "$bin" --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 \
+    --control-plane "$XDS" --node-id "peers-$name" --worker-threads 1 >"$WORK/$name.out" 2>"$WORK/$name.log" &
+  STARTED_PID=$!
+  pids+=("$STARTED_PID")
+  STARTED_PROXY=$(value_of "$WORK/$name.out" proxy_url)
+  STARTED_STATUS=$(value_of "$WORK/$name.out" status_url)
+}
+start_data_plane dp "${DP_BIN:-$BIN/data-plane}" "${wrap[@]}"
+DP_PID=$STARTED_PID PROXY=$STARTED_PROXY STATUS=$STARTED_STATUS
 if [ -n "${DP_BIN_B:-}" ]; then
   [ "$PROFILE" = floor ] || die "DP_BIN_B is read by PROFILE=floor only"
-  RUST_LOG=${RUST_LOG:-warn} taskset -c 0 "$DP_BIN_B" --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 \
-    --control-plane "$XDS" --node-id peers-b --worker-threads 1 >"$WORK/dp-b.out" 2>"$WORK/dp-b.log" &
-  DP_B_PID=$!
-  pids+=("$DP_B_PID")
-  PROXY_B=$(value_of "$WORK/dp-b.out" proxy_url)
-  STATUS_B=$(value_of "$WORK/dp-b.out" status_url)
+  start_data_plane dp-b "$DP_BIN_B"
+  DP_B_PID=$STARTED_PID PROXY_B=$STARTED_PROXY STATUS_B=$STARTED_STATUS
 fi
 
 auth=(-H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json')
