@@ -10,8 +10,8 @@
 //! Every algorithm honours weights, and a node of weight 0 is never chosen (it drains: requests
 //! already on it finish, no new ones arrive).
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gateway_proto::model::LoadBalance;
@@ -22,14 +22,20 @@ const VNODES_PER_NODE: u64 = 160;
 /// Upper bound on the ring size, whatever the weights.
 const MAX_RING: u64 = 160 * 1024;
 
-/// Peak-EWMA decay time: a latency sample's influence halves in about 7 s (Finagle's default
-/// is 10 s).
+/// Peak-EWMA decay time: a latency sample's influence halves in about 7 s (Finagle's and
+/// linkerd's default is 10 s). The estimate also decays toward zero while a node gets no
+/// samples, so a node that was avoided is tried again rather than starved for good.
 const EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// The least a failed attempt counts as for peak-EWMA, for a node with no estimate yet: a
+/// refused connection is quick, and counting it as a fast answer would send more traffic to a
+/// dead node.
+const MIN_FAILURE_LATENCY: Duration = Duration::from_millis(1);
 
 /// The load a node carries, shared across snapshots for as long as the node keeps its address.
 #[derive(Debug, Default)]
 pub struct NodeLoad {
-    /// Requests sent to the node whose response headers have not arrived yet.
+    /// Requests sent to the node whose response has not ended yet (body included).
     in_flight: AtomicU64,
     /// Peak-EWMA of the time to response headers, in nanoseconds (as `f64` bits).
     ewma_nanos: AtomicU64,
@@ -47,50 +53,87 @@ impl NodeLoad {
     }
 
     /// Counts a request as in flight until the returned guard is dropped.
-    pub fn start(&self) -> InFlight<'_> {
+    pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
-        InFlight { load: self }
+        InFlight {
+            load: Arc::clone(self),
+        }
     }
 
-    /// The peak-EWMA latency estimate.
+    /// The peak-EWMA latency estimate, decayed for the time since its last sample.
     pub fn ewma(&self) -> Duration {
-        Duration::from_nanos(f64::from_bits(self.ewma_nanos.load(Relaxed)) as u64)
+        Duration::from_nanos(self.decayed_ewma_nanos(nanos_since_epoch()) as u64)
+    }
+
+    /// The estimate at `now`: it decays toward zero from its last sample (as Finagle's and
+    /// linkerd's do), so an idle node looks cheaper as time passes.
+    fn decayed_ewma_nanos(&self, now: u64) -> f64 {
+        let estimate = f64::from_bits(self.ewma_nanos.load(Relaxed));
+        let stamp = self.ewma_stamp.load(Relaxed);
+        if stamp == 0 || estimate == 0.0 {
+            return estimate;
+        }
+        let elapsed = now.saturating_sub(stamp) as f64;
+        estimate * (-elapsed / EWMA_DECAY.as_nanos() as f64).exp()
     }
 
     /// Feeds one latency sample into the peak-EWMA: a sample above the estimate replaces it at
     /// once (a node that turns slow is avoided immediately); a lower one pulls it down with a
     /// weight that grows with the time since the last sample.
     pub fn observe_latency(&self, latency: Duration) {
+        self.observe(|_| latency.as_nanos() as f64);
+    }
+
+    /// Feeds a failed attempt that took `latency` into the peak-EWMA: it counts as twice the
+    /// node's estimate (or its own latency, if longer), at least [`MIN_FAILURE_LATENCY`]. So
+    /// each failure in a row doubles the node's cost, and a single failure on a node that
+    /// keeps answering well is forgotten within seconds rather than starving it.
+    pub fn observe_failure(&self, latency: Duration) {
+        let floor = MIN_FAILURE_LATENCY.as_nanos() as f64;
+        self.observe(|estimate| (2.0 * estimate.max(latency.as_nanos() as f64)).max(floor));
+    }
+
+    /// Updates the estimate with the sample `sample_of(current estimate)`.
+    fn observe(&self, sample_of: impl FnOnce(f64) -> f64) {
         let now = nanos_since_epoch();
         let last = self.ewma_stamp.swap(now, Relaxed);
-        let sample = latency.as_nanos() as f64;
-        let previous = f64::from_bits(self.ewma_nanos.load(Relaxed));
-        let next = if sample > previous || last == 0 {
+        let stored = f64::from_bits(self.ewma_nanos.load(Relaxed));
+        // How much of the stored estimate is left after the time since its last sample.
+        let keep = if last == 0 {
+            0.0
+        } else {
+            (-(now.saturating_sub(last) as f64) / EWMA_DECAY.as_nanos() as f64).exp()
+        };
+        let current = stored * keep;
+        let sample = sample_of(current);
+        let next = if sample > current {
             sample
         } else {
-            let elapsed = now.saturating_sub(last) as f64;
-            let keep = (-elapsed / EWMA_DECAY.as_nanos() as f64).exp();
-            previous * keep + sample * (1.0 - keep)
+            current + sample * (1.0 - keep)
         };
         // Two concurrent samples may race; either result is a fair estimate.
         self.ewma_nanos.store(next.to_bits(), Relaxed);
     }
 
-    /// The peak-EWMA cost of sending one more request: latency × (in flight + 1). A node
-    /// without samples yet costs its in-flight count alone, so it gets tried soon.
-    fn ewma_cost(&self) -> f64 {
-        let latency = f64::from_bits(self.ewma_nanos.load(Relaxed)).max(1.0);
-        latency * (self.in_flight() + 1) as f64
+    /// The peak-EWMA cost of sending one more request at `now`: latency × (1 + in flight per
+    /// unit of `weight`). The weight scales the load, not the latency: on an idle upstream
+    /// with equal latencies every node costs the same, so the weighted draw sets the shares. A
+    /// node without samples yet costs its load alone, so it gets tried soon.
+    fn ewma_cost(&self, now: u64, weight: u32) -> f64 {
+        let latency = self.decayed_ewma_nanos(now).max(1.0);
+        latency * (1.0 + self.in_flight() as f64 / f64::from(weight.max(1)))
     }
 }
 
-/// Keeps a request counted in [`NodeLoad::in_flight`]; dropping it ends the count.
+/// Keeps a request counted in [`NodeLoad::in_flight`]; dropping it ends the count. It owns a
+/// reference to the load so that it can travel with the response body, which outlives the
+/// exchange that started it.
 #[derive(Debug)]
-pub struct InFlight<'a> {
-    load: &'a NodeLoad,
+pub struct InFlight {
+    load: Arc<NodeLoad>,
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.load.in_flight.fetch_sub(1, Relaxed);
     }
@@ -100,7 +143,10 @@ fn nanos_since_epoch() -> u64 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
     // +1 so that 0 keeps meaning "never".
-    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX) + 1
+    let nanos = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX) + 1;
+    #[cfg(test)]
+    let nanos = nanos + tests::SKEW_NANOS.with(std::cell::Cell::get);
+    nanos
 }
 
 /// What a balancer may look at for node `i`.
@@ -114,7 +160,7 @@ pub trait Candidates {
     /// Node `i`'s configured weight.
     fn weight(&self, i: usize) -> u32;
     /// Node `i`'s shared load.
-    fn load(&self, i: usize) -> &NodeLoad;
+    fn load(&self, i: usize) -> &Arc<NodeLoad>;
 }
 
 /// Picks nodes for one upstream.
@@ -124,7 +170,7 @@ pub enum Balancer {
     RoundRobin(SmoothWeightedRoundRobin),
     /// Power of two choices by in-flight requests over weight.
     LeastRequests,
-    /// Power of two choices by peak-EWMA latency × in-flight requests over weight.
+    /// Power of two choices by peak-EWMA latency × (1 + in-flight requests over weight).
     Ewma,
     /// A consistent-hash ring.
     ConsistentHash(HashRing),
@@ -174,7 +220,12 @@ impl Balancer {
             Balancer::LeastRequests => two_choices(nodes, &ok, |i| {
                 nodes.load(i).in_flight() as f64 / f64::from(nodes.weight(i))
             }),
-            Balancer::Ewma => two_choices(nodes, &ok, |i| nodes.load(i).ewma_cost()),
+            Balancer::Ewma => {
+                let now = nanos_since_epoch();
+                two_choices(nodes, &ok, |i| {
+                    nodes.load(i).ewma_cost(now, nodes.weight(i))
+                })
+            }
             Balancer::ConsistentHash(ring) => ring.pick(key.unwrap_or(0), ok),
         }
     }
@@ -324,16 +375,21 @@ fn mix(mut z: u64) -> u64 {
 mod tests {
     use super::*;
 
+    thread_local! {
+        /// Added to this thread's EWMA clock, so tests can let time pass without sleeping.
+        pub(super) static SKEW_NANOS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
     struct Nodes {
         weights: Vec<u32>,
-        loads: Vec<NodeLoad>,
+        loads: Vec<Arc<NodeLoad>>,
     }
 
     impl Nodes {
         fn new(weights: &[u32]) -> Nodes {
             Nodes {
                 weights: weights.to_vec(),
-                loads: weights.iter().map(|_| NodeLoad::default()).collect(),
+                loads: weights.iter().map(|_| Arc::default()).collect(),
             }
         }
     }
@@ -345,7 +401,7 @@ mod tests {
         fn weight(&self, i: usize) -> u32 {
             self.weights[i]
         }
-        fn load(&self, i: usize) -> &NodeLoad {
+        fn load(&self, i: usize) -> &Arc<NodeLoad> {
             &self.loads[i]
         }
     }
@@ -453,7 +509,7 @@ mod tests {
     #[test]
     fn least_requests_prefers_the_node_with_fewer_in_flight() {
         let nodes = Nodes::new(&[1, 1]);
-        let busy: Vec<InFlight<'_>> = (0..5).map(|_| nodes.load(0).start()).collect();
+        let busy: Vec<InFlight> = (0..5).map(|_| nodes.load(0).start()).collect();
         let b = balancer(LoadBalance::LeastRequests, &[1, 1]);
         for _ in 0..100 {
             assert_eq!(b.pick(&nodes, None, |_| true), Some(1));
@@ -470,8 +526,62 @@ mod tests {
         let b = balancer(LoadBalance::Ewma, &[1, 1]);
         assert!((0..100).all(|_| b.pick(&nodes, None, |_| true) == Some(0)));
         nodes.load(0).observe_latency(Duration::from_millis(500));
-        assert!(nodes.load(0).ewma() >= Duration::from_millis(500));
+        // (A little less by now: the estimate decays with time.)
+        assert!(nodes.load(0).ewma() >= Duration::from_millis(499));
         assert!((0..100).all(|_| b.pick(&nodes, None, |_| true) == Some(1)));
+    }
+
+    /// Moves this thread's view of the EWMA clock forward by `by`.
+    fn advance(by: Duration) {
+        SKEW_NANOS.with(|skew| skew.set(skew.get() + by.as_nanos() as u64));
+    }
+
+    #[test]
+    fn ewma_forgets_a_single_failure_of_a_node_that_answers_well() {
+        let nodes = Nodes::new(&[1, 1]);
+        let b = balancer(LoadBalance::Ewma, &[1, 1]);
+        nodes.load(0).observe_latency(Duration::from_millis(1));
+        nodes.load(1).observe_latency(Duration::from_millis(1));
+        // A quick 503: it counts as twice the node's estimate, not as a fast answer.
+        nodes.load(0).observe_failure(Duration::from_micros(50));
+        assert!(nodes.load(0).ewma() >= Duration::from_micros(1_900));
+        assert!((0..100).all(|_| b.pick(&nodes, None, |_| true) == Some(1)));
+        // Node 1 keeps answering in 1 ms; node 0, avoided, gets no samples. Its estimate decays
+        // anyway, so it is tried again: 2 ms × e^-1 ≈ 0.74 ms after one decay time.
+        advance(EWMA_DECAY);
+        nodes.load(1).observe_latency(Duration::from_millis(1));
+        assert!(nodes.load(0).ewma() < Duration::from_millis(1));
+        assert!((0..100).all(|_| b.pick(&nodes, None, |_| true) == Some(0)));
+    }
+
+    #[test]
+    fn ewma_failures_in_a_row_double_the_cost_each_time() {
+        let load = NodeLoad::default();
+        // No estimate yet: a refused connection still costs the floor.
+        load.observe_failure(Duration::from_micros(20));
+        assert!(load.ewma() >= MIN_FAILURE_LATENCY.mul_f64(0.99));
+        for _ in 0..4 {
+            load.observe_failure(Duration::from_micros(20));
+        }
+        // 1, 2, 4, 8, 16 ms (a little less for the nanoseconds between the samples).
+        let estimate = load.ewma();
+        assert!(
+            (Duration::from_millis(15)..=Duration::from_millis(16)).contains(&estimate),
+            "{estimate:?}"
+        );
+    }
+
+    #[test]
+    fn ewma_weighs_the_cost_by_weight() {
+        let nodes = Nodes::new(&[3, 1]);
+        for i in 0..2 {
+            nodes.load(i).observe_latency(Duration::from_millis(5));
+        }
+        // Same latency; node 0 carries 2 in flight for weight 3 (latency × 5/3), node 1 one for
+        // weight 1 (latency × 2): node 0 is cheaper.
+        let _busy: Vec<InFlight> = [0, 0, 1].iter().map(|&i| nodes.load(i).start()).collect();
+        let b = balancer(LoadBalance::Ewma, &[3, 1]);
+        assert!((0..100).all(|_| b.pick(&nodes, None, |_| true) == Some(0)));
     }
 
     #[test]

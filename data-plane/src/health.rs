@@ -140,6 +140,14 @@ impl NodeHealth {
         true
     }
 
+    /// Drops the active checks' verdict: for a node whose upstream no longer has them, so
+    /// nothing would ever lift an "unhealthy" again. A passive ejection stays.
+    pub fn forget_probes(&self) {
+        self.active_healthy.store(true, Relaxed);
+        self.probe_successes.store(0, Relaxed);
+        self.probe_failures.store(0, Relaxed);
+    }
+
     /// Records one probe result. Returns the new verdict when it changed.
     pub fn record_probe(&self, ok: bool, policy: &ActiveHealthCheck) -> Option<bool> {
         if ok {
@@ -205,6 +213,11 @@ pub fn reconcile(previous: &Runtime, next: &Runtime) {
     };
     for upstream in next.upstreams.values() {
         let Some(active) = upstream.active_check() else {
+            // Health carried over from a version that probed (passive checks keep it) must not
+            // keep a verdict no probe will revisit.
+            for node in &upstream.nodes {
+                node.health.forget_probes();
+            }
             continue;
         };
         if upstream.checker.started.swap(true, Relaxed) {
@@ -237,6 +250,10 @@ async fn probe_loop(
             .iter()
             .map(|node| probe(&upstream, node, &policy.path, timeout));
         let results = join_all(probes).await;
+        if retired.load(Relaxed) {
+            // Retired while probing: the next version's checks (or none) decide now.
+            return;
+        }
         for (node, ok) in upstream.nodes.iter().zip(results) {
             match node.health.record_probe(ok, &policy) {
                 Some(true) => {
@@ -508,18 +525,40 @@ mod tests {
         assert_eq!(new.nodes[0].health.state(now_ms()), HealthState::Unhealthy);
         assert_eq!(new.nodes[1].health.state(now_ms()), HealthState::Healthy);
 
-        // Active checks removed: the task is retired and none starts.
+        // Active checks removed, passive ones kept: the task is retired, none starts, and the
+        // probes' verdict goes with them (nothing would lift it), while a passive ejection
+        // stays.
+        let passive = json!({"unhealthy_after": 1, "eject_ms": 60000});
+        new.nodes[1].health.record_request(
+            false,
+            Some(&serde_json::from_value(passive.clone()).unwrap()),
+        );
         state.install(compile(
             4,
-            json!({"nodes": [{"host": "127.0.0.1", "port": 1}]}),
+            json!({
+                "nodes": [{"host": "127.0.0.1", "port": 1}, {"host": "127.0.0.1", "port": 3}],
+                "health_check": {"passive": passive}
+            }),
         ));
         assert!(new.checker.retired.load(Relaxed));
         let last = state.runtime();
         assert!(!last.upstreams["u"].checker.started.load(Relaxed));
-        assert_eq!(
-            last.upstreams["u"].nodes[0].health.state(now_ms()),
-            HealthState::Healthy
-        );
+        let nodes = &last.upstreams["u"].nodes;
+        assert_eq!(nodes[0].health.state(now_ms()), HealthState::Healthy);
+        assert!(matches!(
+            nodes[1].health.state(now_ms()),
+            HealthState::Ejected(_)
+        ));
+
+        // No health checks at all: every verdict starts clean.
+        state.install(compile(
+            5,
+            json!({"nodes": [{"host": "127.0.0.1", "port": 1}, {"host": "127.0.0.1", "port": 3}]}),
+        ));
+        let last = state.runtime();
+        for node in &last.upstreams["u"].nodes {
+            assert_eq!(node.health.state(now_ms()), HealthState::Healthy);
+        }
     }
 
     #[test]

@@ -102,6 +102,10 @@ impl UpstreamRuntime {
                 .map_err(|e| invalid(format!("node {address:?} is not a valid address: {e}")))?;
             let host_header = HeaderValue::try_from(address.as_str())
                 .map_err(|e| invalid(format!("node {address:?} is not a valid Host: {e}")))?;
+            if nodes.iter().any(|n: &Node| n.authority == authority) {
+                // They would share one node's load and health; the control plane refuses it.
+                return Err(invalid(format!("node {address:?} is listed twice")));
+            }
             let same = before.and_then(|u| u.nodes.iter().find(|n| n.authority == authority));
             nodes.push(Node {
                 load: same.map(|n| Arc::clone(&n.load)).unwrap_or_default(),
@@ -205,7 +209,7 @@ impl Candidates for UpstreamRuntime {
     fn weight(&self, i: usize) -> u32 {
         self.nodes[i].weight
     }
-    fn load(&self, i: usize) -> &NodeLoad {
+    fn load(&self, i: usize) -> &Arc<NodeLoad> {
         &self.nodes[i].load
     }
 }

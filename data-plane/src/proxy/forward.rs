@@ -23,14 +23,11 @@ use tracing::{debug, warn};
 
 use super::h1::HeadForm;
 use super::headers::{self, HopHeaders};
-use super::upstream::{UpstreamBody, empty_body};
+use super::upstream::{UpstreamBody, empty_body, hold_in_flight};
 use super::{Proxy, ProxyBody};
 use crate::balance::hash_bytes;
 use crate::error::ProxyError;
 use crate::runtime::{CompiledRoute, Node, UpstreamRuntime};
-
-/// The latency a failed attempt counts as for peak-EWMA.
-const FAILURE_LATENCY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The hop's request, before the node is known.
 struct Prepared {
@@ -64,13 +61,14 @@ impl Proxy {
             .balancer
             .wants_key()
             .then(|| hash_key(upstream, &request, remote));
-        let (connect_timeout, read_timeout) = match &route.spec.timeouts {
-            Some(t) => (
-                std::time::Duration::from_millis(t.connect_ms),
-                std::time::Duration::from_millis(t.read_ms),
-            ),
-            None => (upstream.connect_timeout, upstream.read_timeout),
-        };
+        // A route overrides the upstream's timeouts field by field.
+        let overrides = route.spec.timeouts.unwrap_or_default();
+        let connect_timeout = overrides
+            .connect_ms
+            .map_or(upstream.connect_timeout, std::time::Duration::from_millis);
+        let read_timeout = overrides
+            .read_ms
+            .map_or(upstream.read_timeout, std::time::Duration::from_millis);
         let retries = route
             .spec
             .retries
@@ -122,17 +120,14 @@ impl Proxy {
                 }
                 .await;
                 let elapsed = started.elapsed();
-                drop(in_flight);
                 self.state.metrics.record_upstream(elapsed);
                 let failure = failure_of(&result);
                 let node_failed = failure.is_some_and(|f| f != Failure::Client);
-                // A refused connection is quick; counting it as a fast answer would make `ewma`
-                // send more traffic to a dead node. A failure counts as a slow answer instead.
-                node.load.observe_latency(if node_failed {
-                    elapsed.max(FAILURE_LATENCY)
+                if node_failed {
+                    node.load.observe_failure(elapsed);
                 } else {
-                    elapsed
-                });
+                    node.load.observe_latency(elapsed);
+                }
                 if node
                     .health
                     .record_request(!node_failed, upstream.passive_check())
@@ -164,6 +159,8 @@ impl Proxy {
                 {
                     let upstream_upgrade = hyper::upgrade::on(&mut response);
                     tokio::spawn(async move {
+                        // A tunnel keeps its node busy for as long as it is open.
+                        let _in_flight = in_flight;
                         match (downstream.await, upstream_upgrade.await) {
                             (Ok(client), Ok(server)) => {
                                 let (mut client, mut server) =
@@ -184,6 +181,8 @@ impl Proxy {
                     return Ok(Response::from_parts(parts, Either::Left(body)));
                 }
                 debug!(route = %route.id, node = %node.authority, status = %response.status(), "proxied");
+                // Until the body ends: `least_requests` and `ewma` see a long download too.
+                hold_in_flight(response.body_mut(), in_flight);
                 return Ok(response.map(Either::Left));
             }
         }

@@ -38,6 +38,7 @@ use tokio::time::Sleep;
 use super::forward::is_idempotent;
 use super::headers::{self, HopHeaders, X_FORWARDED_FOR, put_header};
 use super::upstream::UpstreamBody;
+use crate::balance::InFlight;
 use crate::error::{BoxError, ProxyError, TimeoutPhase};
 
 /// Headers a response map has room for beyond those the node sent.
@@ -104,6 +105,9 @@ struct Conn {
     /// per request was a measurable share of a proxied request's cost. While the connection is
     /// idle it may fire and wake the task that last used it, which then finds nothing to do.
     timer: Option<Pin<Box<Sleep>>>,
+    /// The current response body's read deadline (here rather than in the body, which moves
+    /// with every response and should stay small).
+    idle: IdleDeadline,
 }
 
 impl Pool {
@@ -167,6 +171,7 @@ impl Conn {
             spans: Vec::new(),
             reused: false,
             timer: None,
+            idle: IdleDeadline::new(Duration::ZERO),
         }))
     }
 
@@ -346,6 +351,7 @@ pub fn send<'a>(
                 Err(failed) => return Err(failed.into_proxy_error(address)),
             };
             let framing = head.framing;
+            conn.idle = IdleDeadline::new(read_timeout);
             let mut response = Response::new(ResponseBody {
                 conn: Some(conn),
                 framing,
@@ -353,6 +359,7 @@ pub fn send<'a>(
                 home: Arc::clone(pool),
                 limits,
                 passed: head.passed,
+                in_flight: None,
             });
             *response.status_mut() = head.status;
             *response.version_mut() = head.version;
@@ -919,6 +926,62 @@ fn take_line(read: &mut BytesMut) -> Result<Option<Bytes>, String> {
     }
 }
 
+/// nginx's `proxy_read_timeout` for a response body: the node must send something at least
+/// every `read_timeout`, or the body fails (the client's connection is then cut, as the head
+/// has gone out). Costs nothing for a body that arrives with its head: the clock is read only
+/// once the body has had to wait.
+#[derive(Debug)]
+pub(crate) struct IdleDeadline {
+    read_timeout: Duration,
+    /// When the body last made progress; `None` until it first has to wait.
+    since: Option<tokio::time::Instant>,
+}
+
+impl IdleDeadline {
+    pub(crate) fn new(read_timeout: Duration) -> IdleDeadline {
+        IdleDeadline {
+            read_timeout,
+            since: None,
+        }
+    }
+
+    /// Some of the body arrived.
+    pub(crate) fn progressed(&mut self) {
+        if let Some(since) = &mut self.since {
+            *since = tokio::time::Instant::now();
+        }
+    }
+
+    /// Called when the body has to wait: ready once it has waited `read_timeout` since its
+    /// last progress. `timer` is reused (moved only when it fires early, or is later than this
+    /// deadline), for the reason [`Conn::timer`] gives.
+    pub(crate) fn poll_expired(
+        &mut self,
+        timer: &mut Option<Pin<Box<Sleep>>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        let since = *self.since.get_or_insert_with(tokio::time::Instant::now);
+        let deadline = since + self.read_timeout;
+        let timer = match timer {
+            Some(timer) => {
+                if timer.deadline() > deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            None => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        loop {
+            ready!(timer.as_mut().poll(cx));
+            if tokio::time::Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            // An earlier exchange's deadline: move to this one and wait again.
+            timer.as_mut().reset(deadline);
+        }
+    }
+}
+
 /// A response body read straight from the node's connection.
 #[derive(Debug)]
 pub struct ResponseBody {
@@ -930,9 +993,18 @@ pub struct ResponseBody {
     limits: PoolLimits,
     /// The response's headers, when the caller asked for [`HeadForm::Passed`].
     passed: Option<Box<PassedHead>>,
+    /// The node's in-flight count, held until the body ends.
+    in_flight: Option<InFlight>,
 }
 
 impl ResponseBody {
+    /// Keeps the node counted as busy with this exchange until the body ends (or is dropped).
+    pub fn hold(&mut self, in_flight: InFlight) {
+        if self.framing != Framing::Done {
+            self.in_flight = Some(in_flight);
+        }
+    }
+
     /// The headers kept as the node sent them, if the exchange was asked for that form and
     /// they have not been taken yet.
     pub fn take_passed_head(&mut self) -> Option<Box<PassedHead>> {
@@ -943,6 +1015,7 @@ impl ResponseBody {
     /// exchange (keep-alive, and nothing unread beyond this response).
     fn finish(&mut self) {
         self.framing = Framing::Done;
+        self.in_flight = None;
         if let Some(conn) = self.conn.take()
             && self.keep_alive
             && conn.read.is_empty()
@@ -954,6 +1027,7 @@ impl ResponseBody {
     fn fail(&mut self, error: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         self.framing = Framing::Done;
         self.conn = None;
+        self.in_flight = None;
         Poll::Ready(Some(Err(error)))
     }
 }
@@ -1001,10 +1075,22 @@ impl Body for ResponseBody {
                 },
                 Framing::Length(_) | Framing::UntilClose => {}
             }
-            match ready!(conn.poll_fill(cx)) {
+            let filled = match conn.poll_fill(cx) {
+                Poll::Ready(filled) => filled,
+                Poll::Pending => {
+                    ready!(conn.idle.poll_expired(&mut conn.timer, cx));
+                    let silence = conn.idle.read_timeout;
+                    return this.fail(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the node sent nothing of the body for {silence:?}"),
+                    ));
+                }
+            };
+            match filled {
                 Ok(0) if this.framing == Framing::UntilClose => {
                     this.framing = Framing::Done;
                     this.conn = None;
+                    this.in_flight = None;
                     return Poll::Ready(None);
                 }
                 Ok(0) => {
@@ -1013,7 +1099,7 @@ impl Body for ResponseBody {
                         "the node closed the connection before the body ended",
                     ));
                 }
-                Ok(_) => {}
+                Ok(_) => conn.idle.progressed(),
                 Err(e) => return this.fail(e),
             }
         }

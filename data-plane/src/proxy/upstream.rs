@@ -7,8 +7,9 @@
 //! connections are keyed by node address inside it, and the runtime compiler hands the same
 //! client to the next snapshot's upstreams, so a config push keeps connections warm.
 
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +18,7 @@ use futures_util::future;
 use gateway_proto::model::{KeepalivePool, PassHost, Scheme, Upstream, UpstreamTls};
 use http::header::UPGRADE;
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_rustls::{
@@ -26,9 +28,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
+use tokio::time::Sleep;
 
 use super::h1;
 use super::headers::HopHeaders;
+use crate::balance::InFlight;
 use crate::error::{ProxyError, TimeoutPhase};
 use crate::upstream::Node;
 
@@ -40,8 +44,83 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// holds whole (an absent body, which can be sent again on a retry).
 pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
 
-/// The body of an upstream's response: from hyper's client, or from [`h1`].
-pub type UpstreamResponseBody = Either<Incoming, h1::ResponseBody>;
+/// The body of an upstream's response: from hyper's client (boxed: the plain path's
+/// responses, which move a few times, stay small), or from [`h1`].
+pub type UpstreamResponseBody = Either<Box<HyperBody>, h1::ResponseBody>;
+
+/// Keeps the node counted as busy with an exchange until its response body ends.
+pub fn hold_in_flight(body: &mut UpstreamResponseBody, in_flight: InFlight) {
+    match body {
+        Either::Left(body) => body.hold(in_flight),
+        Either::Right(body) => body.hold(in_flight),
+    }
+}
+
+/// A response body from hyper's client, under the rules [`h1::ResponseBody`] follows: the node
+/// must send something every `read_timeout`, and the node's in-flight count is held until the
+/// body ends.
+#[derive(Debug)]
+pub struct HyperBody {
+    inner: Incoming,
+    idle: h1::IdleDeadline,
+    timer: Option<Pin<Box<Sleep>>>,
+    in_flight: Option<InFlight>,
+}
+
+impl HyperBody {
+    fn new(inner: Incoming, read_timeout: Duration) -> HyperBody {
+        HyperBody {
+            inner,
+            idle: h1::IdleDeadline::new(read_timeout),
+            timer: None,
+            in_flight: None,
+        }
+    }
+
+    fn hold(&mut self, in_flight: InFlight) {
+        if !self.inner.is_end_stream() {
+            self.in_flight = Some(in_flight);
+        }
+    }
+}
+
+impl Body for HyperBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.idle.progressed();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(end_or_error) => {
+                this.in_flight = None;
+                Poll::Ready(end_or_error.map(|r| r.map_err(std::io::Error::other)))
+            }
+            Poll::Pending => {
+                ready!(this.idle.poll_expired(&mut this.timer, cx));
+                this.in_flight = None;
+                Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the node sent nothing of the body for its read timeout",
+                ))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// An empty upstream request body.
 pub fn empty_body() -> UpstreamBody {
@@ -86,8 +165,18 @@ enum Inner {
     },
     /// `scheme: h2c`.
     Plain(Client<HttpConnector, UpstreamBody>),
-    /// `scheme: https`, HTTP/1.1 or HTTP/2 by ALPN.
-    Tls(Client<HttpsConnector<HttpConnector>, UpstreamBody>),
+    /// `scheme: https`, HTTP/1.1 or HTTP/2 by ALPN; upgrades over HTTP/1.1 only, since an
+    /// HTTP/2 connection cannot carry a `Connection: upgrade` handshake.
+    Tls(Box<TlsClients>),
+}
+
+/// `scheme: https`'s two clients.
+#[derive(Clone, Debug)]
+struct TlsClients {
+    /// HTTP/1.1 or HTTP/2 by ALPN.
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    /// HTTP/1.1 only, for upgrades.
+    upgrades: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
 }
 
 /// Sends requests to upstream nodes over one pool.
@@ -139,23 +228,29 @@ impl UpstreamClient {
             }
             Scheme::Https => {
                 http.enforce_http(false);
-                let config = tls_config(&key.tls)?;
-                let https = HttpsConnectorBuilder::new()
-                    .with_tls_config(config)
-                    .https_only();
-                let https = match &key.server_name {
-                    Some(name) => {
-                        let name = ServerName::try_from(name.clone()).map_err(|e| {
-                            TransportError(format!("invalid TLS server name {name:?}: {e}"))
-                        })?;
-                        https.with_server_name_resolver(FixedServerNameResolver::new(name))
-                    }
-                    None => https,
+                let server_name = match &key.server_name {
+                    Some(name) => Some(ServerName::try_from(name.clone()).map_err(|e| {
+                        TransportError(format!("invalid TLS server name {name:?}: {e}"))
+                    })?),
+                    None => None,
                 };
-                // ALPN offers h2 and http/1.1; the node picks.
-                let connector = https.enable_all_versions().wrap_connector(http);
+                let https = || -> Result<_, TransportError> {
+                    let https = HttpsConnectorBuilder::new()
+                        .with_tls_config(tls_config(&key.tls)?)
+                        .https_only();
+                    Ok(match &server_name {
+                        Some(name) => https
+                            .with_server_name_resolver(FixedServerNameResolver::new(name.clone())),
+                        None => https,
+                    })
+                };
                 builder.timer(TokioTimer::new());
-                Inner::Tls(builder.build(connector))
+                Inner::Tls(Box::new(TlsClients {
+                    // ALPN offers h2 and http/1.1; the node picks.
+                    client: builder
+                        .build(https()?.enable_all_versions().wrap_connector(http.clone())),
+                    upgrades: builder.build(https()?.enable_http1().wrap_connector(http)),
+                }))
             }
         };
         Ok(UpstreamClient { inner })
@@ -204,7 +299,8 @@ impl UpstreamClient {
             }
             Inner::Http1 { upgrades, .. } => Hyper::Plain(upgrades),
             Inner::Plain(client) => Hyper::Plain(client),
-            Inner::Tls(client) => Hyper::Tls(client),
+            Inner::Tls(tls) if request.headers().contains_key(UPGRADE) => Hyper::Tls(&tls.upgrades),
+            Inner::Tls(tls) => Hyper::Tls(&tls.client),
         };
         future::Either::Right(Box::pin(async move {
             let mut request = request;
@@ -216,7 +312,7 @@ impl UpstreamClient {
                 .await?;
             // h1 leaves them out while parsing; hyper keeps every header it received.
             super::headers::remove_hop_by_hop(response.headers_mut());
-            Ok(response.map(Either::Left))
+            Ok(response.map(|body| Either::Left(Box::new(HyperBody::new(body, read_timeout)))))
         }))
     }
 }

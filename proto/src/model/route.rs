@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Batch, Retries, Timeouts, Upstream};
+use super::{Batch, Retries, TimeoutOverrides, Upstream};
 
 /// A request matcher and where matching requests go.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -43,9 +43,9 @@ pub struct Route {
     /// A fan-out to several upstreams merged into one answer, instead of one upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<Batch>,
-    /// Overrides the upstream's timeouts for this route.
+    /// Overrides the upstream's timeouts for this route, field by field.
     #[serde(default)]
-    pub timeouts: Option<Timeouts>,
+    pub timeouts: Option<TimeoutOverrides>,
     /// Overrides the upstream's retry policy for this route.
     #[serde(default)]
     pub retries: Option<Retries>,

@@ -117,7 +117,8 @@ pub struct Timeouts {
     /// Time allowed to establish a TCP connection.
     #[serde(default = "default_connect_ms")]
     pub connect_ms: u64,
-    /// Time allowed for the response headers to arrive once the request is sent.
+    /// Time allowed for the response headers to arrive once the request is sent, and between
+    /// two reads of the response body.
     #[serde(default = "default_read_ms")]
     pub read_ms: u64,
 }
@@ -129,6 +130,17 @@ impl Default for Timeouts {
             read_ms: default_read_ms(),
         }
     }
+}
+
+/// A route's timeouts: each one set replaces the upstream's, each one left out keeps it.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeoutOverrides {
+    /// Replaces the upstream's `connect_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<u64>,
+    /// Replaces the upstream's `read_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_ms: Option<u64>,
 }
 
 /// Default connect timeout (APISIX and Kong both default to 60 s for every timeout; a connect
@@ -254,8 +266,8 @@ pub struct UpstreamTls {
     /// Verify the node's certificate chain and name against the web PKI roots.
     #[serde(default = "default_true")]
     pub verify: bool,
-    /// The server name sent in SNI and verified; by default the `Host` sent upstream, else the
-    /// node's host.
+    /// The server name sent in SNI and verified; by default `upstream_host` when `pass_host`
+    /// is `rewrite`, else the node's host.
     #[serde(default)]
     pub sni: Option<String>,
 }

@@ -5,7 +5,9 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
-use super::upstream::{check_upstream, retries_schema, timeouts_schema, upstream_body_properties};
+use super::upstream::{
+    check_upstream, retries_schema, route_timeouts_schema, upstream_body_properties,
+};
 use super::{HOST_PATTERN, ID_PATTERN, Violation, common_properties};
 use crate::model::{MatchOp, Route};
 
@@ -74,7 +76,7 @@ pub(super) fn route_schema() -> Value {
         }),
     );
     props.insert("batch".into(), super::batch::batch_schema());
-    props.insert("timeouts".into(), timeouts_schema());
+    props.insert("timeouts".into(), route_timeouts_schema());
     props.insert("retries".into(), retries_schema());
     props.insert("plugins".into(), crate::plugins::plugins_property());
     json!({

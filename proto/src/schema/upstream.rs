@@ -124,6 +124,20 @@ pub(super) fn timeouts_schema() -> Value {
     })
 }
 
+/// The schema of a route's `timeouts`: the upstream's, without defaults, since a field left
+/// out keeps the upstream's value.
+pub(super) fn route_timeouts_schema() -> Value {
+    let mut schema = timeouts_schema();
+    if let Some(properties) = schema["properties"].as_object_mut() {
+        for property in properties.values_mut() {
+            if let Some(property) = property.as_object_mut() {
+                property.remove("default");
+            }
+        }
+    }
+    schema
+}
+
 /// The schema of `retries`, shared by upstreams and the route-level override.
 pub(super) fn retries_schema() -> Value {
     json!({
@@ -159,6 +173,20 @@ pub(super) fn upstream_schema() -> Value {
 
 /// Semantic rules of an upstream found at JSON pointer `at`.
 pub(super) fn check_upstream(upstream: &Upstream, at: &str, out: &mut Vec<Violation>) {
+    // A node listed twice would share one node's load and health state: say what to do instead.
+    let mut seen = std::collections::HashSet::new();
+    for (i, node) in upstream.nodes.iter().enumerate() {
+        let host = node.host.trim_start_matches('[').trim_end_matches(']');
+        if !seen.insert((host.to_ascii_lowercase(), node.port)) {
+            out.push(Violation::new(
+                format!("{at}/nodes/{i}"),
+                format!(
+                    "node {}:{} is listed twice; give one entry the sum of the weights",
+                    node.host, node.port
+                ),
+            ));
+        }
+    }
     if upstream.pass_host == PassHost::Rewrite && upstream.upstream_host.is_none() {
         out.push(Violation::new(
             format!("{at}/upstream_host"),
@@ -295,6 +323,22 @@ mod tests {
     }
 
     #[test]
+    fn a_node_listed_twice_is_refused() {
+        let upstream = json!({"nodes": [
+            {"host": "10.0.0.1", "port": 80},
+            {"host": "10.0.0.2", "port": 80},
+            {"host": "10.0.0.1", "port": 80, "weight": 3}
+        ]});
+        let Err(violations) = validate_resource(Kind::Upstreams, &upstream) else {
+            panic!("a duplicate node must be refused")
+        };
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].pointer, "/nodes/2");
+        let ipv6 = json!({"nodes": [{"host": "::1", "port": 80}, {"host": "[::1]", "port": 80}]});
+        assert!(validate_resource(Kind::Upstreams, &ipv6).is_err());
+    }
+
+    #[test]
     fn routes_may_override_timeouts_and_retries() {
         let route = json!({
             "paths": ["/a"], "upstream_id": "u",
@@ -303,7 +347,10 @@ mod tests {
         let Ok(Parsed::Route(route)) = validate_resource(Kind::Routes, &route) else {
             panic!("route overrides must validate")
         };
-        assert_eq!(route.timeouts.unwrap().read_ms, 10);
+        let timeouts = route.timeouts.unwrap();
+        assert_eq!(timeouts.read_ms, Some(10));
+        // Left out: the upstream's value applies, not a default.
+        assert_eq!(timeouts.connect_ms, None);
         assert!(route.retries.unwrap().non_idempotent);
     }
 }

@@ -110,25 +110,7 @@ impl FakeNode {
                         received.fetch_add(1, SeqCst);
                         versions.lock().unwrap().push(request.version());
                         if request.headers().contains_key("upgrade") {
-                            let upgraded = hyper::upgrade::on(&mut request);
-                            tokio::spawn(async move {
-                                if let Ok(upgraded) = upgraded.await {
-                                    let mut io = TokioIo::new(upgraded);
-                                    let mut buf = [0u8; 64];
-                                    while let Ok(n) = io.read(&mut buf).await {
-                                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                                            break;
-                                        }
-                                    }
-                                }
-                            });
-                            let response = Response::builder()
-                                .status(StatusCode::SWITCHING_PROTOCOLS)
-                                .header("connection", "upgrade")
-                                .header("upgrade", "echo")
-                                .body(Full::new(Bytes::new()))
-                                .unwrap();
-                            return Ok::<_, Infallible>(response);
+                            return Ok::<_, Infallible>(echo_upgrade(&mut request));
                         }
                         if request.uri().path() == "/hold" && hold.holding.load(SeqCst) {
                             hold.release.notified().await;
@@ -185,6 +167,28 @@ impl FakeNode {
     }
 }
 
+/// Accepts an upgrade with a 101 and echoes whatever comes through the tunnel.
+fn echo_upgrade(request: &mut Request<Incoming>) -> Response<Full<Bytes>> {
+    let upgraded = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgraded.await {
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 64];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "echo")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
 /// A listener with SO_REUSEADDR, so a killed node can come back on its port at once.
 fn bind(addr: std::net::SocketAddr) -> TcpListener {
     let socket = TcpSocket::new_v4().unwrap();
@@ -222,17 +226,20 @@ impl Gateway {
 
     /// Installs a config with upstream `u` = `upstream` and a catch-all route to it.
     fn install(&self, upstream: Value) {
+        self.install_with_route(upstream, json!({}));
+    }
+
+    /// Like [`Gateway::install`], with `route` merged into the catch-all route.
+    fn install_with_route(&self, upstream: Value, route: Value) {
         let version = u64::from(self.version.fetch_add(1, SeqCst)) + 1;
+        let mut catch_all = json!({"paths": ["/*"], "upstream_id": "u"});
+        catch_all
+            .as_object_mut()
+            .unwrap()
+            .extend(route.as_object().unwrap().clone());
         let snap = snapshot(
             version,
-            &[
-                ("upstreams", "u", upstream),
-                (
-                    "routes",
-                    "all",
-                    json!({"paths": ["/*"], "upstream_id": "u"}),
-                ),
-            ],
+            &[("upstreams", "u", upstream), ("routes", "all", catch_all)],
         );
         let previous = self.state.runtime();
         self.state
@@ -274,6 +281,15 @@ impl Gateway {
 
     /// The node states the status listener's `/upstreams` reports, by address.
     async fn node_states(&self) -> HashMap<String, String> {
+        self.node_field("state")
+            .await
+            .into_iter()
+            .map(|(address, state)| (address, state.as_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    /// One field of every node that the status listener's `/upstreams` reports, by address.
+    async fn node_field(&self, field: &str) -> HashMap<String, Value> {
         let request = Request::get("/upstreams")
             .body(Empty::<Bytes>::new())
             .unwrap();
@@ -284,13 +300,78 @@ impl Gateway {
             .as_array()
             .unwrap()
             .iter()
-            .map(|n| {
-                (
-                    n["address"].as_str().unwrap().to_owned(),
-                    n["state"].as_str().unwrap().to_owned(),
-                )
-            })
+            .map(|n| (n["address"].as_str().unwrap().to_owned(), n[field].clone()))
             .collect()
+    }
+}
+
+/// Steady load through a gateway: `clients` concurrent GET loops until [`Load::finish`].
+struct Load {
+    stop: watch::Sender<bool>,
+    /// Requests sent, requests that did not get a 200.
+    totals: Arc<(AtomicUsize, AtomicUsize)>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    async fn start(gateway: &Arc<Gateway>, clients: usize) -> Load {
+        let (stop, stopped) = watch::channel(false);
+        let totals = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let clients = (0..clients)
+            .map(|_| {
+                let (g, stopped, totals) =
+                    (Arc::clone(gateway), stopped.clone(), Arc::clone(&totals));
+                tokio::spawn(async move {
+                    while !*stopped.borrow() {
+                        let (status, _) = g.get("/load").await;
+                        totals.0.fetch_add(1, SeqCst);
+                        if status != StatusCode::OK {
+                            totals.1.fetch_add(1, SeqCst);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let load = Load {
+            stop,
+            totals,
+            clients,
+        };
+        eventually("load to flow", || load.total() > 500).await;
+        load
+    }
+
+    fn total(&self) -> usize {
+        self.totals.0.load(SeqCst)
+    }
+
+    /// Stops the clients; (requests, failed requests).
+    async fn finish(self) -> (usize, usize) {
+        let _ = self.stop.send(true);
+        for client in self.clients {
+            client.await.unwrap();
+        }
+        (self.totals.0.load(SeqCst), self.totals.1.load(SeqCst))
+    }
+}
+
+/// Polls the victim's state on the status listener until `done` accepts it; how long it took.
+async fn time_until_state(
+    gateway: &Gateway,
+    victim: &str,
+    done: impl Fn(&str) -> bool,
+) -> Duration {
+    let since = tokio::time::Instant::now();
+    loop {
+        let states = gateway.node_states().await;
+        if done(&states[victim]) {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "{victim} stayed {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -433,68 +514,24 @@ async fn a_killed_node_is_ejected_retried_around_and_back_after_active_checks() 
         .await,
     );
     let victim = format!("127.0.0.1:{}", nodes[1].addr.port());
-
-    // Steady load: 8 concurrent clients until told to stop.
-    let (stop, stopped) = watch::channel(false);
-    let totals = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
-    let mut clients = Vec::new();
-    for _ in 0..8 {
-        let (g, stopped, totals) = (Arc::clone(&gateway), stopped.clone(), Arc::clone(&totals));
-        clients.push(tokio::spawn(async move {
-            while !*stopped.borrow() {
-                let (status, _) = g.get("/load").await;
-                totals.0.fetch_add(1, SeqCst);
-                if status != StatusCode::OK {
-                    totals.1.fetch_add(1, SeqCst);
-                }
-            }
-        }));
-    }
-    eventually("load to flow", || totals.0.load(SeqCst) > 500).await;
+    let load = Load::start(&gateway, 8).await;
 
     nodes[1].kill();
-    let killed_at = tokio::time::Instant::now();
-    let mut ejected_after = None;
-    while ejected_after.is_none() {
-        let states = gateway.node_states().await;
-        if states[&victim] != "healthy" {
-            ejected_after = Some(killed_at.elapsed());
-        } else {
-            assert!(
-                killed_at.elapsed() < Duration::from_secs(10),
-                "never ejected"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-    let ejected_after = ejected_after.unwrap();
+    let ejected_after = time_until_state(&gateway, &victim, |s| s != "healthy").await;
     let served_before = nodes[1].completed.load(SeqCst);
-    let total_at_ejection = totals.0.load(SeqCst);
+    let total_at_ejection = load.total();
     eventually("more load while the node is out", || {
-        totals.0.load(SeqCst) > total_at_ejection + 1_000
+        load.total() > total_at_ejection + 1_000
     })
     .await;
 
     nodes[1].restart();
-    let restarted_at = tokio::time::Instant::now();
-    let mut states = gateway.node_states().await;
-    while states[&victim] != "healthy" {
-        assert!(
-            restarted_at.elapsed() < Duration::from_secs(10),
-            "never back: {states:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        states = gateway.node_states().await;
-    }
+    time_until_state(&gateway, &victim, |s| s == "healthy").await;
     eventually("the node to get traffic again", || {
         nodes[1].completed.load(SeqCst) > served_before + 50
     })
     .await;
-    let _ = stop.send(true);
-    for client in clients {
-        client.await.unwrap();
-    }
-    let (total, failed) = (totals.0.load(SeqCst), totals.1.load(SeqCst));
+    let (total, failed) = load.finish().await;
     eprintln!(
         "R6: {failed} of {total} requests failed; ejected {ejected_after:?} after the kill; {} retries",
         gateway.state.metrics.retries()
@@ -508,6 +545,119 @@ async fn a_killed_node_is_ejected_retried_around_and_back_after_active_checks() 
         ejected_after < Duration::from_secs(1),
         "ejected after {ejected_after:?}"
     );
+}
+
+#[tokio::test]
+async fn passive_checks_alone_eject_a_killed_node_within_a_second() {
+    // No active checks: the ejection can only come from the failed requests themselves.
+    let nodes = [
+        FakeNode::start("a").await,
+        FakeNode::start("b").await,
+        FakeNode::start("c").await,
+    ];
+    let policy = json!({
+        "retries": {"count": 2},
+        "health_check": {"passive": {"unhealthy_after": 3, "eject_ms": 60000}}
+    });
+    let all = [nodes[0].node(1), nodes[1].node(1), nodes[2].node(1)];
+    let gateway = Arc::new(Gateway::start(upstream(&all, policy)).await);
+    let victim = format!("127.0.0.1:{}", nodes[1].addr.port());
+    let load = Load::start(&gateway, 8).await;
+    nodes[1].kill();
+    let ejected_after = time_until_state(&gateway, &victim, |s| s == "ejected").await;
+    let (total, failed) = load.finish().await;
+    assert!(
+        ejected_after < Duration::from_secs(1),
+        "ejected after {ejected_after:?}"
+    );
+    assert!(
+        (failed as f64) < total as f64 * 0.001,
+        "{failed} of {total} requests failed"
+    );
+}
+
+#[tokio::test]
+async fn a_route_overrides_only_the_timeouts_it_names() {
+    let node = FakeNode::start("slow").await;
+    node.hold.holding.store(true, SeqCst);
+    let gateway = Gateway::start(upstream(&[node.node(1)], json!({}))).await;
+    // The upstream allows 200 ms for the answer; the route changes the connect timeout only.
+    gateway.install_with_route(
+        upstream(&[node.node(1)], json!({"timeouts": {"read_ms": 200}})),
+        json!({"timeouts": {"connect_ms": 1000}}),
+    );
+    let started = tokio::time::Instant::now();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(5), gateway.get("/hold"))
+        .await
+        .expect("the upstream's read timeout must still apply");
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"]["code"], "upstream_timeout");
+    node.hold.release.notify_waiters();
+}
+
+/// A node that answers every request with a head that promises 100 bytes, sends 10 of them
+/// and then nothing more while keeping the connection open.
+async fn stalling_node() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789";
+                let _ = stream.write_all(head).await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_body_the_node_stops_sending_times_out_and_frees_the_node() {
+    let node = stalling_node().await;
+    let address = format!("127.0.0.1:{}", node.port());
+    let gateway = Gateway::start(json!({
+        "nodes": [{"host": "127.0.0.1", "port": node.port()}],
+        "lb": "least_requests",
+        "timeouts": {"read_ms": 300}
+    }))
+    .await;
+    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 256];
+    let n = client.read(&mut first).await.unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+    let started = tokio::time::Instant::now();
+    // While the body is pending the node counts as busy (least_requests must see it).
+    assert_eq!(gateway.node_field("in_flight").await[&address], 1);
+    // The node stays silent: after read_ms the gateway gives up and cuts the client off
+    // (the head has gone out, so there is no error answer to send).
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
+        .await
+        .expect("the body must time out")
+        .ok();
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_millis(150)..Duration::from_secs(3)).contains(&waited),
+        "{waited:?}"
+    );
+    let mut answer = first[..n].to_vec();
+    answer.extend_from_slice(&rest);
+    let body_at = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(
+        &answer[body_at..],
+        b"0123456789",
+        "the body was not cut short"
+    );
+    assert_eq!(gateway.node_field("in_flight").await[&address], 0);
 }
 
 #[tokio::test]
@@ -613,7 +763,29 @@ async fn unreachable_nodes_are_retried_then_answer_502_json() {
 async fn websocket_upgrades_are_passed_through() {
     let node = FakeNode::start("ws").await;
     let gateway = Gateway::start(upstream(&[node.node(1)], json!({}))).await;
-    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    websocket_echo_through(gateway.addr).await;
+}
+
+#[tokio::test]
+async fn websocket_upgrades_reach_tls_nodes_that_offer_http2() {
+    // ALPN would pick h2, which cannot carry the handshake: upgrades must ask for HTTP/1.1.
+    let (addr, seen) = tls_node().await;
+    let gateway = Gateway::start(json!({
+        "nodes": [{"host": "127.0.0.1", "port": addr.port()}],
+        "scheme": "https",
+        "tls": {"verify": false}
+    }))
+    .await;
+    websocket_echo_through(gateway.addr).await;
+    assert_eq!(seen.lock().unwrap()[0].1, http::Version::HTTP_11);
+    // Plain requests still get HTTP/2.
+    assert_eq!(gateway.get("/").await, (StatusCode::OK, "tls".to_owned()));
+    assert_eq!(seen.lock().unwrap()[1].1, http::Version::HTTP_2);
+}
+
+/// Opens an `echo` upgrade through the gateway at `gateway` and checks that the tunnel echoes.
+async fn websocket_echo_through(gateway: std::net::SocketAddr) {
+    let mut stream = TcpStream::connect(gateway).await.unwrap();
     stream
         .write_all(
             b"GET /ws HTTP/1.1\r\nHost: example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
@@ -695,7 +867,8 @@ async fn health_and_load_show_on_the_status_listener_and_in_metrics() {
 /// What a TLS fake node saw of each request: the SNI and the HTTP version.
 type TlsSeen = Arc<Mutex<Vec<(Option<String>, http::Version)>>>;
 
-/// An HTTPS node with a self-signed certificate for `upstream.test`, offering h2 and http/1.1.
+/// An HTTPS node with a self-signed certificate for `upstream.test`, offering h2 and http/1.1;
+/// it accepts `echo` upgrades over HTTP/1.1.
 async fn tls_node() -> (std::net::SocketAddr, TlsSeen) {
     let certified = rcgen::generate_simple_self_signed(vec!["upstream.test".to_owned()]).unwrap();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
@@ -721,19 +894,20 @@ async fn tls_node() -> (std::net::SocketAddr, TlsSeen) {
                     return;
                 };
                 let sni = tls.get_ref().1.server_name().map(str::to_owned);
-                let service = service_fn(move |request: Request<Incoming>| {
+                let service = service_fn(move |mut request: Request<Incoming>| {
                     log.lock().unwrap().push((sni.clone(), request.version()));
-                    async move {
-                        Ok::<_, Infallible>(
-                            Response::builder()
-                                .header("x-node", "tls")
-                                .body(Full::new(Bytes::new()))
-                                .unwrap(),
-                        )
-                    }
+                    let response = if request.headers().contains_key("upgrade") {
+                        echo_upgrade(&mut request)
+                    } else {
+                        Response::builder()
+                            .header("x-node", "tls")
+                            .body(Full::new(Bytes::new()))
+                            .unwrap()
+                    };
+                    async move { Ok::<_, Infallible>(response) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
                     .await;
             });
         }
