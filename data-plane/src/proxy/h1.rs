@@ -105,9 +105,11 @@ struct Conn {
     /// per request was a measurable share of a proxied request's cost. While the connection is
     /// idle it may fire and wake the task that last used it, which then finds nothing to do.
     timer: Option<Pin<Box<Sleep>>>,
-    /// The current response body's read deadline (here rather than in the body, which moves
-    /// with every response and should stay small).
+    /// The current response body's read deadline, and its node's in-flight count, held until
+    /// the body ends (here rather than in the body, which moves with every response and
+    /// should stay small; the count is dropped before the connection is pooled).
     idle: IdleDeadline,
+    in_flight: Option<InFlight>,
 }
 
 impl Pool {
@@ -172,6 +174,7 @@ impl Conn {
             reused: false,
             timer: None,
             idle: IdleDeadline::new(Duration::ZERO),
+            in_flight: None,
         }))
     }
 
@@ -359,7 +362,6 @@ pub fn send<'a>(
                 home: Arc::clone(pool),
                 limits,
                 passed: head.passed,
-                in_flight: None,
             });
             *response.status_mut() = head.status;
             *response.version_mut() = head.version;
@@ -993,15 +995,13 @@ pub struct ResponseBody {
     limits: PoolLimits,
     /// The response's headers, when the caller asked for [`HeadForm::Passed`].
     passed: Option<Box<PassedHead>>,
-    /// The node's in-flight count, held until the body ends.
-    in_flight: Option<InFlight>,
 }
 
 impl ResponseBody {
     /// Keeps the node counted as busy with this exchange until the body ends (or is dropped).
     pub fn hold(&mut self, in_flight: InFlight) {
-        if self.framing != Framing::Done {
-            self.in_flight = Some(in_flight);
+        if let Some(conn) = &mut self.conn {
+            conn.in_flight = Some(in_flight);
         }
     }
 
@@ -1015,11 +1015,11 @@ impl ResponseBody {
     /// exchange (keep-alive, and nothing unread beyond this response).
     fn finish(&mut self) {
         self.framing = Framing::Done;
-        self.in_flight = None;
-        if let Some(conn) = self.conn.take()
+        if let Some(mut conn) = self.conn.take()
             && self.keep_alive
             && conn.read.is_empty()
         {
+            conn.in_flight = None;
             self.home.checkin(conn, self.limits);
         }
     }
@@ -1027,7 +1027,6 @@ impl ResponseBody {
     fn fail(&mut self, error: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         self.framing = Framing::Done;
         self.conn = None;
-        self.in_flight = None;
         Poll::Ready(Some(Err(error)))
     }
 }
@@ -1090,7 +1089,6 @@ impl Body for ResponseBody {
                 Ok(0) if this.framing == Framing::UntilClose => {
                     this.framing = Framing::Done;
                     this.conn = None;
-                    this.in_flight = None;
                     return Poll::Ready(None);
                 }
                 Ok(0) => {
