@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwap;
 use gateway_proto::model::{Parsed, SERVER_FIELDS, credential_conflicts, is_valid_id};
 use gateway_proto::snapshot::dangling_references;
-use gateway_proto::{Kind, ResourceKey, Violation, pb, validate_resource};
+use gateway_proto::{Kind, ResourceKey, Violation, check_new_document, pb, validate_resource};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -410,6 +410,10 @@ fn admit(
     let mut body = prepare_document(key, document).map_err(|v| vec![v])?;
     secrets::restore_redacted(key.kind, &mut body, existing).map_err(|v| vec![v])?;
     let parsed = validate_resource(key.kind, &body)?;
+    let refused = check_new_document(&parsed);
+    if !refused.is_empty() {
+        return Err(refused);
+    }
     let before_sealing = body.clone();
     secrets::seal(key.kind, &mut body).map_err(|v| vec![v])?;
     if body == before_sealing {

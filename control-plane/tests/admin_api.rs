@@ -219,6 +219,18 @@ async fn every_error_has_one_shape_and_changes_nothing() {
         .await;
     let pointers = reply.error(StatusCode::BAD_REQUEST, "schema_violation");
     assert_eq!(pointers, ["/methods/1", "/paths/0"]);
+    // A node listed twice: a rule for writes (stored documents that break it still load).
+    let reply = api
+        .call(
+            Method::PUT,
+            "/api/v1/upstreams/u9",
+            Some(json!({"nodes": [{"host": "h", "port": 1}, {"host": "H", "port": 1}]})),
+        )
+        .await;
+    assert_eq!(
+        reply.error(StatusCode::BAD_REQUEST, "schema_violation"),
+        ["/nodes/1"]
+    );
     let reply = api
         .call(
             Method::PUT,

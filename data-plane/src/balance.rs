@@ -31,6 +31,9 @@ const EWMA_DECAY: Duration = Duration::from_secs(10);
 /// refused connection is quick, and counting it as a fast answer would send more traffic to a
 /// dead node.
 const MIN_FAILURE_LATENCY: Duration = Duration::from_millis(1);
+/// The most that doubling makes a failed attempt count as (its own latency aside): a node that
+/// failed a thousand times in a row is tried again within about a minute of decay, not never.
+const MAX_FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
 /// The load a node carries, shared across snapshots for as long as the node keeps its address.
 #[derive(Debug, Default)]
@@ -85,12 +88,17 @@ impl NodeLoad {
     }
 
     /// Feeds a failed attempt that took `latency` into the peak-EWMA: it counts as twice the
-    /// node's estimate (or its own latency, if longer), at least [`MIN_FAILURE_LATENCY`]. So
-    /// each failure in a row doubles the node's cost, and a single failure on a node that
-    /// keeps answering well is forgotten within seconds rather than starving it.
+    /// node's estimate, between [`MIN_FAILURE_LATENCY`] and [`MAX_FAILURE_PENALTY`], or as its
+    /// own latency if that is longer. So each failure in a row doubles the node's cost, and a
+    /// single failure on a node that keeps answering well is forgotten within seconds rather
+    /// than starving it.
     pub fn observe_failure(&self, latency: Duration) {
-        let floor = MIN_FAILURE_LATENCY.as_nanos() as f64;
-        self.observe(|estimate| (2.0 * estimate.max(latency.as_nanos() as f64)).max(floor));
+        let (floor, ceiling) = (
+            MIN_FAILURE_LATENCY.as_nanos() as f64,
+            MAX_FAILURE_PENALTY.as_nanos() as f64,
+        );
+        let latency = latency.as_nanos() as f64;
+        self.observe(|estimate| (2.0 * estimate).clamp(floor, ceiling).max(latency));
     }
 
     /// Updates the estimate with the sample `sample_of(current estimate)`.
@@ -569,6 +577,17 @@ mod tests {
             (Duration::from_millis(15)..=Duration::from_millis(16)).contains(&estimate),
             "{estimate:?}"
         );
+        // Doubling stops at the ceiling, however long the run of failures: the estimate stays
+        // finite and decays again.
+        for _ in 0..2_000 {
+            load.observe_failure(Duration::from_micros(20));
+        }
+        assert!(load.ewma() <= MAX_FAILURE_PENALTY);
+        advance(EWMA_DECAY * 10);
+        assert!(load.ewma() < Duration::from_millis(1));
+        // A failure slower than the ceiling counts as what it took.
+        load.observe_failure(Duration::from_secs(5));
+        assert!(load.ewma() >= Duration::from_millis(4_999));
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub fn now_ms() -> u64 {
 /// The health of one node.
 #[derive(Debug)]
 pub struct NodeHealth {
+    /// Whether the node's upstream has active checks now; without them their verdict is
+    /// ignored (set by [`reconcile`]).
+    probed: AtomicBool,
     /// The active checks' verdict; true until probes say otherwise.
     active_healthy: AtomicBool,
     /// Consecutive probe successes (reset by a failure).
@@ -54,6 +57,7 @@ pub struct NodeHealth {
 impl Default for NodeHealth {
     fn default() -> Self {
         NodeHealth {
+            probed: AtomicBool::new(false),
             active_healthy: AtomicBool::new(true),
             probe_successes: AtomicU32::new(0),
             probe_failures: AtomicU32::new(0),
@@ -89,13 +93,18 @@ impl HealthState {
 impl NodeHealth {
     /// Whether the node may get traffic now.
     pub fn is_available(&self, now_ms: u64) -> bool {
-        self.active_healthy.load(Relaxed) && now_ms >= self.ejected_until_ms.load(Relaxed)
+        !self.failed_probes() && now_ms >= self.ejected_until_ms.load(Relaxed)
+    }
+
+    /// Whether active checks apply and have taken the node out.
+    fn failed_probes(&self) -> bool {
+        self.probed.load(Relaxed) && !self.active_healthy.load(Relaxed)
     }
 
     /// The node's state for the status endpoint.
     pub fn state(&self, now_ms: u64) -> HealthState {
         let until = self.ejected_until_ms.load(Relaxed);
-        if !self.active_healthy.load(Relaxed) {
+        if self.failed_probes() {
             HealthState::Unhealthy
         } else if now_ms < until {
             HealthState::Ejected(until - now_ms)
@@ -140,12 +149,16 @@ impl NodeHealth {
         true
     }
 
-    /// Drops the active checks' verdict: for a node whose upstream no longer has them, so
-    /// nothing would ever lift an "unhealthy" again. A passive ejection stays.
-    pub fn forget_probes(&self) {
-        self.active_healthy.store(true, Relaxed);
-        self.probe_successes.store(0, Relaxed);
-        self.probe_failures.store(0, Relaxed);
+    /// Says whether the node's upstream has active checks. Without them their verdict no
+    /// longer counts (nothing would lift an "unhealthy" again; a probe round that was under way
+    /// may still record one); when they start, they start from a clean verdict. A passive
+    /// ejection stays either way.
+    pub fn set_probed(&self, probed: bool) {
+        if self.probed.swap(probed, Relaxed) != probed {
+            self.active_healthy.store(true, Relaxed);
+            self.probe_successes.store(0, Relaxed);
+            self.probe_failures.store(0, Relaxed);
+        }
     }
 
     /// Records one probe result. Returns the new verdict when it changed.
@@ -212,12 +225,12 @@ pub fn reconcile(previous: &Runtime, next: &Runtime) {
         return;
     };
     for upstream in next.upstreams.values() {
+        // Health carried over from a version that probed (passive checks keep it) must not
+        // keep a verdict no probe will revisit.
+        for node in &upstream.nodes {
+            node.health.set_probed(upstream.active_check().is_some());
+        }
         let Some(active) = upstream.active_check() else {
-            // Health carried over from a version that probed (passive checks keep it) must not
-            // keep a verdict no probe will revisit.
-            for node in &upstream.nodes {
-                node.health.forget_probes();
-            }
             continue;
         };
         if upstream.checker.started.swap(true, Relaxed) {
@@ -425,6 +438,7 @@ mod tests {
     #[test]
     fn probes_flip_the_verdict_after_their_thresholds() {
         let health = NodeHealth::default();
+        health.set_probed(true);
         let policy = active();
         assert_eq!(health.record_probe(false, &policy), None);
         assert_eq!(health.record_probe(false, &policy), None);
@@ -437,6 +451,29 @@ mod tests {
         assert_eq!(health.record_probe(true, &policy), None);
         assert_eq!(health.record_probe(true, &policy), Some(true));
         assert!(health.is_available(now_ms()));
+    }
+
+    #[test]
+    fn a_verdict_only_counts_while_active_checks_apply() {
+        let health = NodeHealth::default();
+        let policy = active();
+        health.set_probed(true);
+        for _ in 0..3 {
+            health.record_probe(false, &policy);
+        }
+        assert!(!health.is_available(now_ms()));
+        // Active checks removed: nothing would lift the verdict, so it goes.
+        health.set_probed(false);
+        assert!(health.is_available(now_ms()));
+        // A probe round that was under way when they were removed records late: ignored.
+        for _ in 0..3 {
+            health.record_probe(false, &policy);
+        }
+        assert_eq!(health.state(now_ms()), HealthState::Healthy);
+        // Active checks back: they start from a clean verdict.
+        health.set_probed(true);
+        assert!(health.is_available(now_ms()));
+        assert_eq!(health.record_probe(false, &policy), None);
     }
 
     #[test]
@@ -564,6 +601,7 @@ mod tests {
     #[test]
     fn passing_active_checks_lifts_an_ejection() {
         let health = NodeHealth::default();
+        health.set_probed(true);
         let passive = PassiveHealthCheck {
             unhealthy_after: 1,
             eject_ms: 600_000,

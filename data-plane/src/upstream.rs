@@ -16,6 +16,7 @@ use gateway_proto::model::{
 };
 use http::HeaderValue;
 use http::uri::Authority;
+use tracing::warn;
 
 use crate::balance::{Balancer, Candidates, NodeLoad};
 use crate::health::{Checker, NodeHealth};
@@ -102,9 +103,15 @@ impl UpstreamRuntime {
                 .map_err(|e| invalid(format!("node {address:?} is not a valid address: {e}")))?;
             let host_header = HeaderValue::try_from(address.as_str())
                 .map_err(|e| invalid(format!("node {address:?} is not a valid Host: {e}")))?;
-            if nodes.iter().any(|n: &Node| n.authority == authority) {
-                // They would share one node's load and health; the control plane refuses it.
-                return Err(invalid(format!("node {address:?} is listed twice")));
+            if let Some(twin) = nodes
+                .iter_mut()
+                .find(|n: &&mut Node| n.authority == authority)
+            {
+                // Written before the control plane refused such lists: one node with the sum
+                // of the weights, rather than two entries sharing one node's state.
+                warn!(upstream = key, node = %address, "node listed twice; weights merged");
+                twin.weight = twin.weight.saturating_add(node.weight);
+                continue;
             }
             let same = before.and_then(|u| u.nodes.iter().find(|n| n.authority == authority));
             nodes.push(Node {
@@ -342,6 +349,30 @@ mod tests {
         assert!(Arc::ptr_eq(&old.client, &new.client));
         drop(busy);
         assert_eq!(new.nodes[0].load.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_node_listed_twice_is_one_node_with_the_summed_weight() {
+        // Stored before the control plane refused such lists: still served, as one node.
+        let snap = snapshot(
+            1,
+            &[(
+                "upstreams",
+                "u",
+                json!({"nodes": [
+                    {"host": "127.0.0.1", "port": 1, "weight": 2},
+                    {"host": "127.0.0.1", "port": 2},
+                    {"host": "127.0.0.1", "port": 1, "weight": 3}
+                ]}),
+            )],
+        );
+        let rt = Runtime::compile(&snap, None).unwrap();
+        let nodes = &rt.upstreams["u"].nodes;
+        let summary: Vec<(&str, u32)> = nodes
+            .iter()
+            .map(|n| (n.authority.as_str(), n.weight))
+            .collect();
+        assert_eq!(summary, [("127.0.0.1:1", 5), ("127.0.0.1:2", 1)]);
     }
 
     #[test]

@@ -23,5 +23,5 @@ pub mod pb {
 }
 
 pub use model::{Kind, ResourceKey};
-pub use schema::{Violation, validate_resource};
+pub use schema::{Violation, check_new_document, validate_resource};
 pub use snapshot::{Snapshot, SnapshotError};

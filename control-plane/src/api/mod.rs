@@ -699,6 +699,10 @@ async fn validate(
         }
     }
     let parsed = validate_resource(kind, &body).map_err(ApiError::SchemaViolation)?;
+    let refused = gateway_proto::check_new_document(&parsed);
+    if !refused.is_empty() {
+        return Err(ApiError::SchemaViolation(refused));
+    }
     let config = state.config.current();
     let missing: Vec<Violation> = parsed
         .references()

@@ -109,6 +109,25 @@ pub fn schema_of(kind: Kind) -> &'static Value {
     &compiled(kind).document
 }
 
+/// Rules a document must pass to be written, beyond [`validate_resource`]'s: rules added after
+/// documents that break them may have been stored. Those still load (and the data plane copes
+/// with them); only new writes are refused.
+pub fn check_new_document(parsed: &Parsed) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    match parsed {
+        Parsed::Upstream(upstream) => {
+            upstream::check_duplicate_nodes(upstream, "", &mut violations);
+        }
+        Parsed::Route(route) => {
+            if let Some(upstream) = &route.upstream {
+                upstream::check_duplicate_nodes(upstream, "/upstream", &mut violations);
+            }
+        }
+        Parsed::Consumer(_) | Parsed::GlobalRule(_) => {}
+    }
+    violations
+}
+
 /// Validates one resource document of `kind` and returns its typed form.
 ///
 /// Every violation is reported, each with its JSON pointer. References to other resources are

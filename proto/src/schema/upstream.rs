@@ -172,12 +172,13 @@ pub(super) fn upstream_schema() -> Value {
 }
 
 /// Semantic rules of an upstream found at JSON pointer `at`.
-pub(super) fn check_upstream(upstream: &Upstream, at: &str, out: &mut Vec<Violation>) {
-    // A node listed twice would share one node's load and health state: say what to do instead.
+/// A node listed twice (the data plane merges such entries): refused on writes, with what to
+/// do instead. Not part of [`check_upstream`], so stored documents written before the rule
+/// still load.
+pub(super) fn check_duplicate_nodes(upstream: &Upstream, at: &str, out: &mut Vec<Violation>) {
     let mut seen = std::collections::HashSet::new();
     for (i, node) in upstream.nodes.iter().enumerate() {
-        let host = node.host.trim_start_matches('[').trim_end_matches(']');
-        if !seen.insert((host.to_ascii_lowercase(), node.port)) {
+        if !seen.insert((node.host.to_ascii_lowercase(), node.port)) {
             out.push(Violation::new(
                 format!("{at}/nodes/{i}"),
                 format!(
@@ -187,6 +188,9 @@ pub(super) fn check_upstream(upstream: &Upstream, at: &str, out: &mut Vec<Violat
             ));
         }
     }
+}
+
+pub(super) fn check_upstream(upstream: &Upstream, at: &str, out: &mut Vec<Violation>) {
     if upstream.pass_host == PassHost::Rewrite && upstream.upstream_host.is_none() {
         out.push(Violation::new(
             format!("{at}/upstream_host"),
@@ -246,7 +250,7 @@ mod tests {
     use serde_json::json;
 
     use crate::model::{Kind, LoadBalance, Parsed, RetryOn};
-    use crate::schema::validate_resource;
+    use crate::schema::{check_new_document, validate_resource};
 
     fn pointers(document: serde_json::Value) -> Vec<String> {
         match validate_resource(Kind::Upstreams, &document) {
@@ -323,19 +327,25 @@ mod tests {
     }
 
     #[test]
-    fn a_node_listed_twice_is_refused() {
+    fn a_node_listed_twice_is_refused_on_writes_only() {
         let upstream = json!({"nodes": [
             {"host": "10.0.0.1", "port": 80},
             {"host": "10.0.0.2", "port": 80},
             {"host": "10.0.0.1", "port": 80, "weight": 3}
         ]});
-        let Err(violations) = validate_resource(Kind::Upstreams, &upstream) else {
-            panic!("a duplicate node must be refused")
-        };
+        let parsed = validate_resource(Kind::Upstreams, &upstream)
+            .expect("a stored document with a duplicate node still loads");
+        let violations = check_new_document(&parsed);
         assert_eq!(violations.len(), 1, "{violations:?}");
         assert_eq!(violations[0].pointer, "/nodes/2");
-        let ipv6 = json!({"nodes": [{"host": "::1", "port": 80}, {"host": "[::1]", "port": 80}]});
-        assert!(validate_resource(Kind::Upstreams, &ipv6).is_err());
+        // Host names compare without case.
+        let named =
+            json!({"nodes": [{"host": "api.test", "port": 80}, {"host": "API.test", "port": 80}]});
+        let parsed = validate_resource(Kind::Upstreams, &named).unwrap();
+        assert_eq!(check_new_document(&parsed).len(), 1);
+        let inline = json!({"paths": ["/a"], "upstream": named});
+        let parsed = validate_resource(Kind::Routes, &inline).unwrap();
+        assert_eq!(check_new_document(&parsed)[0].pointer, "/upstream/nodes/1");
     }
 
     #[test]

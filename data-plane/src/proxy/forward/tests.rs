@@ -616,12 +616,51 @@ async fn stalling_node() -> std::net::SocketAddr {
     addr
 }
 
+/// The same over HTTP/2 (`scheme: h2c`, hyper's client): one DATA frame, then nothing.
+async fn stalling_h2c_node() -> std::net::SocketAddr {
+    use futures_util::StreamExt as _;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service_fn(|_request: Request<Incoming>| async {
+                let first = futures_util::stream::iter([Ok::<_, Infallible>(
+                    hyper::body::Frame::data(Bytes::from_static(b"0123456789")),
+                )]);
+                let body =
+                    http_body_util::StreamBody::new(first.chain(futures_util::stream::pending()));
+                Ok::<_, Infallible>(Response::new(body))
+            });
+            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::spawn(connection);
+        }
+    });
+    addr
+}
+
 #[tokio::test]
 async fn a_body_the_node_stops_sending_times_out_and_frees_the_node() {
     let node = stalling_node().await;
+    stalled_body_times_out(node, "http", b"0123456789").await;
+}
+
+#[tokio::test]
+async fn a_body_an_http2_node_stops_sending_times_out_and_frees_the_node() {
+    let node = stalling_h2c_node().await;
+    // hyper's body goes to the client chunked; the last chunk never comes.
+    stalled_body_times_out(node, "h2c", b"a\r\n0123456789\r\n").await;
+}
+
+/// Sends a GET through a gateway to `node` (which stalls mid-body) with `read_ms` 300: the node
+/// counts as busy while the body is pending, and after `read_ms` of silence the gateway gives
+/// up and cuts the client off (the head has gone out, so no error answer can follow) having
+/// passed on exactly `expected_body`.
+async fn stalled_body_times_out(node: std::net::SocketAddr, scheme: &str, expected_body: &[u8]) {
     let address = format!("127.0.0.1:{}", node.port());
     let gateway = Gateway::start(json!({
         "nodes": [{"host": "127.0.0.1", "port": node.port()}],
+        "scheme": scheme,
         "lb": "least_requests",
         "timeouts": {"read_ms": 300}
     }))
@@ -635,10 +674,7 @@ async fn a_body_the_node_stops_sending_times_out_and_frees_the_node() {
     let n = client.read(&mut first).await.unwrap();
     assert!(first[..n].starts_with(b"HTTP/1.1 200"));
     let started = tokio::time::Instant::now();
-    // While the body is pending the node counts as busy (least_requests must see it).
     assert_eq!(gateway.node_field("in_flight").await[&address], 1);
-    // The node stays silent: after read_ms the gateway gives up and cuts the client off
-    // (the head has gone out, so there is no error answer to send).
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
         .await
@@ -653,8 +689,8 @@ async fn a_body_the_node_stops_sending_times_out_and_frees_the_node() {
     answer.extend_from_slice(&rest);
     let body_at = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     assert_eq!(
-        &answer[body_at..],
-        b"0123456789",
+        String::from_utf8_lossy(&answer[body_at..]),
+        String::from_utf8_lossy(expected_body),
         "the body was not cut short"
     );
     assert_eq!(gateway.node_field("in_flight").await[&address], 0);
