@@ -50,6 +50,15 @@ impl FakeNode {
         FakeNode::start_with(name, false).await
     }
 
+    /// Nodes "a", "b" and "c".
+    async fn start_three() -> [Arc<FakeNode>; 3] {
+        [
+            FakeNode::start("a").await,
+            FakeNode::start("b").await,
+            FakeNode::start("c").await,
+        ]
+    }
+
     async fn start_with(name: &str, http2: bool) -> Arc<FakeNode> {
         let listener = bind("127.0.0.1:0".parse().unwrap());
         let node = Arc::new(FakeNode {
@@ -386,11 +395,7 @@ fn upstream(nodes: &[Value], extra: Value) -> Value {
 
 #[tokio::test]
 async fn three_weighted_nodes_share_3000_requests_by_weight() {
-    let nodes = [
-        FakeNode::start("a").await,
-        FakeNode::start("b").await,
-        FakeNode::start("c").await,
-    ];
+    let nodes = FakeNode::start_three().await;
     let gateway = Gateway::start(upstream(
         &[nodes[0].node(1), nodes[1].node(2), nodes[2].node(3)],
         json!({}),
@@ -493,11 +498,7 @@ async fn consistent_hash_keeps_keys_and_removing_a_node_moves_only_its_keys() {
 
 #[tokio::test]
 async fn a_killed_node_is_ejected_retried_around_and_back_after_active_checks() {
-    let nodes = [
-        FakeNode::start("a").await,
-        FakeNode::start("b").await,
-        FakeNode::start("c").await,
-    ];
+    let nodes = FakeNode::start_three().await;
     let policy = json!({
         "retries": {"count": 2, "on": ["connect_error", "timeout", "status_502", "status_503"]},
         "timeouts": {"connect_ms": 500, "read_ms": 2000},
@@ -550,11 +551,7 @@ async fn a_killed_node_is_ejected_retried_around_and_back_after_active_checks() 
 #[tokio::test]
 async fn passive_checks_alone_eject_a_killed_node_within_a_second() {
     // No active checks: the ejection can only come from the failed requests themselves.
-    let nodes = [
-        FakeNode::start("a").await,
-        FakeNode::start("b").await,
-        FakeNode::start("c").await,
-    ];
+    let nodes = FakeNode::start_three().await;
     let policy = json!({
         "retries": {"count": 2},
         "health_check": {"passive": {"unhealthy_after": 3, "eject_ms": 60000}}
