@@ -76,8 +76,7 @@ impl NodeLoad {
         if stamp == 0 || estimate == 0.0 {
             return estimate;
         }
-        let elapsed = now.saturating_sub(stamp) as f64;
-        estimate * (-elapsed / EWMA_DECAY.as_nanos() as f64).exp()
+        estimate * decay_factor(now.saturating_sub(stamp))
     }
 
     /// Feeds one latency sample into the peak-EWMA: a sample above the estimate replaces it at
@@ -110,7 +109,7 @@ impl NodeLoad {
         let keep = if last == 0 {
             0.0
         } else {
-            (-(now.saturating_sub(last) as f64) / EWMA_DECAY.as_nanos() as f64).exp()
+            decay_factor(now.saturating_sub(last))
         };
         let current = stored * keep;
         let sample = sample_of(current);
@@ -131,6 +130,11 @@ impl NodeLoad {
         let latency = self.decayed_ewma_nanos(now).max(1.0);
         latency * (1.0 + self.in_flight() as f64 / f64::from(weight.max(1)))
     }
+}
+
+/// How much of a peak-EWMA estimate is left after `elapsed_nanos` without a sample.
+fn decay_factor(elapsed_nanos: u64) -> f64 {
+    (-(elapsed_nanos as f64) / EWMA_DECAY.as_nanos() as f64).exp()
 }
 
 /// Keeps a request counted in [`NodeLoad::in_flight`]; dropping it ends the count. It owns a

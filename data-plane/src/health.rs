@@ -227,8 +227,9 @@ pub fn reconcile(previous: &Runtime, next: &Runtime) {
     for upstream in next.upstreams.values() {
         // Health carried over from a version that probed (passive checks keep it) must not
         // keep a verdict no probe will revisit.
+        let probed = upstream.active_check().is_some();
         for node in &upstream.nodes {
-            node.health.set_probed(upstream.active_check().is_some());
+            node.health.set_probed(probed);
         }
         let Some(active) = upstream.active_check() else {
             continue;
