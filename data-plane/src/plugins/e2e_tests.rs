@@ -549,3 +549,45 @@ async fn prometheus_counts_per_route_and_exports_on_metrics() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn spelling_a_path_differently_does_not_get_past_a_routes_auth() {
+    let fake = FakeUpstream::start(Duration::ZERO).await;
+    let dp = Dp::start(&[
+        (
+            "routes",
+            "admin",
+            json!({"paths": ["/admin/*"], "upstream": upstream(fake.addr),
+                   "plugins": {"key-auth": {}}}),
+        ),
+        (
+            "routes",
+            "public",
+            json!({"paths": ["/*"], "upstream": upstream(fake.addr)}),
+        ),
+    ])
+    .await;
+
+    for spelling in [
+        "/public/../admin/users",
+        "/static/%2e%2e/admin/users",
+        "/%61dmin/users",
+        "//admin/users",
+        "/admin/./users",
+    ] {
+        let (status, _, body) = dp.get(spelling).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{spelling}: {body:?}");
+    }
+    assert!(fake.requests().is_empty(), "nothing reached the node");
+
+    // The node gets the path the router matched; an encoded slash stays inside its segment.
+    for (sent, forwarded) in [
+        ("/public/./x//y?q=%2e", "/public/x/y?q=%2e"),
+        ("/a%2Fb/%7Euser", "/a%2Fb/~user"),
+    ] {
+        let (status, _, _) = dp.get(sent).await;
+        assert_eq!(status, StatusCode::OK, "{sent}");
+        let received = fake.requests().pop().unwrap();
+        assert_eq!(received.uri.to_string(), forwarded);
+    }
+}

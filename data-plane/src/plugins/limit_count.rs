@@ -10,9 +10,8 @@
 //!
 //! Counters live outside the compiled runtime, so a config push does not reset them.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::HeaderName;
@@ -20,45 +19,32 @@ use http::{HeaderMap, HeaderValue, StatusCode, request};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
+use super::expiring::ExpiringMap;
 use super::key_source::KeySource;
 use super::{Access, BuildEnv, Plugin, Reject, RequestCtx, reject};
 use gateway_proto::plugins::limit_count::Config;
 
-const SHARDS: usize = 16;
 const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
-const PRUNE_AT: usize = 4096;
 
-/// Per-data-plane fixed-window counters, shared by every snapshot's plugin instances.
+/// Per-data-plane fixed-window counters, shared by every snapshot's plugin instances: each
+/// key's window index and count, expiring with its window.
 #[derive(Debug, Default)]
 pub struct LocalCounters {
-    shards: [Mutex<HashMap<String, (u64, u64)>>; SHARDS],
+    counts: ExpiringMap<(u64, u64)>,
 }
 
 impl LocalCounters {
-    /// Counts one request for `key` in window `index`; returns the count so far.
-    fn incr(&self, key: &str, index: u64) -> u64 {
-        let shard = fxhash(key) % SHARDS;
-        let mut counters = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
-        if counters.len() >= PRUNE_AT {
-            counters.retain(|_, (window, _)| *window >= index);
-        }
-        // Looked up before inserted: an owned key per request was an allocation per request.
-        let entry = match counters.get_mut(key) {
-            Some(entry) => entry,
-            None => counters.entry(key.to_owned()).or_insert((index, 0)),
-        };
-        if entry.0 != index {
-            *entry = (index, 0);
-        }
-        entry.1 += 1;
-        entry.1
+    /// Counts one request for `key` in window `index`, which ends `remaining_ms` after
+    /// `now_ms` (coarse monotonic); returns the count so far.
+    fn incr(&self, key: &str, index: u64, now_ms: u64, remaining_ms: u64) -> u64 {
+        self.counts.update(key, now_ms, |live| {
+            let count = match live {
+                Some(&(window, count)) if window == index => count + 1,
+                _ => 1,
+            };
+            ((index, count), now_ms.saturating_add(remaining_ms), count)
+        })
     }
-}
-
-fn fxhash(text: &str) -> usize {
-    text.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    }) as usize
 }
 
 /// Counters shared by every data plane through one Redis.
@@ -214,8 +200,10 @@ impl Plugin for LimitCount {
         key.push(':');
         key.push_str(&value);
         let (limit, rejected) = (self.count, self.rejected);
+        let now_ms = crate::clock::coarse_now_ms();
+        let remaining_ms = reset_s.saturating_mul(1000);
         let Some(redis) = self.redis.clone() else {
-            let used = self.local.incr(&key, index);
+            let used = self.local.incr(&key, index, now_ms, remaining_ms);
             // Straight into the answer's headers; the response phase adds them to a refusal too.
             add_rate_headers(&mut ctx.response_headers, limit, used, reset_s);
             return if used <= limit {
@@ -235,7 +223,7 @@ impl Plugin for LimitCount {
                     if failures % 1000 == 0 {
                         tracing::warn!(%error, "redis unreachable: limit-count counts locally");
                     }
-                    local.incr(&key, index)
+                    local.incr(&key, index, now_ms, remaining_ms)
                 }
             };
             decide(limit, used, reset_s, rejected)
@@ -250,14 +238,38 @@ mod tests {
     #[test]
     fn local_windows_count_and_reset() {
         let counters = LocalCounters::default();
-        assert_eq!(counters.incr("k", 1), 1);
-        assert_eq!(counters.incr("k", 1), 2);
-        assert_eq!(counters.incr("other", 1), 1);
-        assert_eq!(counters.incr("k", 2), 1, "a new window starts from zero");
-        for i in 0..(PRUNE_AT * SHARDS) {
-            counters.incr(&format!("key{i}"), 3);
+        let hour = 3_600_000;
+        assert_eq!(counters.incr("k", 1, 10, hour), 1);
+        assert_eq!(counters.incr("k", 1, 20, hour), 2);
+        assert_eq!(counters.incr("other", 1, 20, hour), 1);
+        assert_eq!(
+            counters.incr("k", 2, 30, hour),
+            1,
+            "a new window starts from zero"
+        );
+    }
+
+    #[test]
+    fn short_windows_do_not_sweep_away_long_windows_counters() {
+        let counters = LocalCounters::default();
+        // `/login`: 5 per hour; its window index is small.
+        for _ in 0..5 {
+            counters.incr("login:198.51.100.7", 491_000, 1000, 3_600_000);
         }
-        assert_eq!(counters.incr("k", 3), 1);
+        // Other routes count per second, with large window indexes, over many keys.
+        for i in 0..70_000u64 {
+            counters.incr(
+                &format!("api:{i}"),
+                1_700_000_000 + i / 1000,
+                1000 + i,
+                1000,
+            );
+        }
+        assert_eq!(
+            counters.incr("login:198.51.100.7", 491_000, 80_000, 3_520_000),
+            6,
+            "the sixth attempt of the hour is still counted as the sixth"
+        );
     }
 
     #[test]

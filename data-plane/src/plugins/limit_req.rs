@@ -10,20 +10,16 @@
 //! [`super::BuildEnv`]), so a config push does not reset them; a changed config starts fresh
 //! buckets (the config is part of the bucket's name).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, StatusCode, request};
 use serde_json::Value;
 
+use super::expiring::ExpiringMap;
 use super::key_source::KeySource;
 use super::{Access, BuildEnv, Plugin, RequestCtx, reject};
 use gateway_proto::plugins::limit_req::Config;
-
-const SHARDS: usize = 16;
-/// A shard this large is swept of drained buckets before it grows further.
-const PRUNE_AT: usize = 4096;
 
 /// One key's bucket: its excess (in requests) at `at`.
 #[derive(Clone, Copy, Debug)]
@@ -32,51 +28,65 @@ struct Bucket {
     at: Instant,
 }
 
-/// Every bucket of this data plane, shared by every snapshot's plugin instances.
-#[derive(Debug, Default)]
+/// Every bucket of this data plane, shared by every snapshot's plugin instances. A bucket
+/// expires when it has drained so far that the next request would be free: then it is no
+/// bucket at all.
+#[derive(Debug)]
 pub struct Buckets {
-    shards: [Mutex<HashMap<String, Bucket>>; SHARDS],
+    buckets: ExpiringMap<Bucket>,
+    /// The origin of the map's millisecond clock.
+    epoch: Instant,
+}
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Buckets {
+            buckets: ExpiringMap::default(),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 impl Buckets {
     /// Takes one request for `key` at `now`: `Ok(delay)` to let it through after `delay`,
     /// `Err(())` to refuse it.
     fn take(&self, key: &str, rate: f64, burst: f64, now: Instant) -> Result<Duration, ()> {
-        let shard = fnv(key) % SHARDS;
-        let mut buckets = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= PRUNE_AT {
-            // A bucket drained so far that the next request would be free is no bucket at all.
-            buckets.retain(|_, b| {
-                b.excess + 1.0 - rate * now.saturating_duration_since(b.at).as_secs_f64() > 0.0
-            });
-        }
-        let Some(bucket) = buckets.get_mut(key) else {
-            // The first request of a key is within the rate.
-            buckets.insert(
-                key.to_owned(),
-                Bucket {
+        let now_ms = millis(now.saturating_duration_since(self.epoch));
+        // The bucket is gone (as good as empty) once a request would be free again: after
+        // `excess + 1` requests' worth of draining from now.
+        let expiry = |requests: f64| now_ms.saturating_add(millis_f64(requests / rate));
+        self.buckets.update(key, now_ms, |live| {
+            let Some(bucket) = live else {
+                // The first request of a key is within the rate.
+                let fresh = Bucket {
                     excess: 0.0,
                     at: now,
-                },
-            );
-            return Ok(Duration::ZERO);
-        };
-        let drained = rate * now.saturating_duration_since(bucket.at).as_secs_f64();
-        let excess = (bucket.excess - drained + 1.0).max(0.0);
-        if excess > burst {
-            return Err(());
-        }
-        *bucket = Bucket { excess, at: now };
-        // A tiny rate can make this astronomically long (even not a valid `Duration`); the
-        // client's own timeout ends such a wait long before.
-        Ok(Duration::try_from_secs_f64(excess / rate).unwrap_or(Duration::MAX))
+                };
+                return (fresh, expiry(1.0), Ok(Duration::ZERO));
+            };
+            let drained = rate * now.saturating_duration_since(bucket.at).as_secs_f64();
+            let excess = (bucket.excess - drained + 1.0).max(0.0);
+            if excess > burst {
+                // Refused requests do not count: the bucket stays as it was.
+                // Its excess now is `excess - 1`, positive since `excess > burst >= 0`.
+                return (*bucket, expiry(excess), Err(()));
+            }
+            // A tiny rate can make this astronomically long (even not a valid `Duration`);
+            // the client's own timeout ends such a wait long before.
+            let delay = Duration::try_from_secs_f64(excess / rate).unwrap_or(Duration::MAX);
+            (Bucket { excess, at: now }, expiry(excess + 1.0), Ok(delay))
+        })
     }
 }
 
-fn fnv(text: &str) -> usize {
-    text.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    }) as usize
+/// Whole milliseconds, rounded up, saturating.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Seconds as whole milliseconds, rounded up; `as` saturates (and makes NaN 0).
+fn millis_f64(seconds: f64) -> u64 {
+    (seconds * 1000.0).ceil() as u64
 }
 
 /// A compiled `limit-req`.
@@ -177,7 +187,7 @@ mod tests {
         // After long enough the bucket is empty: the next one goes at once.
         let much_later = t0 + Duration::from_secs(10);
         assert_eq!(buckets.take("k", 2.0, 1.0, much_later), Ok(Duration::ZERO));
-        for i in 0..(PRUNE_AT * SHARDS) {
+        for i in 0..20_000 {
             let _ = buckets.take(&format!("key{i}"), 2.0, 1.0, much_later);
         }
         assert_eq!(buckets.take("z", 2.0, 0.0, much_later), Ok(Duration::ZERO));
@@ -190,5 +200,25 @@ mod tests {
         let tiny = f64::MIN_POSITIVE;
         assert_eq!(buckets.take("t", tiny, 2.0, t0), Ok(Duration::ZERO));
         assert_eq!(buckets.take("t", tiny, 2.0, t0), Ok(Duration::MAX));
+    }
+
+    #[test]
+    fn a_fast_limit_does_not_drain_a_slow_limits_buckets() {
+        let buckets = Buckets::default();
+        let t0 = Instant::now();
+        // A login limit of one request per 10 s, burst 0: the second attempt is refused.
+        assert_eq!(buckets.take("login:ip", 0.1, 0.0, t0), Ok(Duration::ZERO));
+        // A busy route with rate 100 sweeps its own keys many times over…
+        let soon = t0 + Duration::from_millis(50);
+        for i in 0..20_000 {
+            let _ = buckets.take(&format!("busy:{i}"), 100.0, 0.0, soon);
+        }
+        // …and the login bucket still holds its request.
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(buckets.take("login:ip", 0.1, 0.0, later), Err(()));
+        assert_eq!(
+            buckets.take("login:ip", 0.1, 0.0, t0 + Duration::from_secs(11)),
+            Ok(Duration::ZERO)
+        );
     }
 }

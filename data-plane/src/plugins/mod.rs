@@ -22,6 +22,7 @@ pub mod api_breaker;
 pub mod basic_auth;
 pub mod batch_requests;
 pub mod cors;
+mod expiring;
 pub mod ip_restriction;
 pub mod jwt_auth;
 pub mod key_auth;

@@ -10,6 +10,7 @@ pub mod downstream;
 mod forward;
 pub mod h1;
 pub mod headers;
+pub mod path;
 pub mod upstream;
 
 use std::future::Future;
@@ -69,9 +70,12 @@ impl Proxy {
     pub async fn handle(
         &self,
         remote: SocketAddr,
-        request: Request<UpstreamBody>,
+        mut request: Request<UpstreamBody>,
         form: HeadForm,
     ) -> Response<ProxyBody> {
+        if let Some(normal) = path::normalize(request.uri().path()) {
+            set_path(&mut request, &normal);
+        }
         // One load per request: the whole exchange sees one config version.
         let runtime = self.state.runtime();
         let result = match route_request(&runtime, remote, &request) {
@@ -242,6 +246,22 @@ fn route_request(
         params,
         original_host,
     })
+}
+
+/// Replaces the path of `request`'s URI by `path`, keeping its query (see [`path`]).
+#[cold]
+fn set_path<B>(request: &mut Request<B>, path: &str) {
+    let uri = request.uri();
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    // The normal form has only bytes the client's path already had, so both always parse.
+    parts.path_and_query = http::uri::PathAndQuery::try_from(path_and_query).ok();
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+    }
 }
 
 /// Only a route with an endpoint plugin has no target, and such a route is served by it.

@@ -3,8 +3,9 @@
 //!
 //! # Matching rules
 //!
-//! Paths (matched on the raw, still percent-encoded request path; no normalisation, so
-//! `/a/` is not `/a` and `//a` is not `/a`):
+//! Paths (matched on the path as [`crate::proxy::path::normalize`] leaves it: escapes of
+//! unreserved characters decoded, `//` merged, dot segments resolved, other escapes kept, so
+//! `/a/` is not `/a` and `/a%2Fb` is one segment):
 //! - exact: `/exact` matches only `/exact`;
 //! - named segments: `/users/:id` matches one whole, non-empty segment and captures it
 //!   (`/users/42` gives `id = "42"`; `/users/` and `/users/1/x` do not match);
