@@ -187,6 +187,11 @@ impl Plugin for ApiBreaker {
     }
 
     fn log(&self, ctx: &RequestCtx<'_>, status: StatusCode) {
+        // The gateway's own refusals (a rate limit's 503, say) say nothing of the upstream,
+        // and counting them would let any client open the circuit for everyone.
+        if !ctx.forwarded {
+            return;
+        }
         self.record(&self.circuit(&ctx.route.id), status, Instant::now());
     }
 }

@@ -495,6 +495,66 @@ async fn api_breaker_opens_after_consecutive_failures() {
 }
 
 #[tokio::test]
+async fn a_clients_connection_header_cannot_strip_what_plugins_add() {
+    let fake = FakeUpstream::start(Duration::ZERO).await;
+    let dp = Dp::start(&[(
+        "routes",
+        "r",
+        json!({"paths": ["/r"], "upstream": upstream(fake.addr),
+               "plugins": {"request-id": {},
+                           "proxy-rewrite": {"headers": {"set": {"x-env": "prod"}}}}}),
+    )])
+    .await;
+    let (status, _, _) = dp
+        .send(
+            Method::GET,
+            "/r",
+            &[
+                ("connection", "x-env, x-request-id, x-drop"),
+                ("x-drop", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let received = fake.requests().pop().unwrap();
+    assert_eq!(received.headers["x-env"], "prod");
+    assert!(received.headers.contains_key("x-request-id"));
+    assert!(
+        !received.headers.contains_key("x-drop"),
+        "listed by the client: its hop's"
+    );
+    assert!(!received.headers.contains_key("connection"));
+}
+
+#[tokio::test]
+async fn api_breaker_ignores_the_gateways_own_refusals() {
+    let node = StatusUpstream::start("ok").await;
+    let dp = Dp::start(&[(
+        "routes",
+        "r",
+        json!({"paths": ["/r"], "upstream": upstream(node.addr),
+               "plugins": {
+                   "api-breaker": {"break_response_code": 502,
+                       "unhealthy": {"http_statuses": [503], "failures": 2}},
+                   "limit-req": {"rate": 1, "burst": 0, "key": "remote_addr", "nodelay": true}}}),
+    )])
+    .await;
+    assert_eq!(dp.get("/r").await.0, StatusCode::OK);
+    for _ in 0..3 {
+        // limit-req's refusals, 503 like the statuses the breaker counts.
+        assert_eq!(dp.get("/r").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _, body) = dp.get("/r").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the circuit stayed closed: {body:?}"
+    );
+    assert_eq!(node.hits(), 2);
+}
+
+#[tokio::test]
 async fn prometheus_counts_per_route_and_exports_on_metrics() {
     let fake = FakeUpstream::start(Duration::ZERO).await;
     let dp = Dp::start(&[

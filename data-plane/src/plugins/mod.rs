@@ -95,6 +95,9 @@ pub struct RequestCtx<'r> {
     pub response_headers: HeaderMap,
     /// When the request arrived.
     pub started: Instant,
+    /// Whether the answer came from the route's target: an upstream's, or the gateway's own
+    /// for an upstream that failed, not a plugin's refusal (`api-breaker` judges only those).
+    pub forwarded: bool,
     /// The chain in force (the route's, or overlaid by the consumer's).
     chain: Arc<PluginChain>,
 }
@@ -118,6 +121,7 @@ impl<'r> RequestCtx<'r> {
             host_override: None,
             response_headers: HeaderMap::new(),
             started: Instant::now(),
+            forwarded: false,
         }
     }
 

@@ -67,6 +67,34 @@ impl CompiledHeaderOps {
     }
 }
 
+/// `replacement` with PCRE's (and APISIX's `ngx.re.sub`'s) reading of `$N`: the group number
+/// is the digits alone, so `$1_$2` is group 1, `_`, group 2. The regex crate would read `$1_`
+/// as a group named `1_` (which does not exist, so empty): each `$N` becomes `${N}`.
+fn pcre_replacement(replacement: &str) -> String {
+    let mut out = String::with_capacity(replacement.len() + 8);
+    let mut rest = replacement;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 {
+            out.push_str("${");
+            out.push_str(&after[..digits]);
+            out.push('}');
+            rest = &after[digits..];
+        } else if let Some(tail) = after.strip_prefix('$') {
+            // `$$` is a literal `$`: kept whole, so its second `$` starts nothing.
+            out.push_str("$$");
+            rest = tail;
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// How the path changes.
 #[derive(Debug)]
 enum PathRewrite {
@@ -96,7 +124,7 @@ impl ProxyRewrite {
                 PathRewrite::Fixed(uri.clone())
             }
             (None, Some([pattern, replacement])) => {
-                PathRewrite::Regex(compile_regex(pattern)?, replacement.clone())
+                PathRewrite::Regex(compile_regex(pattern)?, pcre_replacement(replacement))
             }
             (None, Some(_)) => return Err("regex_uri is [pattern, replacement]".into()),
             (None, None) => PathRewrite::None,
@@ -192,6 +220,14 @@ mod tests {
         ProxyRewrite::build(1008, &config)
             .unwrap()
             .rewrite_uri(&uri.parse().unwrap())
+    }
+
+    #[test]
+    fn group_numbers_end_where_their_digits_do() {
+        let regex = json!({"regex_uri": ["^/api/(\\w+)/(.*)", "/$1_$2"]});
+        assert_eq!(rewritten(regex, "/api/a/b").as_deref(), Some("/a_b"));
+        let named = json!({"regex_uri": ["^/api/(?P<v>\\w+)/(.*)", "/${v}x/$2$$/$"]});
+        assert_eq!(rewritten(named, "/api/a/b").as_deref(), Some("/ax/b$/$"));
     }
 
     #[test]

@@ -105,6 +105,42 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes the headers the client's `Connection` lists, and `Connection` itself unless it asks
+/// for an upgrade (then it keeps only that token, which the forwarding code reads).
+///
+/// Why before the plugins run: per RFC 9110 §7.6.1 the list names headers of the message as
+/// received. Left for the hop-by-hop sweep at forwarding time, it also removed what plugins
+/// had added since: `Connection: x-consumer-username` stripped `key-auth`'s header.
+pub fn drop_connection_listed(headers: &mut HeaderMap) {
+    if !headers.contains_key(CONNECTION) {
+        return;
+    }
+    let mut upgrade = false;
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    let listed = headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|value| connection_listed(value.as_bytes()));
+    for token in listed {
+        if token.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = true;
+        } else if let Some(name) = headers
+            .keys()
+            .find(|name| name.as_str().as_bytes().eq_ignore_ascii_case(token))
+        {
+            doomed.push(name.clone());
+        }
+    }
+    for name in doomed {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(CONNECTION);
+    }
+}
+
 /// `X-Forwarded-Proto` of every request: the listeners speak plain HTTP.
 const FORWARDED_PROTO: &str = "http";
 

@@ -139,6 +139,7 @@ impl Proxy {
         } = routed;
         let mut ctx = RequestCtx::new(&route, &params, remote, &runtime.plugins.consumers);
         let (mut parts, body) = request.into_parts();
+        headers::drop_connection_listed(&mut parts.headers);
         let mut response = match ctx.run_request_phases(&mut parts).await {
             Err(refusal) => refusal,
             Ok(()) => {
@@ -147,6 +148,10 @@ impl Proxy {
                 let result = self
                     .forward_matched(&route, &params, remote, original_host, &ctx, request)
                     .await;
+                ctx.forwarded = match &result {
+                    Ok(_) => true,
+                    Err(error) => error.origin() == Origin::Upstream,
+                };
                 result.unwrap_or_else(|error| self.error_response(remote, error))
             }
         };
