@@ -64,6 +64,14 @@ const HEADER_READ_TIMEOUT_MS: u64 = HEADER_READ_TIMEOUT.as_secs() * 1000;
 const READ_SIZE: usize = 8 * 1024;
 /// Response bytes gathered before a write while the body keeps coming.
 const WRITE_BATCH: usize = 64 * 1024;
+/// How long a client may leave a response write unaccepted (nginx's `send_timeout`): a client
+/// that stops reading would otherwise hold its connection, the node's connection and the
+/// node's in-flight count, and delay shutdown, for as long as it likes.
+const SEND_TIMEOUT: Duration = if cfg!(test) {
+    Duration::from_secs(1)
+} else {
+    Duration::from_secs(60)
+};
 /// How an HTTP/2 client with prior knowledge opens a connection.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -300,10 +308,28 @@ impl Connection {
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        if !self.write.is_empty() {
-            self.stream.write_all(&self.write).await?;
-            self.write.clear();
+        if self.write.is_empty() {
+            return Ok(());
         }
+        {
+            let mut write = pin!(self.stream.write_all(&self.write));
+            // Most writes complete at once and arm no timer.
+            let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+            match first {
+                Poll::Ready(result) => result?,
+                Poll::Pending => {
+                    tokio::time::timeout(SEND_TIMEOUT, write)
+                        .await
+                        .map_err(|_| {
+                            io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "the client did not take the response in time",
+                            )
+                        })??
+                }
+            }
+        }
+        self.write.clear();
         Ok(())
     }
 }
@@ -425,15 +451,20 @@ fn encode_response_head(
             .as_bytes(),
     );
     out.extend_from_slice(b"\r\n");
+    let no_length_allowed =
+        parts.status.is_informational() || parts.status == StatusCode::NO_CONTENT;
     let headers = parts
         .headers
         .iter()
         .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
         .chain(passed.into_iter().flat_map(PassedHead::iter));
     for (name, value) in headers {
+        // A length is ours to state, except the one a HEAD or 304 answer keeps; a 1xx or 204
+        // must have none (RFC 9110 §8.6).
+        let length_is_ours = framing != Framing::None || no_length_allowed;
         let ours = name.eq_ignore_ascii_case(b"connection")
             || name.eq_ignore_ascii_case(b"transfer-encoding")
-            || (framing != Framing::None && name.eq_ignore_ascii_case(b"content-length"));
+            || (length_is_ours && name.eq_ignore_ascii_case(b"content-length"));
         if !ours {
             put_header(out, name, value);
         }

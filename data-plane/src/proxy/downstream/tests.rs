@@ -31,6 +31,9 @@ const WAIT: Duration = Duration::from_secs(10);
 /// How long the origin holds `/api/slow` before answering.
 const SLOW: Duration = Duration::from_millis(300);
 
+/// The length of `/api/big`: more than the kernel buffers of both hops hold.
+const BIG: usize = 32 << 20;
+
 type OriginBody = BoxBody<Bytes, Infallible>;
 
 /// The node behind the gateway. Not test_support's `FakeUpstream`: that one echoes the request
@@ -107,6 +110,18 @@ async fn answer(
         .unwrap_or_default();
     match path.as_str() {
         "/api/slow" => tokio::time::sleep(SLOW).await,
+        "/api/big" => {
+            let body = Bytes::from(vec![b'x'; BIG]);
+            return Ok(Response::new(Full::new(body).boxed()));
+        }
+        "/api/no-content" => {
+            let response = Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .header("content-length", "7")
+                .body(Empty::new().boxed())
+                .unwrap();
+            return Ok(response);
+        }
         "/api/chunked" => {
             // Frames and no length: hyper has to send them chunked.
             let frames = futures_util::stream::iter([
@@ -928,4 +943,42 @@ async fn response_headers_pass_as_the_node_spelled_them_without_this_hops_own() 
         );
         assert!(text.ends_with("\r\n\r\nok"), "{text}");
     }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_the_send_timeout() {
+    let gateway = Gateway::start().await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream.write_all(get("/api/big").as_bytes()).await.unwrap();
+    // Not reading: the gateway's writes stall once the socket buffers are full.
+    tokio::time::sleep(super::SEND_TIMEOUT + Duration::from_millis(1500)).await;
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the gateway still holds the connection");
+    assert!(
+        received < BIG,
+        "the whole body arrived after all: {received} bytes"
+    );
+}
+
+#[tokio::test]
+async fn a_204_goes_out_without_the_nodes_content_length() {
+    let gateway = Gateway::start().await;
+    let mut client = gateway.connect().await;
+    client.send(&get("/api/no-content")).await;
+    let reply = client.read_reply(false).await;
+    assert_eq!(reply.status, 204);
+    assert_eq!(reply.header("content-length"), None, "{:?}", reply.headers);
+    // The connection goes on.
+    client.send(&get("/api/next")).await;
+    assert_eq!(client.read_reply(false).await.status, 200);
 }
