@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt as _;
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HeaderMap, HeaderName, HeaderValue,
+    CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, HeaderMap, HeaderName, HeaderValue,
     TRANSFER_ENCODING, UPGRADE,
 };
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -388,6 +388,7 @@ fn parse_request(
         _ => Version::HTTP_11,
     };
     let mut persistence = super::headers::Persistence::default();
+    let mut hosts = 0;
     let base = read.as_ptr() as usize;
     let path = parsed.path.unwrap_or_default();
     let path_start = path.as_ptr() as usize - base;
@@ -404,9 +405,16 @@ fn parse_request(
             return Ok(Some(Next::HandOff));
         } else if name == CONNECTION {
             persistence.add(value);
+        } else if name == HOST {
+            hosts += 1;
         }
         let start = value.as_ptr() as usize - base;
         spans.push((name, start, start + value.len()));
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or any request with two, is a 400 (two
+    // hosts would let the router and the node each pick a different one).
+    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
+        return Err(bad("a request needs exactly one Host header"));
     }
     let head = read.split_to(length).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_span)).map_err(|_| bad("invalid target"))?;

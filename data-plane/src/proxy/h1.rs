@@ -702,11 +702,23 @@ fn build_head(
             content_length = Some(length);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoded = true;
-            // Only the final coding decides the framing.
-            chunked = value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            // The body is decoded from chunks here and re-framed for the client, where
+            // `Transfer-Encoding` does not go: any other coding (`gzip, chunked`) would reach
+            // the client still applied and unannounced, so it is refused. Empty list elements
+            // do not count (RFC 9110 §5.6.1).
+            let codings = value
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|coding| !coding.is_empty());
+            for coding in codings {
+                if chunked || !coding.eq_ignore_ascii_case(b"chunked") {
+                    return Err(Failed::Protocol(format!(
+                        "unsupported Transfer-Encoding {:?}",
+                        String::from_utf8_lossy(value)
+                    )));
+                }
+                chunked = true;
+            }
         } else if name.eq_ignore_ascii_case(b"connection") {
             persistence.add(value);
             listed.extend(headers::connection_listed(value));
@@ -767,12 +779,10 @@ fn build_head(
         head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = if no_body {
         Framing::Length(0)
+    } else if chunked {
+        Framing::Chunked(Chunked::Size)
     } else if transfer_encoded {
-        if chunked {
-            Framing::Chunked(Chunked::Size)
-        } else {
-            Framing::UntilClose
-        }
+        return Err(Failed::Protocol("an empty Transfer-Encoding".into()));
     } else {
         match content_length {
             Some(length) => Framing::Length(length),

@@ -982,3 +982,24 @@ async fn a_204_goes_out_without_the_nodes_content_length() {
     client.send(&get("/api/next")).await;
     assert_eq!(client.read_reply(false).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_request_without_a_host_or_with_two_gets_a_json_400() {
+    let gateway = Gateway::start().await;
+    for head in [
+        "GET /api/a HTTP/1.1\r\n\r\n",
+        "GET /api/a HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+        "GET /api/a HTTP/1.0\r\nHost: a.example\r\nhost: b.example\r\n\r\n",
+    ] {
+        let mut client = gateway.connect().await;
+        client.send(head).await;
+        let reply = client.read_reply(false).await;
+        assert_eq!(reply.status, 400, "{head:?}");
+        client.expect_closed().await;
+    }
+    // HTTP/1.0 may leave it out.
+    let mut client = gateway.connect().await;
+    client.send("GET /api/a HTTP/1.0\r\n\r\n").await;
+    assert_eq!(client.read_reply(false).await.status, 200);
+    assert_eq!(gateway.origin.received().len(), 1);
+}

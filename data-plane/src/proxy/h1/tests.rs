@@ -426,21 +426,26 @@ fn transfer_encoding_chunked_overrides_content_length() {
 }
 
 #[test]
-fn only_the_final_transfer_coding_decides_chunked_framing() {
+fn chunked_is_the_one_transfer_coding_accepted() {
+    // Empty list elements do not count (RFC 9110 §5.6.1).
     let (head, _) = parse(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n",
         false,
     );
     assert_eq!(head.framing, Framing::Chunked(Chunked::Size));
     assert!(head.keep_alive);
-
-    // Chunked but then gzipped: the body runs until the node closes.
-    let (head, _) = parse(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-        false,
-    );
-    assert_eq!(head.framing, Framing::UntilClose);
-    assert!(!head.keep_alive);
+    // Any other coding would reach the client still applied, unannounced: refused.
+    for coding in [
+        "gzip, Chunked",
+        "chunked, gzip",
+        "gzip",
+        "chunked, chunked",
+        "",
+    ] {
+        let head = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {coding}\r\n\r\n");
+        let reason = parse_error(head.as_bytes());
+        assert!(reason.contains("Transfer-Encoding"), "{coding}: {reason}");
+    }
 }
 
 #[test]
