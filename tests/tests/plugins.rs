@@ -246,6 +246,37 @@ async fn jwt_auth_checks_signature_expiry_and_algorithm() {
 }
 
 #[tokio::test]
+async fn jwt_auth_hides_the_token_wherever_it_came_from() {
+    let (cp, dp, upstream) = gateway(json!({"jwt-auth": {"hide_credentials": true}})).await;
+    let version = cp
+        .write(
+            "PUT",
+            "/api/v1/consumers/carol",
+            Some(json!({"credentials": {"jwt-auth": {"key": "carol-key", "secret": "carol-hmac-secret"}}})),
+        )
+        .await;
+    dp.applied(version).await;
+    let token = hs256(
+        &json!({"key": "carol-key", "exp": now() + 600}),
+        "carol-hmac-secret",
+    );
+    let cookie = format!("theme=dark; jwt={token}");
+    let sent = [
+        (format!("/p/a?x=1&jwt={token}"), None),
+        ("/p/a?x=1".to_owned(), Some(cookie.as_str())),
+    ];
+    for (path, cookie) in sent {
+        let headers: Vec<(&str, &str)> = cookie.iter().map(|c| ("cookie", *c)).collect();
+        assert_eq!(dp.send("GET", &path, &headers).await.0, 200, "{path}");
+        let last = upstream.received.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(last.uri, "/p/a?x=1");
+        let cookies = last.headers.get("cookie").cloned().unwrap_or_default();
+        assert!(!cookies.contains(&token), "{cookies}");
+        assert_eq!(last.headers["x-consumer-username"], "carol");
+    }
+}
+
+#[tokio::test]
 async fn global_rules_apply_everywhere_and_consumer_plugins_win() {
     let upstream = FakeUpstream::start("app").await;
     let cp = ControlPlane::start(&sqlite_url(), None);

@@ -20,7 +20,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use super::key_auth::identify;
-use super::util::query_arg;
+use super::util::{query_arg, remove_cookie, without_query_arg};
 use super::{Access, Plugin, RequestCtx, reject};
 use gateway_proto::plugins::auth::{JwtAlgorithm, JwtAuthConfig, JwtCredential};
 
@@ -106,7 +106,8 @@ impl JwtAuth {
         })
     }
 
-    fn token(&self, request: &request::Parts) -> Option<(String, bool)> {
+    /// The token the request presents, and where it was found.
+    fn token(&self, request: &request::Parts) -> Option<(String, TokenSource)> {
         if let Some(value) = request
             .headers
             .get(&self.header)
@@ -116,10 +117,10 @@ impl JwtAuth {
                 Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
                 _ => value.trim(),
             };
-            return Some((token.to_owned(), true));
+            return Some((token.to_owned(), TokenSource::Header));
         }
         if let Some(token) = query_arg(&request.uri, &self.query) {
-            return Some((token, false));
+            return Some((token, TokenSource::Query));
         }
         request
             .headers
@@ -129,9 +130,17 @@ impl JwtAuth {
             .flat_map(|v| v.split(';'))
             .find_map(|pair| {
                 let (name, value) = pair.trim().split_once('=')?;
-                (name == self.cookie).then(|| (value.to_owned(), false))
+                (name == self.cookie).then(|| (value.to_owned(), TokenSource::Cookie))
             })
     }
+}
+
+/// Where a request's token was.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum TokenSource {
+    Header,
+    Query,
+    Cookie,
 }
 
 /// Why a token was refused.
@@ -200,7 +209,7 @@ impl Plugin for JwtAuth {
     }
 
     fn access(&self, ctx: &mut RequestCtx<'_>, request: &mut request::Parts) -> Access {
-        let Some((token, in_header)) = self.token(request) else {
+        let Some((token, source)) = self.token(request) else {
             return Access::Reject(reject(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -209,8 +218,15 @@ impl Plugin for JwtAuth {
         };
         match check(&token, ctx, self.clock_skew_s) {
             Ok(consumer) => {
-                if self.hide_credentials && in_header {
-                    request.headers.remove(&self.header);
+                // Wherever it came from, the token stays out of the node's requests and logs.
+                if self.hide_credentials {
+                    match source {
+                        TokenSource::Header => drop(request.headers.remove(&self.header)),
+                        TokenSource::Query => {
+                            request.uri = without_query_arg(&request.uri, &self.query);
+                        }
+                        TokenSource::Cookie => remove_cookie(&mut request.headers, &self.cookie),
+                    }
                 }
                 identify(ctx, request, &consumer);
                 Access::Continue

@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 
 use http::Uri;
+use http::header::{COOKIE, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 
 /// Percent-decodes a query component (`+` is a space, as in forms). A component with nothing
@@ -66,6 +67,33 @@ pub fn without_query_arg(uri: &Uri, name: &str) -> Uri {
     Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
+/// Removes cookie `name` from every `Cookie` header of `headers`; a header left empty goes.
+pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    let named = |pair: &str| pair.trim().split_once('=').map_or(pair.trim(), |(n, _)| n) == name;
+    let values: Vec<HeaderValue> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| {
+            let Ok(text) = value.to_str() else {
+                return Some(value.clone());
+            };
+            let kept: Vec<&str> = text
+                .split(';')
+                .filter(|pair| !named(pair))
+                .map(str::trim)
+                .collect();
+            // Only bytes of a valid value remain, so this parses; an empty one is dropped.
+            (!kept.is_empty())
+                .then(|| HeaderValue::from_str(&kept.join("; ")).ok())
+                .flatten()
+        })
+        .collect();
+    headers.remove(COOKIE);
+    for value in values {
+        headers.append(COOKIE, value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +114,16 @@ mod tests {
         // Escapes next to multi-byte characters: bytes, never a slice inside a character.
         assert_eq!(percent_decode("%aé"), "%aé");
         assert_eq!(percent_decode("é%C3%A9+"), "éé ");
+    }
+
+    #[test]
+    fn a_cookie_is_removed_by_name_and_the_others_kept() {
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, HeaderValue::from_static("a=1; jwt=t.o.k; b=2"));
+        headers.append(COOKIE, HeaderValue::from_static("jwt=x"));
+        headers.append(COOKIE, HeaderValue::from_static("jwtx=3"));
+        remove_cookie(&mut headers, "jwt");
+        let left: Vec<_> = headers.get_all(COOKIE).iter().collect();
+        assert_eq!(left, ["a=1; b=2", "jwtx=3"]);
     }
 }
