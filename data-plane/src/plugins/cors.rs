@@ -210,9 +210,10 @@ impl Plugin for Cors {
         Ok(())
     }
 
-    fn response(&self, ctx: &mut RequestCtx<'_>, response: &mut Response<ProxyBody>) {
-        let echoed = ctx
-            .response_headers
+    fn response(&self, _ctx: &mut RequestCtx<'_>, response: &mut Response<ProxyBody>) {
+        // The access phase's headers are on the answer by now.
+        let echoed = response
+            .headers()
             .get(ACCESS_CONTROL_ALLOW_ORIGIN)
             .is_some_and(|v| v != "*");
         if echoed && !varies_by_origin(response.headers()) {

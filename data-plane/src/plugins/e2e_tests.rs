@@ -395,6 +395,17 @@ async fn response_rewrite_replaces_status_headers_and_body_even_of_refusals() {
                    "plugins": {"ip-restriction": {"blacklist": ["0.0.0.0/0", "::/0"]},
                                "response-rewrite": {"headers": {"add": {"x-rewritten": "1"}}}}}),
         ),
+        (
+            "routes",
+            "counted",
+            json!({"paths": ["/counted"], "upstream": upstream(fake.addr),
+                   "plugins": {"limit-count": {"count": 5, "time_window": 60,
+                                               "key": "remote_addr", "rejected_code": 429},
+                               "request-id": {},
+                               "response-rewrite": {"headers": {
+                                   "remove": ["x-ratelimit-remaining"],
+                                   "set": {"x-request-id": "fixed"}}}}}),
+        ),
     ])
     .await;
     let (status, headers, body) = dp.send(Method::GET, "/r", &[]).await;
@@ -410,6 +421,16 @@ async fn response_rewrite_replaces_status_headers_and_body_even_of_refusals() {
     assert_eq!(error_code(&body), "ip_forbidden");
     assert_eq!(headers["x-rewritten"], "1");
     assert_eq!(fake.requests().len(), 1);
+
+    // Headers other plugins add to the answer are the rewrite's to change too.
+    let (status, headers, _) = dp.get("/counted").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !headers.contains_key("x-ratelimit-remaining"),
+        "{headers:?}"
+    );
+    assert_eq!(headers["x-ratelimit-limit"], "5");
+    assert_eq!(headers["x-request-id"], "fixed");
 }
 
 #[tokio::test]

@@ -119,6 +119,12 @@ mod tests {
             deny.allows("::1".parse().unwrap()),
             "an IPv4 block never holds IPv6"
         );
+        // A block written IPv4-mapped holds the IPv4 clients it names, however they arrive.
+        let mapped = plugin(json!({"blacklist": ["::ffff:203.0.113.0/120"]}));
+        for client in ["203.0.113.9", "::ffff:203.0.113.9"] {
+            assert!(!mapped.allows(client.parse().unwrap()), "{client}");
+        }
+        assert!(mapped.allows("203.0.114.1".parse().unwrap()));
         assert!(IpRestriction::build(1, &json!({"whitelist": ["10.0.0.0/33"]})).is_err());
         assert!(
             IpRestriction::build(

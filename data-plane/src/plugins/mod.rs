@@ -168,16 +168,18 @@ impl<'r> RequestCtx<'r> {
 
     /// Runs the response and log phases over whatever answer the request got.
     pub fn run_response_phases(&mut self, response: &mut Response<ProxyBody>) {
-        let chain = Arc::clone(&self.chain);
-        for plugin in &chain.plugins {
-            plugin.response(self, response);
-        }
+        // Set before the response hooks run, so that `response-rewrite` can change or remove
+        // them like any other header of the answer.
         for (name, value) in self
             .response_headers
             .drain()
             .filter_map(|(n, v)| Some((n?, v)))
         {
             response.headers_mut().insert(name, value);
+        }
+        let chain = Arc::clone(&self.chain);
+        for plugin in &chain.plugins {
+            plugin.response(self, response);
         }
         for plugin in &chain.plugins {
             plugin.log(self, response.status());

@@ -236,6 +236,14 @@ pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
             IpAddr::V6((u128::from(v6) & mask).into())
         }
     };
+    // Clients are matched as IPv4 when they come as IPv4-mapped addresses, so a mapped block
+    // (`::ffff:203.0.113.0/120`) is that IPv4 block, or it would never match anyone.
+    if let IpAddr::V6(v6) = masked
+        && len >= 96
+        && let Some(v4) = v6.to_ipv4_mapped()
+    {
+        return Ok((IpAddr::V4(v4), len - 96));
+    }
     Ok((masked, len))
 }
 
@@ -346,6 +354,13 @@ mod tests {
         assert_eq!(parse_cidr("fd00::1/8"), Ok((v4("fd00::"), 8)));
         assert_eq!(parse_cidr("::1"), Ok((v4("::1"), 128)));
         assert_eq!(parse_cidr("::/0"), Ok((v4("::"), 0)));
+        assert_eq!(
+            parse_cidr("::ffff:203.0.113.9/120"),
+            Ok((v4("203.0.113.0"), 24)),
+            "mapped blocks are IPv4 blocks"
+        );
+        assert_eq!(parse_cidr("::ffff:10.0.0.1"), Ok((v4("10.0.0.1"), 32)));
+        assert_eq!(parse_cidr("::ffff:0:0/80"), Ok((v4("::"), 80)));
         for bad in [
             "",
             "/8",
