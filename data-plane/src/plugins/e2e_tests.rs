@@ -672,3 +672,42 @@ async fn spelling_a_path_differently_does_not_get_past_a_routes_auth() {
         assert_eq!(received.uri.to_string(), forwarded);
     }
 }
+
+#[tokio::test]
+async fn a_consumers_plugins_run_whatever_their_priority() {
+    let fake = FakeUpstream::start(Duration::ZERO).await;
+    let dp = Dp::start(&[
+        (
+            "routes",
+            "r",
+            json!({"paths": ["/r"], "upstream": upstream(fake.addr),
+                   "plugins": {"key-auth": {}}}),
+        ),
+        (
+            "consumers",
+            "blocked",
+            // ip-restriction ranks above key-auth: its access hook would be skipped.
+            json!({"credentials": {"key-auth": {"key": "blocked-key-1"}},
+                   "plugins": {"ip-restriction": {"blacklist": ["127.0.0.0/8", "::1/128"]}}}),
+        ),
+        (
+            "consumers",
+            "rewritten",
+            // proxy-rewrite works in the rewrite phase, over before key-auth identifies anyone.
+            json!({"credentials": {"key-auth": {"key": "rewritten-key-1"}},
+                   "plugins": {"proxy-rewrite": {"headers": {"set": {"x-tier": "gold"}}}}}),
+        ),
+    ])
+    .await;
+    let (status, _, body) = dp
+        .send(Method::GET, "/r", &[("apikey", "blocked-key-1")])
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body:?}");
+    assert!(fake.requests().is_empty());
+
+    let (status, _, _) = dp
+        .send(Method::GET, "/r", &[("apikey", "rewritten-key-1")])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fake.requests()[0].headers["x-tier"], "gold");
+}

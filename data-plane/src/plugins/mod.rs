@@ -138,19 +138,29 @@ impl<'r> RequestCtx<'r> {
                 break;
             };
             let before = self.consumer.as_ref().map(|c| Arc::as_ptr(c) as usize);
-            match plugin.access(self, request) {
-                Access::Continue => {}
-                Access::Reject(response) => return Err(response),
-                Access::Pending(check) => self.response_headers.extend(check.await?),
-            }
+            self.access(plugin, request).await?;
             index += 1;
             let after = self.consumer.as_ref().map(|c| Arc::as_ptr(c) as usize);
             if after != before
-                && let Some(consumer) = &self.consumer
+                && let Some(consumer) = self.consumer.clone()
                 && !consumer.plugins.is_empty()
             {
-                // The consumer's plugins overlay the chain; carry on with those not yet run.
+                // The consumer's plugins overlay the chain; the access loop carries on below
+                // the auth plugin. Their rewrite hooks have not run, nor the access hooks of
+                // those that rank above it (a consumer's `ip-restriction`): they run now, in
+                // chain order, as APISIX's `rewrite_in_consumer` and merged access phase do.
                 let overlaid = Arc::new(chain.overlay(&consumer.plugins));
+                let from_consumer = |p: &&Arc<dyn Plugin>| {
+                    consumer.plugins.iter().any(|c| Arc::ptr_eq(c, p)) && p.name() != plugin.name()
+                };
+                for late in overlaid.plugins.iter().filter(from_consumer) {
+                    late.rewrite(self, request)?;
+                }
+                for late in overlaid.plugins.iter().filter(from_consumer) {
+                    if late.priority() >= plugin.priority() {
+                        self.access(late, request).await?;
+                    }
+                }
                 index = overlaid
                     .plugins
                     .iter()
@@ -164,6 +174,22 @@ impl<'r> RequestCtx<'r> {
             plugin.before_upstream(self, request);
         }
         Ok(())
+    }
+
+    /// Runs one plugin's access hook; `Err` is the response to send instead.
+    async fn access(
+        &mut self,
+        plugin: &Arc<dyn Plugin>,
+        request: &mut request::Parts,
+    ) -> Result<(), Reject> {
+        match plugin.access(self, request) {
+            Access::Continue => Ok(()),
+            Access::Reject(response) => Err(response),
+            Access::Pending(check) => {
+                self.response_headers.extend(check.await?);
+                Ok(())
+            }
+        }
     }
 
     /// Runs the response and log phases over whatever answer the request got.
