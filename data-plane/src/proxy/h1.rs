@@ -31,7 +31,7 @@ use http::header::{CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TRANSFER_ENCOD
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
@@ -189,16 +189,21 @@ impl Conn {
 
     /// Reads more bytes into the buffer; `Ok(0)` is the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < READ_SIZE / 4 {
-            self.read.reserve(READ_SIZE);
-        }
-        // The future is stateless between polls, so a fresh one per poll is the same read.
-        pin!(self.stream.read_buf(&mut self.read)).poll(cx)
+        poll_fill(&mut self.stream, &mut self.read, cx)
     }
+}
 
-    async fn fill(&mut self) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+/// Reads more bytes from `reader` into `read`; `Ok(0)` is the end of the stream.
+fn poll_fill(
+    reader: &mut (impl AsyncRead + Unpin),
+    read: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if read.capacity() - read.len() < READ_SIZE / 4 {
+        read.reserve(READ_SIZE);
     }
+    // The future is stateless between polls, so a fresh one per poll is the same read.
+    pin!(reader.read_buf(read)).poll(cx)
 }
 
 /// How the caller takes the response head.
@@ -449,21 +454,68 @@ async fn exchange(
         .write_all(&conn.write)
         .await
         .map_err(Failed::Silent)?;
-    if framing != BodyFraming::Empty {
-        send_body(conn, body, framing, progress).await?;
-    }
     let head_only = parts.method == Method::HEAD;
+    let Conn {
+        stream,
+        read,
+        write,
+        spans,
+        ..
+    } = conn;
+    if framing == BodyFraming::Empty {
+        return read_head(stream, read, spans, head_only, form).await;
+    }
+    // A node may answer before it has taken the whole body (a 413, a 401) and stop reading or
+    // close. RFC 9112 §9.5: the answer is read while the body is sent, and once it is there
+    // the rest of the body is not sent. The node's answer, not a failed write, is the result.
+    let (mut reader, mut writer) = stream.split();
+    let mut sending = pin!(send_body(&mut writer, write, body, framing, progress));
+    let mut answer = pin!(read_head(&mut reader, read, spans, head_only, form));
+    tokio::select! {
+        // The answer first: when it is there, a write that failed meanwhile does not count.
+        biased;
+        head = &mut answer => {
+            let mut head = head?;
+            // The node's reading of the rest is unknown: the connection goes after this.
+            head.keep_alive = false;
+            Ok(head)
+        }
+        sent = &mut sending => match sent {
+            Ok(()) => answer.await,
+            // The node broke the connection: its answer may have come first (a read waits for
+            // the readiness the write error did not yet show). A failed write leaves the
+            // socket readable, at its end if not before, so this does not wait for long.
+            Err(Failed::Io(error)) => match answer.await {
+                Ok(mut head) => {
+                    head.keep_alive = false;
+                    Ok(head)
+                }
+                Err(_) => Err(Failed::Io(error)),
+            },
+            Err(failed) => Err(failed),
+        }
+    }
+}
+
+/// Reads the final response head from `reader`, with `read` holding what came before.
+async fn read_head(
+    reader: &mut (impl AsyncRead + Unpin),
+    read: &mut BytesMut,
+    spans: &mut Vec<Span>,
+    head_only: bool,
+    form: HeadForm,
+) -> Result<Head, Failed> {
     loop {
-        if let Some(head) = parse_head(&mut conn.read, &mut conn.spans, head_only, form)? {
+        if let Some(head) = parse_head(read, spans, head_only, form)? {
             return Ok(head);
         }
-        if conn.read.len() >= MAX_HEAD_BYTES {
+        if read.len() >= MAX_HEAD_BYTES {
             return Err(Failed::Protocol(format!(
                 "response head larger than {MAX_HEAD_BYTES} bytes"
             )));
         }
-        let started = !conn.read.is_empty();
-        match conn.fill().await {
+        let started = !read.is_empty();
+        match std::future::poll_fn(|cx| poll_fill(reader, read, cx)).await {
             Ok(0) if started => {
                 return Err(Failed::Io(io::ErrorKind::UnexpectedEof.into()));
             }
@@ -539,9 +591,11 @@ pub(super) fn encode_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Streams the client's body upstream, chunk-encoded when its length is unknown.
+/// Streams the client's body upstream through `writer`, chunk-encoded when its length is
+/// unknown; `scratch` holds chunk-size lines.
 async fn send_body(
-    conn: &mut Conn,
+    writer: &mut (impl AsyncWrite + Unpin),
+    scratch: &mut Vec<u8>,
     mut body: UpstreamBody,
     framing: BodyFraming,
     progress: &Progress,
@@ -563,25 +617,17 @@ async fn send_body(
         sent += data.len() as u64;
         progress.chunk_sent();
         if framing == BodyFraming::Chunked {
-            conn.write.clear();
-            conn.write
-                .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-            conn.stream
-                .write_all(&conn.write)
-                .await
-                .map_err(Failed::Io)?;
-            conn.stream.write_all(&data).await.map_err(Failed::Io)?;
-            conn.stream.write_all(b"\r\n").await.map_err(Failed::Io)?;
+            scratch.clear();
+            scratch.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            writer.write_all(scratch).await.map_err(Failed::Io)?;
+            writer.write_all(&data).await.map_err(Failed::Io)?;
+            writer.write_all(b"\r\n").await.map_err(Failed::Io)?;
         } else {
-            conn.stream.write_all(&data).await.map_err(Failed::Io)?;
+            writer.write_all(&data).await.map_err(Failed::Io)?;
         }
     }
     match framing {
-        BodyFraming::Chunked => conn
-            .stream
-            .write_all(b"0\r\n\r\n")
-            .await
-            .map_err(Failed::Io),
+        BodyFraming::Chunked => writer.write_all(b"0\r\n\r\n").await.map_err(Failed::Io),
         BodyFraming::Length(length) if sent != length => Err(Failed::RequestBody(
             format!("the request body ended after {sent} of {length} bytes").into(),
         )),

@@ -1355,10 +1355,8 @@ async fn a_request_body_of_unknown_length_goes_out_chunked() {
     assert!(answer.ends_with("\r\n\r\nstored"), "{answer}");
 }
 
-/// A hyper server standing in for the gateway's listener (only hyper makes an `Incoming`):
-/// each request it gets is forwarded with its streamed body through `send` to a node that
-/// reads the request and answers 200 once it has it all. Returns the listener's address and
-/// the outcomes of `send`.
+/// A node that reads the request and answers 200 once it has it all, behind
+/// [`front_forwarding_to`].
 async fn front_forwarding_to_a_reading_node(
     read_timeout: Duration,
 ) -> (
@@ -1373,6 +1371,19 @@ async fn front_forwarding_to_a_reading_node(
         }
         std::future::pending::<()>().await;
     });
+    front_forwarding_to(node_address, read_timeout).await
+}
+
+/// A hyper server standing in for the gateway's listener (only hyper makes an `Incoming`):
+/// each request it gets is forwarded with its streamed body through `send` to the node at
+/// `node_address`. Returns the listener's address and the outcomes of `send`.
+async fn front_forwarding_to(
+    node_address: String,
+    read_timeout: Duration,
+) -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<Result<StatusCode, ProxyError>>,
+) {
     let (front, front_address) = node().await;
     let (outcomes, received) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -1406,6 +1417,48 @@ async fn front_forwarding_to_a_reading_node(
             .await;
     });
     (front_address, received)
+}
+
+#[tokio::test]
+async fn a_node_that_answers_before_taking_the_body_is_heard() {
+    // The node reads the head only, answers 413 and then closes (so its kernel resets the
+    // connection) or keeps the connection but stops reading.
+    for closes in [true, false] {
+        let (node_listener, node_address) = node().await;
+        tokio::spawn(async move {
+            let (mut stream, _) = node_listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let answer =
+                "HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+            let _ = stream.write_all(answer.as_bytes()).await;
+            if closes {
+                drop(stream);
+            } else {
+                std::future::pending::<()>().await;
+            }
+        });
+        let (front, mut outcomes) =
+            front_forwarding_to(node_address, Duration::from_secs(30)).await;
+        let mut client = TcpStream::connect(&front).await.unwrap();
+        let length = 32 << 20;
+        tokio::spawn(async move {
+            let head =
+                format!("POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: {length}\r\n\r\n");
+            let _ = client.write_all(head.as_bytes()).await;
+            let _ = client.write_all(&vec![b'x'; length]).await;
+            std::future::pending::<()>().await;
+        });
+        let outcome = timeout(TIMEOUT, outcomes.recv()).await.unwrap().unwrap();
+        assert_eq!(
+            outcome.map_err(|e| e.to_string()),
+            Ok(StatusCode::PAYLOAD_TOO_LARGE),
+            "closes: {closes}"
+        );
+    }
 }
 
 #[tokio::test]
