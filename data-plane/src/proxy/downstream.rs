@@ -72,6 +72,10 @@ const SEND_TIMEOUT: Duration = if cfg!(test) {
 } else {
     Duration::from_secs(60)
 };
+/// How long a closing connection waits for the client to close its side ([`Connection::linger`]).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// How much a closing connection reads from the client before it gives up waiting.
+const LINGER_BYTES: usize = 64 * 1024;
 /// How an HTTP/2 client with prior knowledge opens a connection.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -108,7 +112,7 @@ pub async fn serve_connection(
                     .await
                 {
                     Ok(true) => {}
-                    Ok(false) => return,
+                    Ok(false) => return conn.linger().await,
                     Err(error) => {
                         debug!(%remote, %error, "writing the response failed");
                         return;
@@ -123,7 +127,9 @@ pub async fn serve_connection(
                     _ => "bad_request",
                 };
                 let response = json_response(status, code, message);
-                let _ = conn.respond(response, false, false, false).await;
+                if conn.respond(response, false, false, false).await.is_ok() {
+                    conn.linger().await;
+                }
                 return;
             }
             Next::Closed => return,
@@ -305,6 +311,27 @@ impl Connection {
         }
         self.flush().await?;
         Ok(keep_alive)
+    }
+
+    /// Closes after a last answer without losing it: the write side first, then whatever the
+    /// client still sends is read and dropped until it closes too (RFC 9112 §9.6). Closed
+    /// with unread bytes, the socket would answer them with a reset, which can destroy the
+    /// answer before the client reads it. Bounded by [`LINGER_TIME`] and [`LINGER_BYTES`].
+    async fn linger(mut self) {
+        if self.stream.shutdown().await.is_err() {
+            return;
+        }
+        let mut drained = 0;
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(LINGER_TIME, async {
+            while drained < LINGER_BYTES {
+                match self.stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        })
+        .await;
     }
 
     async fn flush(&mut self) -> io::Result<()> {

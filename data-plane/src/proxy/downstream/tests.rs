@@ -1003,3 +1003,24 @@ async fn a_request_without_a_host_or_with_two_gets_a_json_400() {
     assert_eq!(client.read_reply(false).await.status, 200);
     assert_eq!(gateway.origin.received().len(), 1);
 }
+
+#[tokio::test]
+async fn a_request_that_arrives_while_the_close_is_prepared_does_not_reset_the_answer() {
+    let gateway = Gateway::start().await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let first = "GET /api/slow HTTP/1.1\r\nHost: example\r\nConnection: close\r\n\r\n";
+    stream.write_all(first.as_bytes()).await.unwrap();
+    // Sent while the first is at the node: it sits unread when the gateway closes.
+    tokio::time::sleep(SLOW / 3).await;
+    stream.write_all(get("/api/b").as_bytes()).await.unwrap();
+    tokio::time::sleep(SLOW).await;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut received)).await;
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "a clean close, not {read:?}, after {text:?}"
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("GET /api/slow"), "{text}");
+}
