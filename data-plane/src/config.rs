@@ -43,6 +43,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_WORKER_THREADS")]
     pub worker_threads: Option<NonZeroUsize>,
 
+    /// On shutdown, how long in-flight requests and open tunnels may take to finish before the
+    /// data plane stops anyway (seconds; under Kubernetes' 30 s grace period).
+    #[arg(long, env = "GATEWAY_DRAIN_TIMEOUT", default_value_t = 25)]
+    pub drain_timeout: u64,
+
     /// Redis shared by every data plane for cluster-wide rate limits (`redis://host:port`);
     /// without it, `limit-count` counts per data plane.
     #[arg(long, env = "GATEWAY_REDIS_URL")]

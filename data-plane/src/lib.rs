@@ -37,6 +37,8 @@ pub mod xds;
 
 #[cfg(test)]
 mod test_support;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::io;
@@ -163,20 +165,34 @@ impl DataPlane {
             // An error means the sender is gone, which also means stop.
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        let proxy = tokio::spawn(proxy::serve(
+        let mut proxy = tokio::spawn(proxy::serve(
             proxy,
             state.clone(),
             wait_for_stop(stopped.clone()),
         ));
-        let status = tokio::spawn(status::serve(status, state.clone(), wait_for_stop(stopped)));
+        let mut status = tokio::spawn(status::serve(status, state.clone(), wait_for_stop(stopped)));
 
         shutdown.await;
         info!("shutting down: no new connections; waiting for in-flight requests");
         state.start_draining();
         let _ = stop.send(true);
-        // The listeners' tasks only end by draining; a panic inside one is already logged.
-        let _ = proxy.await;
-        let _ = status.await;
+        // The listeners' tasks only end by draining; a panic inside one is already logged. A
+        // WebSocket tunnel or a client that never finishes its request must not hold the
+        // process forever: past the drain timeout, what is left is dropped.
+        let drain_timeout = std::time::Duration::from_secs(config.drain_timeout);
+        let drained = tokio::time::timeout(drain_timeout, async {
+            let _ = (&mut proxy).await;
+            let _ = (&mut status).await;
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                after = ?drain_timeout,
+                "connections still open after the drain timeout: closing them"
+            );
+            proxy.abort();
+            status.abort();
+        }
         if let Some(xds) = xds {
             xds.abort();
         }
