@@ -549,10 +549,22 @@ async fn hand_off(proxy: Arc<Proxy>, conn: Connection, remote: SocketAddr, stop:
     let io = Rewind {
         prefix: conn.read.freeze(),
         stream: conn.stream,
+        write_stall: None,
     };
     let service = service_fn(move |request: Request<Incoming>| {
         let proxy = Arc::clone(&proxy);
         async move {
+            // The listener loop's Host rule (see `parse_request`); HTTP/2 has `:authority`.
+            let hosts = request.headers().get_all(HOST).iter().count();
+            let http11 = request.version() == Version::HTTP_11;
+            if hosts > 1 || (hosts == 0 && http11) {
+                let message = "a request needs exactly one Host header";
+                return Ok(json_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    message,
+                ));
+            }
             let request = request.map(Either::Left);
             Ok::<_, Infallible>(proxy.handle(remote, request, HeadForm::Map).await)
         }
@@ -560,10 +572,33 @@ async fn hand_off(proxy: Arc<Proxy>, conn: Connection, remote: SocketAddr, stop:
     serve_hyper(io, service, remote, stop).await;
 }
 
-/// A stream that first yields bytes already read from it.
+/// A stream that first yields bytes already read from it, and fails a write the client
+/// leaves unaccepted for [`SEND_TIMEOUT`] (hyper's server has no send timeout of its own).
 struct Rewind {
     prefix: Bytes,
     stream: TcpStream,
+    /// Armed while a write is pending.
+    write_stall: Option<Pin<Box<Sleep>>>,
+}
+
+impl Rewind {
+    /// `poll`'s result, unless the write has been pending for [`SEND_TIMEOUT`].
+    fn timed<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.write_stall = None;
+            return poll;
+        }
+        let stall = self
+            .write_stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(SEND_TIMEOUT)));
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not take the response in time",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl AsyncRead for Rewind {
@@ -588,7 +623,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let poll = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.timed(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -596,7 +632,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let poll = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.timed(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
