@@ -64,6 +64,9 @@ pub enum ProxyError {
     /// `CONNECT`: the gateway is a reverse proxy and opens no tunnels.
     #[error("CONNECT is not supported")]
     ConnectNotSupported,
+    /// A request path that cannot be normalised safely (see [`crate::proxy::path`]).
+    #[error("invalid request path: {0}")]
+    InvalidPath(&'static str),
     /// The route's upstream has no node with a non-zero weight.
     #[error("upstream {upstream} has no available node")]
     NoUpstreamNode {
@@ -141,6 +144,7 @@ impl ProxyError {
             ProxyError::RouteNotFound
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::ConnectNotSupported
+            | ProxyError::InvalidPath(_)
             | ProxyError::DownstreamBody { .. } => Origin::Downstream,
             ProxyError::NoUpstreamNode { .. }
             | ProxyError::UpstreamConnect { .. }
@@ -169,6 +173,7 @@ impl ProxyError {
             ProxyError::RouteNotFound => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ConnectNotSupported => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::InvalidPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoUpstreamNode { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamRequest { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -185,6 +190,7 @@ impl ProxyError {
             ProxyError::RouteNotFound => "route_not_found",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
             ProxyError::ConnectNotSupported => "not_implemented",
+            ProxyError::InvalidPath(_) => "invalid_path",
             ProxyError::NoUpstreamNode { .. } => "no_upstream_node",
             ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamRequest { .. } => {
                 "upstream_unavailable"
@@ -205,6 +211,7 @@ impl ProxyError {
                 join_methods(allow).unwrap_or_default()
             ),
             ProxyError::ConnectNotSupported => "CONNECT is not supported".to_owned(),
+            ProxyError::InvalidPath(reason) => format!("invalid request path: {reason}"),
             ProxyError::NoUpstreamNode { .. } => "no available upstream node".to_owned(),
             ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamRequest { .. } => {
                 "the upstream is unavailable".to_owned()

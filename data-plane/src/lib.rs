@@ -188,7 +188,7 @@ impl DataPlane {
         if drained.is_err() {
             warn!(
                 after = ?drain_timeout,
-                "connections still open after the drain timeout: closing them"
+                "connections still open after the drain timeout: they end with the process"
             );
             proxy.abort();
             status.abort();

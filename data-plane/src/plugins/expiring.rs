@@ -11,6 +11,7 @@
 //! entries when full. Keys longer than [`MAX_KEY_BYTES`] are stored as their SHA-256, so
 //! memory is bounded by the key count, not by header sizes.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -20,8 +21,8 @@ const SHARDS: usize = 16;
 /// A shard this large is swept of expired entries before it grows further; after a sweep the
 /// next one waits until the shard doubles, so sweeping costs O(1) per insert.
 const SWEEP_AT: usize = 4096;
-/// Live keys per shard (16 shards: about a million keys).
-pub const MAX_KEYS_PER_SHARD: usize = 65_536;
+/// Live keys per shard (16 shards: 262,144 keys, some 30 MB at most per map).
+pub const MAX_KEYS_PER_SHARD: usize = 16_384;
 /// Longer keys are stored hashed.
 pub const MAX_KEY_BYTES: usize = 128;
 
@@ -73,17 +74,11 @@ impl<V> ExpiringMap<V> {
         now_ms: u64,
         update: impl FnOnce(Option<&V>) -> (V, u64, R),
     ) -> R {
-        let hashed;
-        let key = if key.len() > MAX_KEY_BYTES {
-            hashed = hashed_key(key);
-            hashed.as_str()
-        } else {
-            key
-        };
-        let shard = &self.shards[fnv(key) % SHARDS];
+        let key = bounded_key(key);
+        let shard = &self.shards[fnv(&key) % SHARDS];
         let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
         // Looked up before inserted: an owned key per request was an allocation per request.
-        if let Some(entry) = shard.entries.get_mut(key) {
+        if let Some(entry) = shard.entries.get_mut(&*key) {
             let live = (entry.expires_ms > now_ms).then_some(&entry.value);
             let (value, expires_ms, verdict) = update(live);
             *entry = Entry { value, expires_ms };
@@ -93,7 +88,7 @@ impl<V> ExpiringMap<V> {
         shard.make_room(now_ms, self.capacity);
         shard
             .entries
-            .insert(key.into(), Entry { value, expires_ms });
+            .insert(key.into_owned().into(), Entry { value, expires_ms });
         verdict
     }
 
@@ -116,23 +111,37 @@ impl<V> Shard<V> {
         }
         self.entries.retain(|_, entry| entry.expires_ms > now_ms);
         if self.entries.len() >= capacity {
+            // The quarter closest to expiry goes; entries that tie with the cut are kept
+            // until the quota is met, so a window's keys created in one tick do not all go.
             let mut expiries: Vec<u64> = self.entries.values().map(|e| e.expires_ms).collect();
             let (_, cut, _) = expiries.select_nth_unstable(capacity / 4);
             let cut = *cut;
-            self.entries.retain(|_, entry| entry.expires_ms > cut);
+            let mut to_drop = capacity / 4 + 1;
+            self.entries.retain(|_, entry| {
+                let drop = entry.expires_ms < cut || (entry.expires_ms == cut && to_drop > 0);
+                if drop {
+                    to_drop = to_drop.saturating_sub(1);
+                }
+                !drop
+            });
         }
         self.sweep_at = (self.entries.len() * 2).clamp(SWEEP_AT.min(capacity), capacity);
     }
 }
 
-fn hashed_key(key: &str) -> String {
+/// `key` itself, or its SHA-256 when it is longer than [`MAX_KEY_BYTES`]: what a limit stores
+/// (here or in Redis) is bounded whatever a client sends.
+pub fn bounded_key(key: &str) -> Cow<'_, str> {
+    if key.len() <= MAX_KEY_BYTES {
+        return Cow::Borrowed(key);
+    }
     let digest = Sha256::digest(key.as_bytes());
     let mut hashed = String::with_capacity(7 + 64);
     hashed.push_str("sha256:");
     for byte in digest {
         hashed.push_str(&format!("{byte:02x}"));
     }
-    hashed
+    Cow::Owned(hashed)
 }
 
 fn fnv(text: &str) -> usize {

@@ -19,7 +19,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, request};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use super::expiring::ExpiringMap;
+use super::expiring::{ExpiringMap, bounded_key};
 use super::key_source::KeySource;
 use super::{Access, BuildEnv, Plugin, Reject, RequestCtx, reject};
 use gateway_proto::plugins::limit_count::Config;
@@ -215,7 +215,7 @@ impl Plugin for LimitCount {
         let local = Arc::clone(&self.local);
         let ttl_s = self.window_s + 1;
         Access::Pending(Box::pin(async move {
-            let shared_key = format!("gw:lc:{key}:{index}");
+            let shared_key = format!("gw:lc:{}:{index}", bounded_key(&key));
             let used = match redis.incr(&shared_key, ttl_s).await {
                 Ok(used) => used,
                 Err(error) => {

@@ -24,7 +24,7 @@ use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -334,30 +334,47 @@ impl Connection {
         .await;
     }
 
+    /// Writes out what `write` holds. Most writes complete at once and arm no timer; a write
+    /// the client leaves unaccepted for [`SEND_TIMEOUT`] fails.
     async fn flush(&mut self) -> io::Result<()> {
-        if self.write.is_empty() {
-            return Ok(());
-        }
-        {
-            let mut write = pin!(self.stream.write_all(&self.write));
-            // Most writes complete at once and arm no timer.
-            let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
-            match first {
-                Poll::Ready(result) => result?,
-                Poll::Pending => {
-                    tokio::time::timeout(SEND_TIMEOUT, write)
-                        .await
-                        .map_err(|_| {
-                            io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                "the client did not take the response in time",
-                            )
-                        })??
+        let (stream, buf) = (&mut self.stream, &self.write);
+        let mut written = 0;
+        let mut stall = None;
+        std::future::poll_fn(|cx| {
+            while written < buf.len() {
+                let poll = Pin::new(&mut *stream).poll_write(cx, &buf[written..]);
+                match ready!(send_deadline(&mut stall, cx, poll))? {
+                    0 => return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero))),
+                    n => written += n,
                 }
             }
-        }
+            Poll::Ready(Ok::<(), io::Error>(()))
+        })
+        .await?;
         self.write.clear();
         Ok(())
+    }
+}
+
+/// `poll`, a client write's progress, unless the write has been stalled for [`SEND_TIMEOUT`]:
+/// `stall` is armed when a write is pending and cleared when one goes out, so the timeout
+/// bounds each stall (as nginx's `send_timeout` does), not a whole response.
+fn send_deadline<T>(
+    stall: &mut Option<Pin<Box<Sleep>>>,
+    cx: &mut Context<'_>,
+    poll: Poll<io::Result<T>>,
+) -> Poll<io::Result<T>> {
+    if poll.is_ready() {
+        *stall = None;
+        return poll;
+    }
+    let timer = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(SEND_TIMEOUT)));
+    match timer.as_mut().poll(cx) {
+        Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client did not take the response in time",
+        ))),
+        Poll::Pending => Poll::Pending,
     }
 }
 
@@ -581,26 +598,6 @@ struct Rewind {
     write_stall: Option<Pin<Box<Sleep>>>,
 }
 
-impl Rewind {
-    /// `poll`'s result, unless the write has been pending for [`SEND_TIMEOUT`].
-    fn timed<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        if poll.is_ready() {
-            self.write_stall = None;
-            return poll;
-        }
-        let stall = self
-            .write_stall
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(SEND_TIMEOUT)));
-        match stall.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client did not take the response in time",
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
 impl AsyncRead for Rewind {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -623,8 +620,9 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.stream).poll_write(cx, buf);
-        self.timed(cx, poll)
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.stream).poll_write(cx, buf);
+        send_deadline(&mut this.write_stall, cx, poll)
     }
 
     fn poll_write_vectored(
@@ -632,8 +630,9 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        self.timed(cx, poll)
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        send_deadline(&mut this.write_stall, cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {

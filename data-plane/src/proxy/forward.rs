@@ -307,7 +307,7 @@ fn prepare(
         mut headers,
         ..
     } = parts;
-    // Path and query are forwarded byte for byte; rewriting is a later feature.
+    // Path and query go on as routed: the path normalised (`super::path`), the query as sent.
     let path_and_query = uri
         .path_and_query()
         .cloned()

@@ -476,8 +476,15 @@ async fn exchange(
         biased;
         head = &mut answer => {
             let mut head = head?;
-            // The node's reading of the rest is unknown: the connection goes after this.
-            head.keep_alive = false;
+            if head.status.is_client_error() || head.status.is_server_error() || !head.keep_alive {
+                // The node refuses the body or closes: the rest is not sent, and the
+                // connection goes after this answer.
+                head.keep_alive = false;
+                return Ok(head);
+            }
+            // An early success: the node still reads the body (§9.5 stops only for an error
+            // or a close), so it is sent whole and the connection stays usable.
+            sending.await?;
             Ok(head)
         }
         sent = &mut sending => match sent {

@@ -115,16 +115,20 @@ pub fn drop_connection_listed(headers: &mut HeaderMap) {
     if !headers.contains_key(CONNECTION) {
         return;
     }
-    let mut upgrade = false;
+    // `connection_listed` leaves out hop-by-hop names, `upgrade` among them: read it here.
+    let upgrade = headers.get_all(CONNECTION).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
     let mut doomed: Vec<HeaderName> = Vec::new();
     let listed = headers
         .get_all(CONNECTION)
         .iter()
         .flat_map(|value| connection_listed(value.as_bytes()));
     for token in listed {
-        if token.eq_ignore_ascii_case(b"upgrade") {
-            upgrade = true;
-        } else if let Some(name) = headers
+        if let Some(name) = headers
             .keys()
             .find(|name| name.as_str().as_bytes().eq_ignore_ascii_case(token))
         {

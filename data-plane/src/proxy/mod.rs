@@ -73,8 +73,14 @@ impl Proxy {
         mut request: Request<UpstreamBody>,
         form: HeadForm,
     ) -> Response<ProxyBody> {
-        if let Some(normal) = path::normalize(request.uri().path()) {
-            set_path(&mut request, &normal);
+        match path::normalize(request.uri().path()) {
+            Ok(None) => {}
+            Ok(Some(normal)) => set_path(&mut request, &normal),
+            Err(reason) => {
+                let response = self.error_response(remote, ProxyError::InvalidPath(reason));
+                self.state.metrics.record_request(response.status());
+                return response;
+            }
         }
         // One load per request: the whole exchange sees one config version.
         let runtime = self.state.runtime();

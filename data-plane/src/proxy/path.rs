@@ -14,68 +14,87 @@
 //! 2. Runs of `/` become one `/` (nginx's `merge_slashes`).
 //! 3. `.` and `..` segments are resolved (RFC 3986 §5.2.4); `..` never climbs above `/`.
 
-/// The normalised form of `path`, or `None` when it is already normal (the common case costs
-/// one scan and no allocation). Only origin-form paths (starting with `/`) are touched.
-pub fn normalize(path: &str) -> Option<String> {
+/// The normalised form of `path`: `Ok(None)` when it is already normal (the common case costs
+/// one scan and no allocation), `Err` for a path no normal form is safe for. Only origin-form
+/// paths (starting with `/`) are touched.
+///
+/// Refused, as nginx refuses them: a `%` not followed by two hex digits (decoding once more
+/// could otherwise make an escape, `%%32%65` → `%2e`, that a node decodes into a dot
+/// segment), and a dot segment with a `;` parameter (`..;`), which Tomcat resolves as `..`.
+pub fn normalize(path: &str) -> Result<Option<String>, &'static str> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') || !needs_work(bytes) {
-        return None;
+        return Ok(None);
     }
-    let decoded = decode_unreserved(bytes);
-    let mut out = String::with_capacity(decoded.len());
-    // Segments between slashes; empty ones (from `//`) vanish.
+    let decoded = decode_unreserved(bytes)?;
+    // Only ASCII was decoded from ASCII escapes, so this is still the client's UTF-8.
+    let decoded = std::str::from_utf8(&decoded).map_err(|_| "not UTF-8")?;
     let mut segments: Vec<&str> = Vec::new();
-    let decoded = std::str::from_utf8(&decoded).ok()?;
-    let mut ends_with_slash = decoded.ends_with('/');
     for segment in decoded.split('/').filter(|s| !s.is_empty()) {
-        ends_with_slash = false;
         match segment {
-            "." => ends_with_slash = true,
+            "." => {}
             ".." => {
                 segments.pop();
-                ends_with_slash = true;
+            }
+            _ if segment.starts_with(".;") || segment.starts_with("..;") => {
+                return Err("a dot segment with parameters");
             }
             _ => segments.push(segment),
         }
     }
+    // A path that ended in a directory (`/a/`, `/a/.`, `/a/..`) still does.
+    let ends_in_directory = matches!(decoded.rsplit('/').next(), Some("" | "." | ".."));
+    let mut out = String::with_capacity(decoded.len());
     for segment in &segments {
         out.push('/');
         out.push_str(segment);
     }
-    if out.is_empty() || ends_with_slash {
+    if out.is_empty() || ends_in_directory {
         out.push('/');
     }
-    (out != path).then_some(out)
+    Ok((out != path).then_some(out))
 }
 
-/// Whether `path` has anything step 1–3 could change: a `%`, a `//`, or a segment that starts
-/// with `.`. A false positive only costs the slow path.
+/// Whether `path` has anything normalising could change: a `%`, a `//`, or a segment that
+/// starts with `.`. A false positive only costs the slow path.
 fn needs_work(path: &[u8]) -> bool {
     path.windows(2)
         .any(|pair| pair[0] == b'/' && (pair[1] == b'/' || pair[1] == b'.'))
         || path.contains(&b'%')
 }
 
-/// `path` with the `%XX` escapes of unreserved characters decoded.
-fn decode_unreserved(path: &[u8]) -> Vec<u8> {
+/// `path` with the `%XX` escapes of unreserved characters decoded; `Err` for a `%` without
+/// two hex digits.
+fn decode_unreserved(path: &[u8]) -> Result<Vec<u8>, &'static str> {
     let mut out = Vec::with_capacity(path.len());
     let mut i = 0;
     while i < path.len() {
-        if path[i] == b'%'
-            && let Some(byte) = path
-                .get(i + 1..i + 3)
-                .and_then(|hex| std::str::from_utf8(hex).ok())
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-            && is_unreserved(byte)
-        {
-            out.push(byte);
-            i += 3;
+        if path[i] != b'%' {
+            out.push(path[i]);
+            i += 1;
             continue;
         }
-        out.push(path[i]);
-        i += 1;
+        let (Some(&high), Some(&low)) = (path.get(i + 1), path.get(i + 2)) else {
+            return Err("a % without two hex digits");
+        };
+        let (Some(high), Some(low)) = (hex_value(high), hex_value(low)) else {
+            return Err("a % without two hex digits");
+        };
+        let byte = high << 4 | low;
+        if is_unreserved(byte) {
+            out.push(byte);
+        } else {
+            out.extend_from_slice(&path[i..i + 3]);
+        }
+        i += 3;
     }
-    out
+    Ok(out)
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    char::from(digit)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 fn is_unreserved(byte: u8) -> bool {
@@ -97,9 +116,10 @@ mod tests {
             "/a%20b",
             "/file.json",
             "/a/.well",
+            "/a;b/c",
             "*",
         ] {
-            assert_eq!(normalize(path), None, "{path}");
+            assert_eq!(normalize(path), Ok(None), "{path}");
         }
     }
 
@@ -120,34 +140,69 @@ mod tests {
             ("/..", "/"),
             ("//", "/"),
             ("/a%7e", "/a~"),
+            ("/.%2e/x", "/x"),
         ] {
-            assert_eq!(normalize(raw).as_deref(), Some(normal), "{raw}");
+            assert_eq!(normalize(raw), Ok(Some(normal.to_owned())), "{raw}");
         }
     }
 
     #[test]
-    fn reserved_and_broken_escapes_stay_as_sent() {
-        assert_eq!(normalize("/a%2F..%2Fb"), None, "%2F is no separator");
-        assert_eq!(normalize("/a/%2f/../b").as_deref(), Some("/a/b"));
-        assert_eq!(normalize("/a%zz/%"), None);
-        assert_eq!(normalize("/a/%4").as_deref(), None);
-        assert_eq!(normalize("/%61%zz").as_deref(), Some("/a%zz"));
+    fn a_trailing_slash_survives_normalising() {
+        for (raw, normal) in [
+            ("/a//", "/a/"),
+            ("//admin/", "/admin/"),
+            ("/%61/", "/a/"),
+            ("/docs/./x/", "/docs/x/"),
+        ] {
+            assert_eq!(normalize(raw), Ok(Some(normal.to_owned())), "{raw}");
+        }
     }
 
     #[test]
-    fn adversarial_paths_do_not_panic() {
+    fn reserved_escapes_stay_as_sent() {
+        assert_eq!(normalize("/a%2F..%2Fb"), Ok(None), "%2F is no separator");
+        assert_eq!(normalize("/a/%2f/../b"), Ok(Some("/a/b".to_owned())));
+        assert_eq!(normalize("/%61%2f"), Ok(Some("/a%2f".to_owned())));
+        assert_eq!(normalize("/%C3%A9"), Ok(None));
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
         for path in [
-            "/%",
-            "/%%",
-            "/%f",
-            "/%ff",
-            "/%c3%a9",
-            "/\u{e9}/..",
-            "/.%2e/",
-            "/%2e.",
+            "/public/%%32%65%%32%65/admin/users",
+            "/a%zz",
+            "/a/%",
+            "/a/%4",
+            "/%+9",
+            "/public/..;/admin/users",
+            "/public/.;x/admin",
         ] {
-            let _ = normalize(path);
+            assert!(normalize(path).is_err(), "{path}");
         }
-        assert_eq!(normalize("/.%2e/x").as_deref(), Some("/x"));
+    }
+
+    #[test]
+    fn normalising_twice_changes_nothing_more() {
+        let parts = [
+            "/", "//", ".", "..", "%2e", "%2E", "%61", "%2F", "a", "%7e", "/.",
+        ];
+        // Every path of up to four parts.
+        let mut paths = vec![String::new()];
+        for _ in 0..4 {
+            paths = paths
+                .iter()
+                .flat_map(|p| parts.iter().map(move |part| format!("{p}{part}")))
+                .collect();
+            for path in &paths {
+                let path = format!("/{path}");
+                if let Ok(Some(once)) = normalize(&path) {
+                    assert_eq!(normalize(&once), Ok(None), "{path} → {once}");
+                    assert!(
+                        !once.to_ascii_lowercase().contains("%2e"),
+                        "{path} → {once}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -955,7 +955,10 @@ async fn a_client_that_stops_reading_is_dropped_after_the_send_timeout() {
 
 async fn client_that_stops_reading(request: &str) {
     let gateway = Gateway::start().await;
-    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    // A small receive buffer, so the gateway's writes stall whatever the machine's defaults.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(gateway.addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     // Not reading: the gateway's writes stall once the socket buffers are full.
     tokio::time::sleep(super::SEND_TIMEOUT + Duration::from_millis(1500)).await;

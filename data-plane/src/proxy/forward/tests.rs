@@ -800,6 +800,17 @@ async fn websocket_upgrades_are_passed_through() {
 }
 
 #[tokio::test]
+async fn websocket_upgrades_are_passed_through_on_routes_with_plugins() {
+    let node = FakeNode::start("ws").await;
+    let gateway = Gateway::start(upstream(&[node.node(1)], json!({}))).await;
+    gateway.install_with_route(
+        upstream(&[node.node(1)], json!({})),
+        json!({"plugins": {"request-id": {}}}),
+    );
+    websocket_echo_through(gateway.addr).await;
+}
+
+#[tokio::test]
 async fn websocket_upgrades_reach_tls_nodes_that_offer_http2() {
     // ALPN would pick h2, which cannot carry the handshake: upgrades must ask for HTTP/1.1.
     let (addr, seen) = tls_node().await;
