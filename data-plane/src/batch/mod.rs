@@ -531,7 +531,15 @@ impl Exchange<'_> {
                     Answer::Raw(_) => None,
                 })
         };
-        let bad = |e: template::RenderError| Failure::new(StatusCode::BAD_GATEWAY, e.to_string());
+        let bad = |e: template::RenderError| {
+            // A value of the client's request that would climb out of the path is the
+            // client's fault; an answer lacking a value is the upstream's.
+            let status = match e {
+                template::RenderError::DotSegment { .. } => StatusCode::BAD_REQUEST,
+                template::RenderError::MissingValue { .. } => StatusCode::BAD_GATEWAY,
+            };
+            Failure::new(status, e.to_string())
+        };
         let mut target = render(&sub.path, &self.context, answer, Place::Uri).map_err(bad)?;
         if self.batch.pass_query && !self.context.query.is_empty() {
             target.push(if target.contains('?') { '&' } else { '?' });

@@ -109,3 +109,120 @@ fn answers_are_kept_raw_parsed_or_carried_as_strings() {
         );
     }
 }
+
+/// A data plane in process: the proxy listener on 127.0.0.1:0 serving `resources`.
+mod in_process {
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{Request, StatusCode};
+    use http_body_util::combinators::BoxBody;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+    use serde_json::{Value, json};
+    use tokio::net::TcpListener;
+
+    use crate::runtime::Runtime;
+    use crate::state::State;
+    use crate::test_support::{FakeUpstream, snapshot};
+
+    /// Bounds every exchange of these tests: a regression fails instead of hanging.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    struct Gateway {
+        addr: SocketAddr,
+        client: Client<HttpConnector, BoxBody<Bytes, Infallible>>,
+    }
+
+    impl Gateway {
+        async fn start(resources: &[(&str, &str, Value)]) -> Gateway {
+            let state = State::new();
+            state.install(Runtime::compile(&snapshot(1, resources), None).unwrap());
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(crate::proxy::serve(listener, state, std::future::pending()));
+            Gateway {
+                addr,
+                client: Client::builder(TokioExecutor::new()).build_http(),
+            }
+        }
+
+        /// GETs `path` with `headers`: the status, `X-Gateway-Batch` and the JSON body.
+        async fn get(
+            &self,
+            path: &str,
+            headers: &[(&str, &str)],
+        ) -> (StatusCode, Option<String>, Value) {
+            let mut request = Request::get(format!("http://{}{path}", self.addr));
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let request = request.body(Empty::new().boxed()).unwrap();
+            let response = tokio::time::timeout(WAIT, self.client.request(request))
+                .await
+                .expect("an answer in time")
+                .unwrap();
+            let status = response.status();
+            let batch = response
+                .headers()
+                .get("x-gateway-batch")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let body = serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+            (status, batch, body)
+        }
+    }
+
+    fn upstream(addr: SocketAddr, extra: Value) -> Value {
+        let mut upstream = json!({"nodes": [{"host": addr.ip().to_string(), "port": addr.port()}]});
+        if let (Some(object), Some(extra)) = (upstream.as_object_mut(), extra.as_object()) {
+            object.extend(extra.clone());
+        }
+        upstream
+    }
+
+    #[tokio::test]
+    async fn client_values_cannot_leave_a_batch_sub_request_path_segment() {
+        let fake = FakeUpstream::start(Duration::ZERO).await;
+        let gateway = Gateway::start(&[
+            ("upstreams", "api", upstream(fake.addr, json!({}))),
+            (
+                "routes",
+                "r",
+                json!({"paths": ["/product"], "batch": {"requests": [
+                    {"name": "catalog", "upstream_id": "api", "path": "/myapi/catalog/{arg.id}"}
+                ]}}),
+            ),
+        ])
+        .await;
+        for (query, sent) in [
+            ("id=14286", "/myapi/catalog/14286"),
+            (
+                "id=../../admin/users",
+                "/myapi/catalog/..%2F..%2Fadmin%2Fusers",
+            ),
+            ("id=x?debug=1", "/myapi/catalog/x%3Fdebug=1"),
+        ] {
+            let (status, _, body) = gateway.get(&format!("/product?{query}"), &[]).await;
+            assert_eq!(status, StatusCode::OK, "{query}: {body}");
+            let received = fake.requests();
+            let last = received.last().unwrap();
+            assert_eq!(last.uri.path_and_query().unwrap().as_str(), sent, "{query}");
+        }
+        // A segment that climbs: refused as the client's error, never sent.
+        for query in ["id=..", "id=%2E%2e", "id=."] {
+            let before = fake.requests().len();
+            let (status, batch, body) = gateway.get(&format!("/product?{query}"), &[]).await;
+            assert_eq!(status, StatusCode::BAD_GATEWAY, "{query}: {body}");
+            assert_eq!(batch.as_deref(), Some("partial"));
+            assert_eq!(body["catalog"]["error"]["status"], 400, "{query}: {body}");
+            assert_eq!(fake.requests().len(), before, "{query}");
+        }
+    }
+}
