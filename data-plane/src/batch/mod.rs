@@ -626,7 +626,9 @@ impl Exchange<'_> {
     }
 }
 
-/// Reads an upstream body into memory, refusing one larger than `max` bytes.
+/// Reads an upstream body into memory, refusing one larger than `max` bytes. A node that
+/// stops sending mid-body for its read timeout is a timeout (504), as one that never answers
+/// is; any other broken body is a 502.
 async fn read_capped<B>(body: B, max: usize) -> Result<Bytes, Failure>
 where
     B: Body<Data = Bytes>,
@@ -638,11 +640,30 @@ where
             StatusCode::BAD_GATEWAY,
             format!("the upstream's answer exceeds this batch's limit of {max} bytes"),
         )),
+        Err(error) if is_timeout(error.as_ref()) => Err(Failure::timeout(
+            "the upstream stopped sending its answer for longer than its read timeout",
+        )),
         Err(_) => Err(Failure::new(
             StatusCode::BAD_GATEWAY,
             "reading the upstream's answer failed",
         )),
     }
+}
+
+/// Whether `error`, or an error it wraps, is an I/O timeout: the upstream bodies report a
+/// read timeout as [`std::io::ErrorKind::TimedOut`], possibly boxed by the body adapters.
+fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// A JSON body as JSON (its checked bytes if `keep_raw`, else parsed); anything else as a

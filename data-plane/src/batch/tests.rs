@@ -124,6 +124,7 @@ mod in_process {
     use hyper_util::client::legacy::connect::HttpConnector;
     use hyper_util::rt::TokioExecutor;
     use serde_json::{Value, json};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     use crate::runtime::Runtime;
@@ -224,5 +225,66 @@ mod in_process {
             assert_eq!(body["catalog"]["error"]["status"], 400, "{query}: {body}");
             assert_eq!(fake.requests().len(), before, "{query}");
         }
+    }
+
+    /// A node that sends a head announcing 100 bytes and 10 of them, then nothing, keeping the
+    /// connection open.
+    async fn stalling_node() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                        content-length: 100\r\n\r\n{\"partial";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    // Silence until the gateway gives up and closes.
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_node_stalling_mid_body_fails_its_batch_sub_request_as_a_timeout() {
+        let stalling = stalling_node().await;
+        let fine = FakeUpstream::start(Duration::ZERO).await;
+        let gateway = Gateway::start(&[
+            (
+                "upstreams",
+                "stalling",
+                upstream(stalling, json!({"timeouts": {"read_ms": 200}})),
+            ),
+            ("upstreams", "fine", upstream(fine.addr, json!({}))),
+            (
+                "routes",
+                "r",
+                json!({"paths": ["/r"], "batch": {"timeout_ms": 20000, "requests": [
+                    {"name": "fine", "upstream_id": "fine", "path": "/fine"},
+                    {"name": "stalled", "upstream_id": "stalling", "path": "/stalled"}
+                ]}}),
+            ),
+        ])
+        .await;
+        let (status, batch, body) = gateway.get("/r", &[]).await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+        assert_eq!(batch.as_deref(), Some("partial"));
+        assert_eq!(body["fine"], Value::Null, "{body}");
+        assert_eq!(body["stalled"]["error"]["status"], 504, "{body}");
     }
 }
