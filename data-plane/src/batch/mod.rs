@@ -41,6 +41,7 @@ use tracing::debug;
 
 use crate::error::{ProxyError, json_bytes, json_response};
 use crate::proxy::h1::HeadForm;
+use crate::proxy::headers::remove_hop_by_hop;
 use crate::proxy::upstream::UpstreamBody;
 use crate::proxy::{Proxy, ProxyBody};
 use crate::runtime::{CompileError, CompiledRoute, UpstreamRuntime};
@@ -425,12 +426,15 @@ pub async fn execute(
 }
 
 /// The client's headers as every sub-request starts from them. The hop's own rewrite
-/// (hop-by-hop headers out, `X-Forwarded-*` in, `Host` per `pass_host`) happens where every
-/// proxied request gets it; here `Content-Length` goes because each body is measured again,
-/// and `Accept-Encoding` because the gateway must read the answers: a compressed one could not
-/// be merged.
+/// (`X-Forwarded-*` in, `Host` per `pass_host`) happens where every proxied request gets it.
+/// Here go: the hop-by-hop headers (`Connection` and what it lists, `Upgrade`, `TE`, …),
+/// which describe the client's connection, not a sub-request (the forwarding code would
+/// read `Connection: upgrade` as a WebSocket handshake to pass on); `Content-Length`, because
+/// each body is measured again; and `Accept-Encoding`, because the gateway must read the
+/// answers: a compressed one could not be merged.
 fn forwarded_headers(client: &HeaderMap) -> HeaderMap {
     let mut headers = client.clone();
+    remove_hop_by_hop(&mut headers);
     for name in [CONTENT_LENGTH, ACCEPT_ENCODING] {
         headers.remove(name);
     }

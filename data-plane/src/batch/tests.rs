@@ -114,15 +114,18 @@ fn answers_are_kept_raw_parsed_or_carried_as_strings() {
 mod in_process {
     use std::convert::Infallible;
     use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use bytes::Bytes;
-    use http::{Request, StatusCode};
+    use http::{HeaderMap, Request, Response, StatusCode};
     use http_body_util::combinators::BoxBody;
-    use http_body_util::{BodyExt, Empty};
+    use http_body_util::{BodyExt, Empty, Full};
+    use hyper::body::Incoming;
+    use hyper::service::service_fn;
     use hyper_util::client::legacy::Client;
     use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::rt::TokioExecutor;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
     use serde_json::{Value, json};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -286,5 +289,85 @@ mod in_process {
         assert_eq!(batch.as_deref(), Some("partial"));
         assert_eq!(body["fine"], Value::Null, "{body}");
         assert_eq!(body["stalled"]["error"]["status"], 504, "{body}");
+    }
+
+    /// A node that switches protocols whenever a request asks to (as a WebSocket server
+    /// would), answers `{"ok": true}` otherwise, and records the headers it received.
+    async fn upgrading_node() -> (SocketAddr, Arc<Mutex<Vec<HeaderMap>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let log = Arc::clone(&log);
+                let service = service_fn(move |request: Request<Incoming>| {
+                    log.lock().unwrap().push(request.headers().clone());
+                    let response = if request.headers().contains_key("upgrade") {
+                        Response::builder()
+                            .status(StatusCode::SWITCHING_PROTOCOLS)
+                            .header("connection", "upgrade")
+                            .header("upgrade", "websocket")
+                            .body(Full::new(Bytes::new()))
+                    } else {
+                        Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from_static(b"{\"ok\": true}")))
+                    };
+                    async move { Ok::<_, Infallible>(response.unwrap()) }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn a_client_asking_a_batch_route_to_upgrade_gets_a_merged_answer() {
+        let (node, seen) = upgrading_node().await;
+        let gateway = Gateway::start(&[
+            ("upstreams", "api", upstream(node, json!({}))),
+            (
+                "routes",
+                "r",
+                json!({"paths": ["/both"], "batch": {"requests": [
+                    {"name": "a", "upstream_id": "api", "path": "/a"},
+                    {"name": "b", "upstream_id": "api", "path": "/b"}
+                ]}}),
+            ),
+        ])
+        .await;
+        let (status, batch, body) = gateway
+            .get(
+                "/both",
+                &[
+                    ("connection", "Upgrade, x-hop"),
+                    ("upgrade", "websocket"),
+                    ("x-hop", "1"),
+                    ("x-kept", "1"),
+                ],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(batch.as_deref(), Some("complete"));
+        assert_eq!(body, json!({"a": {"ok": true}, "b": {"ok": true}}));
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        for headers in seen.iter() {
+            for hop in ["upgrade", "x-hop"] {
+                assert!(!headers.contains_key(hop), "{hop}: {headers:?}");
+            }
+            assert_ne!(
+                headers.get("connection").map(|v| v.as_bytes()),
+                Some(&b"upgrade"[..]),
+                "{headers:?}"
+            );
+            assert_eq!(headers["x-kept"], "1");
+        }
     }
 }

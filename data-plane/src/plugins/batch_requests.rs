@@ -8,9 +8,9 @@
 //! count, the batch body and each item's answer read into memory are bounded.
 //!
 //! Choices where the contract is silent, as APISIX's plugin does: an item inherits the batch
-//! request's headers (and the batch body's `headers`), its own win; an item's `body` string is
-//! sent as is, any other JSON value as `application/json`. An item may not itself be a batch
-//! (400), so a batch cannot recurse.
+//! request's headers (and the batch body's `headers`), its own win; an item's `body` string is sent
+//! as is, any other JSON value as `application/json`. An item may not itself be a batch (400), so a
+//! batch cannot recurse. An item carries no hop-by-hop header, whoever set it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -203,6 +203,10 @@ fn synthetic(item: &BatchItem, common: &HeaderMap) -> Result<Request<UpstreamBod
         .map_err(|_| format!("path {:?} is not a valid path and query", item.path))?;
     let mut headers = common.clone();
     set_headers(&mut headers, &item.headers)?;
+    // Whatever set them (the client, the batch's or the item's `headers`): hop-by-hop headers
+    // describe a connection an item does not have (`Connection: upgrade` would be passed on
+    // as a WebSocket handshake).
+    headers::remove_hop_by_hop(&mut headers);
     let body = match &item.body {
         None => Bytes::new(),
         Some(Value::String(text)) => Bytes::from(text.clone()),

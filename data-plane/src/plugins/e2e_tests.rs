@@ -549,3 +549,87 @@ async fn prometheus_counts_per_route_and_exports_on_metrics() {
         "{text}"
     );
 }
+
+/// Bounds the exchanges of the batch-requests tests: a regression fails instead of hanging.
+const BATCH_WAIT: Duration = Duration::from_secs(10);
+
+/// POSTs `batch` to `path` with `headers`: the status and the JSON body.
+async fn post_batch(
+    dp: &Dp,
+    path: &str,
+    headers: &[(&str, &str)],
+    batch: &Value,
+) -> (StatusCode, Value) {
+    let mut request = Request::post(format!("http://{}{path}", dp.addr))
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let body = Full::new(Bytes::from(batch.to_string())).boxed();
+    let response = tokio::time::timeout(BATCH_WAIT, dp.client.request(request.body(body).unwrap()))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// A data plane with `/open/*` proxied to `fake` and a `batch-requests` endpoint on `/batch`.
+async fn open_and_batch(fake: &FakeUpstream) -> Dp {
+    Dp::start(&[
+        (
+            "routes",
+            "open",
+            json!({"paths": ["/open/*"], "upstream": upstream(fake.addr)}),
+        ),
+        (
+            "routes",
+            "batch",
+            json!({"paths": ["/batch"], "methods": ["POST"], "plugins": {"batch-requests": {}}}),
+        ),
+    ])
+    .await
+}
+
+#[tokio::test]
+async fn batch_requests_items_carry_no_hop_by_hop_headers() {
+    let fake = FakeUpstream::start(Duration::ZERO).await;
+    let dp = open_and_batch(&fake).await;
+    let batch = json!({"requests": [
+        {"path": "/open/inherits"},
+        {"path": "/open/own", "headers": {
+            "connection": "upgrade, x-private",
+            "upgrade": "websocket",
+            "keep-alive": "timeout=5",
+            "te": "trailers",
+            "x-private": "1",
+            "x-kept": "1"
+        }}
+    ]});
+    let (status, items) = post_batch(&dp, "/batch", &[], &batch).await;
+    assert_eq!(status, StatusCode::OK, "{items}");
+    assert_eq!(items[0]["status"], 200, "{items}");
+    assert_eq!(items[1]["status"], 200, "{items}");
+    let received = fake.requests();
+    assert_eq!(received.len(), 2);
+    for request in &received {
+        for name in ["upgrade", "keep-alive", "te", "x-private"] {
+            assert!(
+                !request.headers.contains_key(name),
+                "{name} reached {}: {:?}",
+                request.uri,
+                request.headers
+            );
+        }
+        // An item's `Connection: upgrade` is not passed on as a WebSocket handshake.
+        assert_ne!(
+            request.headers.get("connection").map(|v| v.as_bytes()),
+            Some(&b"upgrade"[..]),
+            "{:?}",
+            request.headers
+        );
+    }
+    let own = received.iter().find(|r| r.uri == "/open/own").unwrap();
+    assert_eq!(own.headers["x-kept"], "1");
+}
