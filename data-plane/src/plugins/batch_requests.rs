@@ -10,7 +10,8 @@
 //! Choices where the contract is silent, as APISIX's plugin does: an item inherits the batch
 //! request's headers (and the batch body's `headers`), its own win; an item's `body` string is sent
 //! as is, any other JSON value as `application/json`. An item may not itself be a batch (400), so a
-//! batch cannot recurse. An item carries no hop-by-hop header, whoever set it.
+//! batch cannot recurse. An item carries no hop-by-hop header and no `Accept-Encoding` (its answer
+//! is decoded into JSON, so it must arrive uncompressed), whoever set them.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,7 +19,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, join_all};
 use gateway_proto::plugins::batch_requests::{BatchBody, BatchItem, Config};
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HeaderName, HeaderValue};
+use http::header::{
+    ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HeaderName, HeaderValue,
+};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use serde_json::{Map, Value, json};
@@ -205,8 +208,10 @@ fn synthetic(item: &BatchItem, common: &HeaderMap) -> Result<Request<UpstreamBod
     set_headers(&mut headers, &item.headers)?;
     // Whatever set them (the client, the batch's or the item's `headers`): hop-by-hop headers
     // describe a connection an item does not have (`Connection: upgrade` would be passed on
-    // as a WebSocket handshake).
+    // as a WebSocket handshake), and `Accept-Encoding` would get a compressed answer, which
+    // an item's `body` cannot carry.
     headers::remove_hop_by_hop(&mut headers);
+    headers.remove(ACCEPT_ENCODING);
     let body = match &item.body {
         None => Bytes::new(),
         Some(Value::String(text)) => Bytes::from(text.clone()),

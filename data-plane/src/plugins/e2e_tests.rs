@@ -633,3 +633,26 @@ async fn batch_requests_items_carry_no_hop_by_hop_headers() {
     let own = received.iter().find(|r| r.uri == "/open/own").unwrap();
     assert_eq!(own.headers["x-kept"], "1");
 }
+
+#[tokio::test]
+async fn batch_requests_items_never_ask_for_a_compressed_answer() {
+    let fake = FakeUpstream::start(Duration::ZERO).await;
+    let dp = open_and_batch(&fake).await;
+    // The client's `Accept-Encoding`, and one an item sets itself.
+    let batch = json!({"requests": [
+        {"path": "/open/inherits"},
+        {"path": "/open/own", "headers": {"accept-encoding": "gzip"}}
+    ]});
+    let (status, items) = post_batch(&dp, "/batch", &[("accept-encoding", "gzip")], &batch).await;
+    assert_eq!(status, StatusCode::OK, "{items}");
+    let received = fake.requests();
+    assert_eq!(received.len(), 2);
+    for request in &received {
+        assert!(
+            !request.headers.contains_key("accept-encoding"),
+            "{}: {:?}",
+            request.uri,
+            request.headers
+        );
+    }
+}
