@@ -10,8 +10,9 @@
 //! Choices where the contract is silent, as APISIX's plugin does: an item inherits the batch
 //! request's headers (and the batch body's `headers`), its own win; an item's `body` string is sent
 //! as is, any other JSON value as `application/json`. An item may not itself be a batch (400), so a
-//! batch cannot recurse. An item carries no hop-by-hop header and no `Accept-Encoding` (its answer
-//! is decoded into JSON, so it must arrive uncompressed), whoever set them.
+//! batch cannot recurse. An item goes to the host the batch request was sent to (its `Host`, or its
+//! URI's authority over HTTP/2); it carries no hop-by-hop header and no `Accept-Encoding` (its
+//! answer is decoded into JSON, so it must arrive uncompressed).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use bytes::Bytes;
 use futures_util::future::{BoxFuture, join_all};
 use gateway_proto::plugins::batch_requests::{BatchBody, BatchItem, Config};
 use http::header::{
-    ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HeaderName, HeaderValue,
+    ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, HeaderName, HeaderValue,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -110,6 +111,15 @@ impl BatchRequests {
         headers::remove_hop_by_hop(&mut common);
         for name in [CONTENT_LENGTH, CONTENT_TYPE, EXPECT] {
             common.remove(name);
+        }
+        // The host the client asked for: over HTTP/2 (or in an absolute-form request) it is
+        // the URI's authority, which wins over any `Host` as it did when routing this
+        // request, and an item, whose URI is only a path, would otherwise reach the router
+        // with no host at all.
+        if let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            common.insert(HOST, host);
         }
         if let Err(message) = set_headers(&mut common, &batch.headers) {
             return refuse(

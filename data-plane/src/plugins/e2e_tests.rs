@@ -575,6 +575,49 @@ async fn post_batch(
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
+#[tokio::test]
+async fn batch_requests_items_go_to_the_host_an_http2_client_named_in_its_authority() {
+    let fake = FakeUpstream::start(Duration::ZERO).await;
+    let dp = Dp::start(&[
+        (
+            "routes",
+            "hosted",
+            json!({"paths": ["/hosted"], "hosts": ["api.example"], "upstream": upstream(fake.addr)}),
+        ),
+        (
+            "routes",
+            "batch",
+            json!({"paths": ["/batch"], "methods": ["POST"], "plugins": {"batch-requests": {}}}),
+        ),
+    ])
+    .await;
+    // HTTP/2 with prior knowledge: the host travels as `:authority`, with no `Host` header.
+    let stream = tokio::net::TcpStream::connect(dp.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let batch = json!({"requests": [{"path": "/hosted"}]});
+    let request = Request::post("http://api.example/batch")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(batch.to_string())))
+        .unwrap();
+    assert!(!request.headers().contains_key("host"));
+    let response = tokio::time::timeout(BATCH_WAIT, sender.send_request(request))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let items: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(items[0]["status"], 200, "{items}");
+    let received = fake.requests();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].headers["host"], "api.example");
+}
+
 /// A data plane with `/open/*` proxied to `fake` and a `batch-requests` endpoint on `/batch`.
 async fn open_and_batch(fake: &FakeUpstream) -> Dp {
     Dp::start(&[
