@@ -8,11 +8,12 @@
 //! count, the batch body and each item's answer read into memory are bounded.
 //!
 //! Choices where the contract is silent, as APISIX's plugin does: an item inherits the batch
-//! request's headers (and the batch body's `headers`), its own win; an item's `body` string is sent
-//! as is, any other JSON value as `application/json`. An item may not itself be a batch (400), so a
-//! batch cannot recurse. An item goes to the host the batch request was sent to (its `Host`, or its
-//! URI's authority over HTTP/2); it carries no hop-by-hop header and no `Accept-Encoding` (its
-//! answer is decoded into JSON, so it must arrive uncompressed).
+//! request's headers (and the batch body's `headers`), its own win; an item's `body` string is
+//! sent as is, any other JSON value as `application/json`. An item may not itself be a batch
+//! (400), so a batch cannot recurse. An item goes to the host the batch request was sent to
+//! (its `Host`, or its URI's authority over HTTP/2); it carries no hop-by-hop header and no
+//! `Accept-Encoding` (its answer is decoded into JSON, so it must arrive uncompressed). The
+//! batch body must arrive within the plugin's `timeout_ms` (else 408).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -67,16 +68,30 @@ impl BatchRequests {
         }
         let (parts, body) = request.into_parts();
         let max = self.config.max_body_bytes;
-        let bytes = match Limited::new(body, max).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+        // Bounded in time as well as in size, as a batch route's body is: a client that
+        // trickles its body, or stops, must not hold the request open for ever.
+        let limit = Duration::from_millis(self.config.timeout_ms);
+        let read = tokio::time::timeout(limit, Limited::new(body, max).collect());
+        let bytes = match read.await {
+            Err(_) => {
+                return refuse(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    &format!(
+                        "the batch body did not arrive within {} ms",
+                        self.config.timeout_ms
+                    ),
+                );
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
                 return refuse(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "payload_too_large",
                     &format!("the batch body exceeds {max} bytes"),
                 );
             }
-            Err(_) => {
+            Ok(Err(_)) => {
                 return refuse(
                     StatusCode::BAD_REQUEST,
                     "bad_request_body",

@@ -699,3 +699,38 @@ async fn batch_requests_items_never_ask_for_a_compressed_answer() {
         );
     }
 }
+
+#[tokio::test]
+async fn batch_requests_waits_for_the_batch_body_no_longer_than_its_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dp = Dp::start(&[(
+        "routes",
+        "batch",
+        json!({"paths": ["/batch"], "methods": ["POST"], "plugins": {"batch-requests": {"timeout_ms": 300}}}),
+    )])
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(dp.addr).await.unwrap();
+    // A head announcing 100 bytes, a few of them, then silence.
+    stream
+        .write_all(
+            b"POST /batch HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+              content-length: 100\r\n\r\n{\"requests\"",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 1024];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(BATCH_WAIT, read)
+        .await
+        .expect("an answer before the client gives up");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+}
