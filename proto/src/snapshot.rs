@@ -81,20 +81,66 @@ pub struct DanglingReference {
     pub from: ResourceKey,
     /// The missing resource.
     pub to: ResourceKey,
+    /// Where `from`'s document names `to` (a JSON pointer; `""` if it cannot be located).
+    pub pointer: String,
 }
 
 impl DanglingReference {
     /// The violation as the admin API reports it, located in the referring document.
     pub fn violation(&self) -> Violation {
-        let pointer = match self.to.kind {
-            Kind::Upstreams => "/upstream_id",
-            _ => "",
-        };
         Violation::new(
-            pointer,
+            self.pointer.clone(),
             format!("{} references {}, which does not exist", self.from, self.to),
         )
     }
+}
+
+/// Where `parsed` names `target`, as JSON pointers into its document: a client fixing the
+/// document needs the field, not just the id (`/batch/requests/2/upstream_id` rather than
+/// `/upstream_id`, which may not even be set). One pointer per place that names it, in
+/// document order; `[""]` if none is found, so every reference has a location.
+pub fn reference_pointers(parsed: &Parsed, target: &ResourceKey) -> Vec<String> {
+    let mut pointers = Vec::new();
+    if target.kind != Kind::Upstreams {
+        return vec![String::new()];
+    }
+    let id = target.id.as_str();
+    if let Parsed::Route(route) = parsed {
+        if route.upstream_id.as_deref() == Some(id) {
+            pointers.push("/upstream_id".to_owned());
+        }
+        let requests = route
+            .batch
+            .iter()
+            .flat_map(|b| b.requests.iter().enumerate());
+        for (i, request) in requests {
+            if request.upstream_id == id {
+                pointers.push(format!("/batch/requests/{i}/upstream_id"));
+            }
+        }
+    }
+    // `traffic-split`'s config is kept as JSON: walk the same fields its `upstream_ids` reads.
+    let rules = parsed
+        .plugins()
+        .and_then(|plugins| plugins.get("traffic-split"))
+        .and_then(|config| config.get("rules"))
+        .and_then(serde_json::Value::as_array);
+    for (r, rule) in rules.into_iter().flatten().enumerate() {
+        let entries = rule
+            .get("weighted_upstreams")
+            .and_then(serde_json::Value::as_array);
+        for (w, entry) in entries.into_iter().flatten().enumerate() {
+            if entry.get("upstream_id").and_then(serde_json::Value::as_str) == Some(id) {
+                pointers.push(format!(
+                    "/plugins/traffic-split/rules/{r}/weighted_upstreams/{w}/upstream_id"
+                ));
+            }
+        }
+    }
+    if pointers.is_empty() {
+        pointers.push(String::new());
+    }
+    pointers
 }
 
 fn describe(violations: &[Violation]) -> String {
@@ -116,10 +162,13 @@ fn describe(violations: &[Violation]) -> String {
 }
 
 fn describe_dangling(refs: &[DanglingReference]) -> String {
-    refs.iter()
+    let mut pairs: Vec<String> = refs
+        .iter()
         .map(|r| format!("{} -> {}", r.from, r.to))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect();
+    // A resource naming one missing target in several places is one line of a NACK.
+    pairs.dedup();
+    pairs.join(", ")
 }
 
 /// Every reference among `resources` whose target `exists` says is missing.
@@ -131,10 +180,14 @@ pub fn dangling_references<'a>(
     for (key, parsed) in resources {
         for target in parsed.references() {
             if !exists(&target) {
-                dangling.push(DanglingReference {
-                    from: key.clone(),
-                    to: target,
-                });
+                // One entry per place that names it: each is a field to fix.
+                for pointer in reference_pointers(parsed, &target) {
+                    dangling.push(DanglingReference {
+                        from: key.clone(),
+                        to: target.clone(),
+                        pointer,
+                    });
+                }
             }
         }
     }
@@ -335,6 +388,54 @@ mod tests {
         assert_eq!(
             dangling.to_string(),
             "dangling references: routes/r -> upstreams/u"
+        );
+    }
+
+    #[test]
+    fn a_dangling_reference_is_located_where_the_document_names_it() {
+        let proxied = json!({
+            "paths": ["/p"],
+            "upstream_id": "u",
+            "plugins": {"traffic-split": {"rules": [
+                {"weighted_upstreams": [{"weight": 1}, {"upstream_id": "v", "weight": 1}]}
+            ]}}
+        });
+        let batch = json!({
+            "paths": ["/b"],
+            "batch": {"requests": [
+                {"name": "a", "upstream_id": "u", "path": "/a"},
+                {"name": "b", "upstream_id": "v", "path": "/b"},
+                {"name": "c", "upstream_id": "v", "path": "/c"}
+            ]}
+        });
+        let (p, b) = (
+            ResourceKey::new(Kind::Routes, "p"),
+            ResourceKey::new(Kind::Routes, "b"),
+        );
+        let (proxied, batch) = (
+            validate_resource(Kind::Routes, &proxied).unwrap(),
+            validate_resource(Kind::Routes, &batch).unwrap(),
+        );
+        let dangling = dangling_references([(&b, &batch), (&p, &proxied)], |_| false);
+        let located: Vec<String> = dangling
+            .iter()
+            .map(|d| format!("{} {} {}", d.from, d.to.id, d.violation().pointer))
+            .collect();
+        assert_eq!(
+            located,
+            [
+                "routes/b u /batch/requests/0/upstream_id",
+                "routes/b v /batch/requests/1/upstream_id",
+                "routes/b v /batch/requests/2/upstream_id",
+                "routes/p u /upstream_id",
+                "routes/p v /plugins/traffic-split/rules/0/weighted_upstreams/1/upstream_id",
+            ]
+        );
+        // One line per missing target in a NACK, however many places name it.
+        assert_eq!(
+            SnapshotError::Dangling(dangling).to_string(),
+            "dangling references: routes/b -> upstreams/u, routes/b -> upstreams/v, \
+             routes/p -> upstreams/u, routes/p -> upstreams/v"
         );
     }
 }

@@ -437,9 +437,12 @@ async fn bad_batches_are_refused_on_write_with_pointers() {
             ":missing",
         ),
         (
-            route(json!([{"name": "a", "upstream_id": "nowhere", "path": "/a"}])),
+            route(json!([
+                sub("a", "/a"),
+                {"name": "b", "upstream_id": "nowhere", "path": "/b"}
+            ])),
             409,
-            "",
+            "/batch/requests/1/upstream_id",
             "nowhere",
         ),
     ];
@@ -452,11 +455,30 @@ async fn bad_batches_are_refused_on_write_with_pointers() {
         assert!(
             details
                 .iter()
-                .any(|d| (pointer.is_empty() || d["pointer"] == pointer)
+                .any(|d| d["pointer"] == pointer
                     && d["message"].as_str().unwrap_or("").contains(word)),
             "{document}: {body}"
         );
     }
+    // Validation without a write locates a missing upstream the same way.
+    let (got, _, body) = cp
+        .call(
+            "POST",
+            "/api/v1/validate/route",
+            Some(route(json!([
+                sub("a", "/a"),
+                {"name": "b", "upstream_id": "nowhere", "path": "/b"}
+            ]))),
+        )
+        .await;
+    assert_eq!(got, 409, "{body}");
+    let pointers: Vec<&str> = body["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["pointer"].as_str())
+        .collect();
+    assert_eq!(pointers, ["/batch/requests/1/upstream_id"], "{body}");
     // Nothing was written.
     let (status, _, _) = cp.call("GET", "/api/v1/routes/bad", None).await;
     assert_eq!(status, 404);

@@ -708,7 +708,12 @@ async fn validate(
         .references()
         .into_iter()
         .filter(|target| !config.resources.contains_key(target))
-        .map(|target| Violation::new("/upstream_id", format!("{target} does not exist")))
+        .flat_map(|target| {
+            // Located where the document names it, as a write reports it.
+            gateway_proto::snapshot::reference_pointers(&parsed, &target)
+                .into_iter()
+                .map(move |pointer| Violation::new(pointer, format!("{target} does not exist")))
+        })
         .collect();
     if !missing.is_empty() {
         return Err(ApiError::Conflict(missing));

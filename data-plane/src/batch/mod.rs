@@ -41,6 +41,7 @@ use tracing::debug;
 
 use crate::error::{ProxyError, json_bytes, json_response};
 use crate::proxy::h1::HeadForm;
+use crate::proxy::headers::remove_hop_by_hop;
 use crate::proxy::upstream::UpstreamBody;
 use crate::proxy::{Proxy, ProxyBody};
 use crate::runtime::{CompileError, CompiledRoute, UpstreamRuntime};
@@ -425,12 +426,15 @@ pub async fn execute(
 }
 
 /// The client's headers as every sub-request starts from them. The hop's own rewrite
-/// (hop-by-hop headers out, `X-Forwarded-*` in, `Host` per `pass_host`) happens where every
-/// proxied request gets it; here `Content-Length` goes because each body is measured again,
-/// and `Accept-Encoding` because the gateway must read the answers: a compressed one could not
-/// be merged.
+/// (`X-Forwarded-*` in, `Host` per `pass_host`) happens where every proxied request gets it.
+/// Here go: the hop-by-hop headers (`Connection` and what it lists, `Upgrade`, `TE`, …),
+/// which describe the client's connection, not a sub-request (the forwarding code would
+/// read `Connection: upgrade` as a WebSocket handshake to pass on); `Content-Length`, because
+/// each body is measured again; and `Accept-Encoding`, because the gateway must read the
+/// answers: a compressed one could not be merged.
 fn forwarded_headers(client: &HeaderMap) -> HeaderMap {
     let mut headers = client.clone();
+    remove_hop_by_hop(&mut headers);
     for name in [CONTENT_LENGTH, ACCEPT_ENCODING] {
         headers.remove(name);
     }
@@ -531,7 +535,15 @@ impl Exchange<'_> {
                     Answer::Raw(_) => None,
                 })
         };
-        let bad = |e: template::RenderError| Failure::new(StatusCode::BAD_GATEWAY, e.to_string());
+        let bad = |e: template::RenderError| {
+            // A value of the client's request that would climb out of the path is the
+            // client's fault; an answer lacking a value is the upstream's.
+            let status = match e {
+                template::RenderError::DotSegment { .. } => StatusCode::BAD_REQUEST,
+                template::RenderError::MissingValue { .. } => StatusCode::BAD_GATEWAY,
+            };
+            Failure::new(status, e.to_string())
+        };
         let mut target = render(&sub.path, &self.context, answer, Place::Uri).map_err(bad)?;
         if self.batch.pass_query && !self.context.query.is_empty() {
             target.push(if target.contains('?') { '&' } else { '?' });
@@ -618,7 +630,9 @@ impl Exchange<'_> {
     }
 }
 
-/// Reads an upstream body into memory, refusing one larger than `max` bytes.
+/// Reads an upstream body into memory, refusing one larger than `max` bytes. A node that
+/// stops sending mid-body for its read timeout is a timeout (504), as one that never answers
+/// is; any other broken body is a 502.
 async fn read_capped<B>(body: B, max: usize) -> Result<Bytes, Failure>
 where
     B: Body<Data = Bytes>,
@@ -630,11 +644,30 @@ where
             StatusCode::BAD_GATEWAY,
             format!("the upstream's answer exceeds this batch's limit of {max} bytes"),
         )),
+        Err(error) if is_timeout(error.as_ref()) => Err(Failure::timeout(
+            "the upstream stopped sending its answer for longer than its read timeout",
+        )),
         Err(_) => Err(Failure::new(
             StatusCode::BAD_GATEWAY,
             "reading the upstream's answer failed",
         )),
     }
+}
+
+/// Whether `error`, or an error it wraps, is an I/O timeout: the upstream bodies report a
+/// read timeout as [`std::io::ErrorKind::TimedOut`], possibly boxed by the body adapters.
+fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// A JSON body as JSON (its checked bytes if `keep_raw`, else parsed); anything else as a

@@ -109,3 +109,265 @@ fn answers_are_kept_raw_parsed_or_carried_as_strings() {
         );
     }
 }
+
+/// A data plane in process: the proxy listener on 127.0.0.1:0 serving `resources`.
+mod in_process {
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{HeaderMap, Request, Response, StatusCode};
+    use http_body_util::combinators::BoxBody;
+    use http_body_util::{BodyExt, Empty, Full};
+    use hyper::body::Incoming;
+    use hyper::service::service_fn;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use serde_json::{Value, json};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use crate::runtime::Runtime;
+    use crate::state::State;
+    use crate::test_support::{FakeUpstream, snapshot};
+
+    /// Bounds every exchange of these tests: a regression fails instead of hanging.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    struct Gateway {
+        addr: SocketAddr,
+        client: Client<HttpConnector, BoxBody<Bytes, Infallible>>,
+    }
+
+    impl Gateway {
+        async fn start(resources: &[(&str, &str, Value)]) -> Gateway {
+            let state = State::new();
+            state.install(Runtime::compile(&snapshot(1, resources), None).unwrap());
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(crate::proxy::serve(listener, state, std::future::pending()));
+            Gateway {
+                addr,
+                client: Client::builder(TokioExecutor::new()).build_http(),
+            }
+        }
+
+        /// GETs `path` with `headers`: the status, `X-Gateway-Batch` and the JSON body.
+        async fn get(
+            &self,
+            path: &str,
+            headers: &[(&str, &str)],
+        ) -> (StatusCode, Option<String>, Value) {
+            let mut request = Request::get(format!("http://{}{path}", self.addr));
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let request = request.body(Empty::new().boxed()).unwrap();
+            let response = tokio::time::timeout(WAIT, self.client.request(request))
+                .await
+                .expect("an answer in time")
+                .unwrap();
+            let status = response.status();
+            let batch = response
+                .headers()
+                .get("x-gateway-batch")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let body = serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+            (status, batch, body)
+        }
+    }
+
+    fn upstream(addr: SocketAddr, extra: Value) -> Value {
+        let mut upstream = json!({"nodes": [{"host": addr.ip().to_string(), "port": addr.port()}]});
+        if let (Some(object), Some(extra)) = (upstream.as_object_mut(), extra.as_object()) {
+            object.extend(extra.clone());
+        }
+        upstream
+    }
+
+    #[tokio::test]
+    async fn client_values_cannot_leave_a_batch_sub_request_path_segment() {
+        let fake = FakeUpstream::start(Duration::ZERO).await;
+        let gateway = Gateway::start(&[
+            ("upstreams", "api", upstream(fake.addr, json!({}))),
+            (
+                "routes",
+                "r",
+                json!({"paths": ["/product"], "batch": {"requests": [
+                    {"name": "catalog", "upstream_id": "api", "path": "/myapi/catalog/{arg.id}"}
+                ]}}),
+            ),
+        ])
+        .await;
+        for (query, sent) in [
+            ("id=14286", "/myapi/catalog/14286"),
+            (
+                "id=../../admin/users",
+                "/myapi/catalog/..%2F..%2Fadmin%2Fusers",
+            ),
+            ("id=x?debug=1", "/myapi/catalog/x%3Fdebug=1"),
+        ] {
+            let (status, _, body) = gateway.get(&format!("/product?{query}"), &[]).await;
+            assert_eq!(status, StatusCode::OK, "{query}: {body}");
+            let received = fake.requests();
+            let last = received.last().unwrap();
+            assert_eq!(last.uri.path_and_query().unwrap().as_str(), sent, "{query}");
+        }
+        // A segment that climbs: refused as the client's error, never sent.
+        for query in ["id=..", "id=%2E%2e", "id=."] {
+            let before = fake.requests().len();
+            let (status, batch, body) = gateway.get(&format!("/product?{query}"), &[]).await;
+            assert_eq!(status, StatusCode::BAD_GATEWAY, "{query}: {body}");
+            assert_eq!(batch.as_deref(), Some("partial"));
+            assert_eq!(body["catalog"]["error"]["status"], 400, "{query}: {body}");
+            assert_eq!(fake.requests().len(), before, "{query}");
+        }
+    }
+
+    /// A node that sends a head announcing 100 bytes and 10 of them, then nothing, keeping the
+    /// connection open.
+    async fn stalling_node() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                        content-length: 100\r\n\r\n{\"partial";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    // Silence until the gateway gives up and closes.
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_node_stalling_mid_body_fails_its_batch_sub_request_as_a_timeout() {
+        let stalling = stalling_node().await;
+        let fine = FakeUpstream::start(Duration::ZERO).await;
+        let gateway = Gateway::start(&[
+            (
+                "upstreams",
+                "stalling",
+                upstream(stalling, json!({"timeouts": {"read_ms": 200}})),
+            ),
+            ("upstreams", "fine", upstream(fine.addr, json!({}))),
+            (
+                "routes",
+                "r",
+                json!({"paths": ["/r"], "batch": {"timeout_ms": 20000, "requests": [
+                    {"name": "fine", "upstream_id": "fine", "path": "/fine"},
+                    {"name": "stalled", "upstream_id": "stalling", "path": "/stalled"}
+                ]}}),
+            ),
+        ])
+        .await;
+        let (status, batch, body) = gateway.get("/r", &[]).await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+        assert_eq!(batch.as_deref(), Some("partial"));
+        assert_eq!(body["fine"], Value::Null, "{body}");
+        assert_eq!(body["stalled"]["error"]["status"], 504, "{body}");
+    }
+
+    /// A node that switches protocols whenever a request asks to (as a WebSocket server
+    /// would), answers `{"ok": true}` otherwise, and records the headers it received.
+    async fn upgrading_node() -> (SocketAddr, Arc<Mutex<Vec<HeaderMap>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let log = Arc::clone(&log);
+                let service = service_fn(move |request: Request<Incoming>| {
+                    log.lock().unwrap().push(request.headers().clone());
+                    let response = if request.headers().contains_key("upgrade") {
+                        Response::builder()
+                            .status(StatusCode::SWITCHING_PROTOCOLS)
+                            .header("connection", "upgrade")
+                            .header("upgrade", "websocket")
+                            .body(Full::new(Bytes::new()))
+                    } else {
+                        Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from_static(b"{\"ok\": true}")))
+                    };
+                    async move { Ok::<_, Infallible>(response.unwrap()) }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn a_client_asking_a_batch_route_to_upgrade_gets_a_merged_answer() {
+        let (node, seen) = upgrading_node().await;
+        let gateway = Gateway::start(&[
+            ("upstreams", "api", upstream(node, json!({}))),
+            (
+                "routes",
+                "r",
+                json!({"paths": ["/both"], "batch": {"requests": [
+                    {"name": "a", "upstream_id": "api", "path": "/a"},
+                    {"name": "b", "upstream_id": "api", "path": "/b"}
+                ]}}),
+            ),
+        ])
+        .await;
+        let (status, batch, body) = gateway
+            .get(
+                "/both",
+                &[
+                    ("connection", "Upgrade, x-hop"),
+                    ("upgrade", "websocket"),
+                    ("x-hop", "1"),
+                    ("x-kept", "1"),
+                ],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(batch.as_deref(), Some("complete"));
+        assert_eq!(body, json!({"a": {"ok": true}, "b": {"ok": true}}));
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        for headers in seen.iter() {
+            for hop in ["upgrade", "x-hop"] {
+                assert!(!headers.contains_key(hop), "{hop}: {headers:?}");
+            }
+            assert_ne!(
+                headers.get("connection").map(|v| v.as_bytes()),
+                Some(&b"upgrade"[..]),
+                "{headers:?}"
+            );
+            assert_eq!(headers["x-kept"], "1");
+        }
+    }
+}

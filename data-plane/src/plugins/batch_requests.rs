@@ -10,7 +10,10 @@
 //! Choices where the contract is silent, as APISIX's plugin does: an item inherits the batch
 //! request's headers (and the batch body's `headers`), its own win; an item's `body` string is
 //! sent as is, any other JSON value as `application/json`. An item may not itself be a batch
-//! (400), so a batch cannot recurse.
+//! (400), so a batch cannot recurse. An item goes to the host the batch request was sent to
+//! (its `Host`, or its URI's authority over HTTP/2); it carries no hop-by-hop header and no
+//! `Accept-Encoding` (its answer is decoded into JSON, so it must arrive uncompressed). The
+//! batch body must arrive within the plugin's `timeout_ms` (else 408).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,7 +21,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, join_all};
 use gateway_proto::plugins::batch_requests::{BatchBody, BatchItem, Config};
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HeaderName, HeaderValue};
+use http::header::{
+    ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, HeaderName, HeaderValue,
+};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use serde_json::{Map, Value, json};
@@ -63,16 +68,30 @@ impl BatchRequests {
         }
         let (parts, body) = request.into_parts();
         let max = self.config.max_body_bytes;
-        let bytes = match Limited::new(body, max).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+        // Bounded in time as well as in size, as a batch route's body is: a client that
+        // trickles its body, or stops, must not hold the request open for ever.
+        let limit = Duration::from_millis(self.config.timeout_ms);
+        let read = tokio::time::timeout(limit, Limited::new(body, max).collect());
+        let bytes = match read.await {
+            Err(_) => {
+                return refuse(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    &format!(
+                        "the batch body did not arrive within {} ms",
+                        self.config.timeout_ms
+                    ),
+                );
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
                 return refuse(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "payload_too_large",
                     &format!("the batch body exceeds {max} bytes"),
                 );
             }
-            Err(_) => {
+            Ok(Err(_)) => {
                 return refuse(
                     StatusCode::BAD_REQUEST,
                     "bad_request_body",
@@ -107,6 +126,15 @@ impl BatchRequests {
         headers::remove_hop_by_hop(&mut common);
         for name in [CONTENT_LENGTH, CONTENT_TYPE, EXPECT] {
             common.remove(name);
+        }
+        // The host the client asked for: over HTTP/2 (or in an absolute-form request) it is
+        // the URI's authority, which wins over any `Host` as it did when routing this
+        // request, and an item, whose URI is only a path, would otherwise reach the router
+        // with no host at all.
+        if let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            common.insert(HOST, host);
         }
         if let Err(message) = set_headers(&mut common, &batch.headers) {
             return refuse(
@@ -203,6 +231,12 @@ fn synthetic(item: &BatchItem, common: &HeaderMap) -> Result<Request<UpstreamBod
         .map_err(|_| format!("path {:?} is not a valid path and query", item.path))?;
     let mut headers = common.clone();
     set_headers(&mut headers, &item.headers)?;
+    // Whatever set them (the client, the batch's or the item's `headers`): hop-by-hop headers
+    // describe a connection an item does not have (`Connection: upgrade` would be passed on
+    // as a WebSocket handshake), and `Accept-Encoding` would get a compressed answer, which
+    // an item's `body` cannot carry.
+    headers::remove_hop_by_hop(&mut headers);
+    headers.remove(ACCEPT_ENCODING);
     let body = match &item.body {
         None => Bytes::new(),
         Some(Value::String(text)) => Bytes::from(text.clone()),

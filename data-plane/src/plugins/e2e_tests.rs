@@ -708,3 +708,188 @@ async fn a_consumers_plugins_run_whatever_their_priority() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(fake.requests()[0].headers["x-tier"], "gold");
 }
+
+/// Bounds the exchanges of the batch-requests tests: a regression fails instead of hanging.
+const BATCH_WAIT: Duration = Duration::from_secs(10);
+
+/// POSTs `batch` to `path` with `headers`: the status and the JSON body.
+async fn post_batch(
+    dp: &Dp,
+    path: &str,
+    headers: &[(&str, &str)],
+    batch: &Value,
+) -> (StatusCode, Value) {
+    let mut request = Request::post(format!("http://{}{path}", dp.addr))
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let body = Full::new(Bytes::from(batch.to_string())).boxed();
+    let response = tokio::time::timeout(BATCH_WAIT, dp.client.request(request.body(body).unwrap()))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn batch_requests_items_go_to_the_host_an_http2_client_named_in_its_authority() {
+    let fake = FakeUpstream::start(Duration::ZERO).await;
+    let dp = Dp::start(&[
+        (
+            "routes",
+            "hosted",
+            json!({"paths": ["/hosted"], "hosts": ["api.example"], "upstream": upstream(fake.addr)}),
+        ),
+        (
+            "routes",
+            "batch",
+            json!({"paths": ["/batch"], "methods": ["POST"], "plugins": {"batch-requests": {}}}),
+        ),
+    ])
+    .await;
+    // HTTP/2 with prior knowledge: the host travels as `:authority`, with no `Host` header.
+    let stream = tokio::net::TcpStream::connect(dp.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let batch = json!({"requests": [{"path": "/hosted"}]});
+    let request = Request::post("http://api.example/batch")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(batch.to_string())))
+        .unwrap();
+    assert!(!request.headers().contains_key("host"));
+    let response = tokio::time::timeout(BATCH_WAIT, sender.send_request(request))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let items: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(items[0]["status"], 200, "{items}");
+    let received = fake.requests();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].headers["host"], "api.example");
+}
+
+/// A data plane with `/open/*` proxied to `fake` and a `batch-requests` endpoint on `/batch`.
+async fn open_and_batch(fake: &FakeUpstream) -> Dp {
+    Dp::start(&[
+        (
+            "routes",
+            "open",
+            json!({"paths": ["/open/*"], "upstream": upstream(fake.addr)}),
+        ),
+        (
+            "routes",
+            "batch",
+            json!({"paths": ["/batch"], "methods": ["POST"], "plugins": {"batch-requests": {}}}),
+        ),
+    ])
+    .await
+}
+
+#[tokio::test]
+async fn batch_requests_items_carry_no_hop_by_hop_headers() {
+    let fake = FakeUpstream::start(Duration::ZERO).await;
+    let dp = open_and_batch(&fake).await;
+    let batch = json!({"requests": [
+        {"path": "/open/inherits"},
+        {"path": "/open/own", "headers": {
+            "connection": "upgrade, x-private",
+            "upgrade": "websocket",
+            "keep-alive": "timeout=5",
+            "te": "trailers",
+            "x-private": "1",
+            "x-kept": "1"
+        }}
+    ]});
+    let (status, items) = post_batch(&dp, "/batch", &[], &batch).await;
+    assert_eq!(status, StatusCode::OK, "{items}");
+    assert_eq!(items[0]["status"], 200, "{items}");
+    assert_eq!(items[1]["status"], 200, "{items}");
+    let received = fake.requests();
+    assert_eq!(received.len(), 2);
+    for request in &received {
+        for name in ["upgrade", "keep-alive", "te", "x-private"] {
+            assert!(
+                !request.headers.contains_key(name),
+                "{name} reached {}: {:?}",
+                request.uri,
+                request.headers
+            );
+        }
+        // An item's `Connection: upgrade` is not passed on as a WebSocket handshake.
+        assert_ne!(
+            request.headers.get("connection").map(|v| v.as_bytes()),
+            Some(&b"upgrade"[..]),
+            "{:?}",
+            request.headers
+        );
+    }
+    let own = received.iter().find(|r| r.uri == "/open/own").unwrap();
+    assert_eq!(own.headers["x-kept"], "1");
+}
+
+#[tokio::test]
+async fn batch_requests_items_never_ask_for_a_compressed_answer() {
+    let fake = FakeUpstream::start(Duration::ZERO).await;
+    let dp = open_and_batch(&fake).await;
+    // The client's `Accept-Encoding`, and one an item sets itself.
+    let batch = json!({"requests": [
+        {"path": "/open/inherits"},
+        {"path": "/open/own", "headers": {"accept-encoding": "gzip"}}
+    ]});
+    let (status, items) = post_batch(&dp, "/batch", &[("accept-encoding", "gzip")], &batch).await;
+    assert_eq!(status, StatusCode::OK, "{items}");
+    let received = fake.requests();
+    assert_eq!(received.len(), 2);
+    for request in &received {
+        assert!(
+            !request.headers.contains_key("accept-encoding"),
+            "{}: {:?}",
+            request.uri,
+            request.headers
+        );
+    }
+}
+
+#[tokio::test]
+async fn batch_requests_waits_for_the_batch_body_no_longer_than_its_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dp = Dp::start(&[(
+        "routes",
+        "batch",
+        json!({"paths": ["/batch"], "methods": ["POST"], "plugins": {"batch-requests": {"timeout_ms": 300}}}),
+    )])
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(dp.addr).await.unwrap();
+    // A head announcing 100 bytes, a few of them, then silence.
+    stream
+        .write_all(
+            b"POST /batch HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+              content-length: 100\r\n\r\n{\"requests\"",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 1024];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(BATCH_WAIT, read)
+        .await
+        .expect("an answer before the client gives up");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+}
