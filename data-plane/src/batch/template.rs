@@ -25,7 +25,7 @@ pub enum Place {
     /// A path and query. A substituted value never changes the URI's structure:
     /// - before the template's `?` (the path), a value stays inside its path segment: values
     ///   from the client's URI (`param`, `last`, `query`, `arg`), already URI-encoded, are
-    ///   copied with `/`, `\`, `?` and `#` percent-encoded (a `%2F` the client sent stays as
+    ///   copied with `/`, `\`, `?`, `#` and `;` percent-encoded (a `%2F` the client sent stays as
     ///   is); and a segment that a value helped make may not be `.` or `..` (also as `%2E`),
     ///   which would climb out of the template's path ([`RenderError::DotSegment`]);
     /// - after the `?` (the query), values from the client's query (`query`, `arg`) are copied
@@ -142,8 +142,9 @@ pub fn render<'v>(
             (Place::Text, _) => out.push_str(&value),
             (Place::Uri, Origin::Text) => percent_encode(&mut out, &value),
             (Place::Uri, Origin::ClientPath | Origin::ClientQuery) if in_path => {
+                // `;` too: Tomcat reads `..;x` as `..`.
                 escape(&mut out, &value, |b| {
-                    matches!(b, b'/' | b'\\' | b'?' | b'#')
+                    matches!(b, b'/' | b'\\' | b'?' | b'#' | b';')
                 });
             }
             (Place::Uri, Origin::ClientPath) => {
@@ -396,6 +397,11 @@ mod tests {
                 "/myapi/catalog/{arg.id}",
                 "id=x?debug=1",
                 "/myapi/catalog/x%3Fdebug=1",
+            ),
+            (
+                "/myapi/catalog/{arg.id}/x",
+                "id=..;",
+                "/myapi/catalog/..%3B/x",
             ),
             (
                 "/myapi/catalog/{arg.id}",

@@ -465,6 +465,30 @@ async fn exchange(
     if framing == BodyFraming::Empty {
         return read_head(stream, read, spans, head_only, form).await;
     }
+    // Boxed: its state would otherwise widen the future of every bodiless exchange, which is
+    // moved whole (callgrind: +145 instructions of `memcpy` per proxied GET).
+    Box::pin(exchange_body(
+        stream, read, spans, body, framing, progress, head_only, form, write,
+    ))
+    .await
+}
+
+/// The rest of [`exchange`] for a request with a body: sends it while reading the answer.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the parts of one `Conn`, borrowed apart"
+)]
+async fn exchange_body(
+    stream: &mut TcpStream,
+    read: &mut BytesMut,
+    spans: &mut Vec<Span>,
+    body: UpstreamBody,
+    framing: BodyFraming,
+    progress: &Progress,
+    head_only: bool,
+    form: HeadForm,
+    write: &mut Vec<u8>,
+) -> Result<Head, Failed> {
     // A node may answer before it has taken the whole body (a 413, a 401) and stop reading or
     // close. RFC 9112 §9.5: the answer is read while the body is sent, and once it is there
     // the rest of the body is not sent. The node's answer, not a failed write, is the result.

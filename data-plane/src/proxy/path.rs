@@ -57,10 +57,42 @@ pub fn normalize(path: &str) -> Result<Option<String>, &'static str> {
 
 /// Whether `path` has anything normalising could change: a `%`, a `//`, or a segment that
 /// starts with `.`. A false positive only costs the slow path.
+///
+/// Eight bytes at a time: every proxied request pays for this scan, and a byte loop (or a
+/// `memchr` for `%` beside a pair scan) was 90–110 instructions for `/catalog` (callgrind).
 fn needs_work(path: &[u8]) -> bool {
-    path.windows(2)
-        .any(|pair| pair[0] == b'/' && (pair[1] == b'/' || pair[1] == b'.'))
-        || path.contains(&b'%')
+    let mut chunks = path.chunks_exact(8);
+    // 0x80 when the previous chunk ended in `/`: the high bit of this chunk's first byte.
+    let mut carry = 0u64;
+    for chunk in &mut chunks {
+        let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
+            continue;
+        };
+        let word = u64::from_le_bytes(bytes);
+        let slash = bytes_equal(word, b'/');
+        let after_slash = (slash << 8) | carry;
+        if bytes_equal(word, b'%') != 0 || after_slash & (slash | bytes_equal(word, b'.')) != 0 {
+            return true;
+        }
+        carry = slash >> 56;
+    }
+    let mut after_slash = carry != 0;
+    for &byte in chunks.remainder() {
+        if byte == b'%' || (after_slash && (byte == b'/' || byte == b'.')) {
+            return true;
+        }
+        after_slash = byte == b'/';
+    }
+    false
+}
+
+/// The high bit of each byte of `word` that equals `byte`, exactly (no false positives: the
+/// sum below never carries from one byte into the next).
+fn bytes_equal(word: u64, byte: u8) -> u64 {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let diff = word ^ (LOW * u64::from(byte));
+    !(((diff & !HIGH) + !HIGH) | diff) & HIGH
 }
 
 /// `path` with the `%XX` escapes of unreserved characters decoded; `Err` for a `%` without
@@ -178,6 +210,37 @@ mod tests {
             "/public/.;x/admin",
         ] {
             assert!(normalize(path).is_err(), "{path}");
+        }
+    }
+
+    #[test]
+    fn the_word_wise_scan_agrees_with_a_byte_wise_one() {
+        let naive = |path: &[u8]| {
+            path.contains(&b'%')
+                || path
+                    .windows(2)
+                    .any(|pair| pair[0] == b'/' && matches!(pair[1], b'/' | b'.'))
+        };
+        let alphabet = [b'/', b'.', b'%', b'a', 0x2f ^ 0x80, 0xae, 0xff, 0];
+        // Every string of up to 4 bytes, and each of them placed at every offset of a
+        // 20-byte path of `x`s: chunk boundaries fall everywhere.
+        let mut strings: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..4 {
+            let longer: Vec<Vec<u8>> = strings
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |&b| [s.as_slice(), &[b]].concat()))
+                .collect();
+            strings.extend(longer);
+        }
+        for string in &strings {
+            for offset in 0..=(20 - string.len().min(20)) {
+                let mut path = vec![b'x'; 20];
+                path.splice(offset..offset + string.len(), string.iter().copied());
+                for end in [path.len(), 8, 9, 16, 17] {
+                    let path = &path[..end.min(path.len())];
+                    assert_eq!(super::needs_work(path), naive(path), "{path:?}");
+                }
+            }
         }
     }
 
