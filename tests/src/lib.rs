@@ -606,6 +606,19 @@ where
     }
 }
 
+/// The JSON pointers of an admin API error body's `details` (none when it has no details).
+pub fn error_pointers(body: &serde_json::Value) -> Vec<&str> {
+    body["error"]["details"]
+        .as_array()
+        .map(|details| {
+            details
+                .iter()
+                .filter_map(|d| d["pointer"].as_str())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A name no other test in this run uses (for node ids, route ids, shared-Redis counters).
 pub fn unique(prefix: &str) -> String {
     use std::hash::{BuildHasher, RandomState};

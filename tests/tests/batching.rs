@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use gateway_e2e::{
-    ControlPlane, DataPlane, FakeUpstream, Reply, ScriptedUpstream, eventually, sqlite_url,
+    ControlPlane, DataPlane, FakeUpstream, Reply, ScriptedUpstream, error_pointers, eventually,
+    sqlite_url,
 };
 use serde_json::{Value, json};
 
@@ -472,12 +473,7 @@ async fn bad_batches_are_refused_on_write_with_pointers() {
         )
         .await;
     assert_eq!(got, 409, "{body}");
-    let pointers: Vec<&str> = body["error"]["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|d| d["pointer"].as_str())
-        .collect();
+    let pointers = error_pointers(&body);
     assert_eq!(pointers, ["/batch/requests/1/upstream_id"], "{body}");
     // Nothing was written.
     let (status, _, _) = cp.call("GET", "/api/v1/routes/bad", None).await;

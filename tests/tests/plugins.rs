@@ -3,7 +3,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use gateway_e2e::{ControlPlane, DataPlane, FakeUpstream, sqlite_url, unique};
+use gateway_e2e::{ControlPlane, DataPlane, FakeUpstream, error_pointers, sqlite_url, unique};
 use hmac::{Hmac, Mac};
 use rsa::pkcs1v15::SigningKey;
 use rsa::pkcs8::DecodePrivateKey;
@@ -409,12 +409,7 @@ async fn plugin_configs_are_validated_on_write_with_pointers() {
             )
             .await;
         assert_eq!(status, 400, "{body}");
-        let pointers: Vec<&str> = body["error"]["details"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|d| d["pointer"].as_str())
-            .collect();
+        let pointers = error_pointers(&body);
         assert!(pointers.contains(&pointer), "{pointer} not in {pointers:?}");
     }
     let (status, _, body) = cp

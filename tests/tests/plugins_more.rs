@@ -1,7 +1,7 @@
 //! The request, traffic and observability plugins end to end: configs written through the admin
 //! API, requests through a real data plane, metrics from its status listener.
 
-use gateway_e2e::{ControlPlane, DataPlane, FakeUpstream, sqlite_url, unique};
+use gateway_e2e::{ControlPlane, DataPlane, FakeUpstream, error_pointers, sqlite_url, unique};
 use serde_json::json;
 
 #[tokio::test]
@@ -74,12 +74,7 @@ async fn cors_preflight_is_answered_and_request_ids_are_echoed() {
         )
         .await;
     assert_eq!(status, 400, "{body}");
-    let pointers: Vec<&str> = body["error"]["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|d| d["pointer"].as_str())
-        .collect();
+    let pointers = error_pointers(&body);
     assert_eq!(pointers, ["/plugins/cors/allow_headers"], "{body}");
 }
 

@@ -1,7 +1,7 @@
 //! Routing through the real binaries: header, query and client-address conditions choose
 //! between routes on one path, and a condition the schema refuses never reaches a data plane.
 
-use gateway_e2e::{ControlPlane, DataPlane, FakeUpstream, eventually, sqlite_url};
+use gateway_e2e::{ControlPlane, DataPlane, FakeUpstream, error_pointers, eventually, sqlite_url};
 use serde_json::{Value, json};
 
 /// Request headers as (name, value).
@@ -132,15 +132,7 @@ async fn headers_query_and_client_address_choose_the_route() {
         .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "schema_violation", "{body}");
-    let pointers: Vec<&str> = body["error"]["details"]
-        .as_array()
-        .map(|details| {
-            details
-                .iter()
-                .filter_map(|d| d["pointer"].as_str())
-                .collect()
-        })
-        .unwrap_or_default();
+    let pointers = error_pointers(&body);
     assert!(pointers.contains(&"/headers/1/value"), "{body}");
     assert!(pointers.contains(&"/remote_addrs/0"), "{body}");
     assert_eq!(

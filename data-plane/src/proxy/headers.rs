@@ -87,22 +87,26 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .cloned()
         .collect();
     if !doomed.is_empty() {
-        let listed = headers
-            .get_all(CONNECTION)
-            .iter()
-            .flat_map(|value| connection_listed(value.as_bytes()));
-        for token in listed {
-            if let Some(name) = headers
-                .keys()
-                .find(|name| name.as_str().as_bytes().eq_ignore_ascii_case(token))
-            {
-                doomed.push(name.clone());
-            }
-        }
+        doomed.extend(connection_listed_names(headers));
     }
     for name in doomed {
         headers.remove(name);
     }
+}
+
+/// The headers of `headers` that its `Connection` lists (hop-by-hop names aside).
+fn connection_listed_names(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|value| connection_listed(value.as_bytes()))
+        .filter_map(|token| {
+            headers
+                .keys()
+                .find(|name| name.as_str().as_bytes().eq_ignore_ascii_case(token))
+                .cloned()
+        })
+        .collect()
 }
 
 /// Removes the headers the client's `Connection` lists, and `Connection` itself unless it asks
@@ -122,20 +126,7 @@ pub fn drop_connection_listed(headers: &mut HeaderMap) {
             .split(|&b| b == b',')
             .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
     });
-    let mut doomed: Vec<HeaderName> = Vec::new();
-    let listed = headers
-        .get_all(CONNECTION)
-        .iter()
-        .flat_map(|value| connection_listed(value.as_bytes()));
-    for token in listed {
-        if let Some(name) = headers
-            .keys()
-            .find(|name| name.as_str().as_bytes().eq_ignore_ascii_case(token))
-        {
-            doomed.push(name.clone());
-        }
-    }
-    for name in doomed {
+    for name in connection_listed_names(headers) {
         headers.remove(name);
     }
     if upgrade {
