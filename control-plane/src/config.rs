@@ -83,6 +83,9 @@ pub enum IfMatch {
     Any,
     /// `If-Match: "<revision>"` — the resource must be at this revision.
     Revision(u64),
+    /// A create (`POST`): the resource must not exist yet. Checked with the other conditions,
+    /// under the write lock, so two racing creates of one id cannot both succeed.
+    Absent,
 }
 
 /// A write to the config.
@@ -389,6 +392,13 @@ fn check_if_match(
         None => true,
         Some(IfMatch::Any) => revision.is_some(),
         Some(IfMatch::Revision(expected)) => revision == Some(expected),
+        Some(IfMatch::Absent) if revision.is_some() => {
+            return Err(WriteError::Conflict(vec![Violation::new(
+                "/id",
+                format!("{key} already exists; PUT replaces it"),
+            )]));
+        }
+        Some(IfMatch::Absent) => true,
     };
     if holds {
         Ok(())

@@ -95,13 +95,16 @@ impl Fleet {
         }
     }
 
-    /// Records a new stream from `node_id` and returns its handle.
+    /// Records a new stream from `node_id`, which serves `serving` (as its first request
+    /// says: a restarted data plane serves nothing, whatever its predecessor applied), and
+    /// returns its handle.
     pub fn connected(
         &self,
         node_id: &str,
         build_version: &str,
         address: Option<SocketAddr>,
         control_plane_id: &str,
+        serving: Option<u64>,
     ) -> StreamHandle {
         let stream = self.next_stream.fetch_add(1, Ordering::Relaxed) + 1;
         let now = now_s();
@@ -117,7 +120,7 @@ impl Fleet {
                 connected: true,
                 connected_at: now,
                 last_seen: now,
-                applied_version: previous.as_ref().and_then(|p| p.applied_version),
+                applied_version: serving,
                 last_rejected: previous.and_then(|p| p.last_rejected),
                 stream,
             },
@@ -133,10 +136,11 @@ impl Fleet {
         self.update(handle, |node| node.applied_version = Some(version));
     }
 
-    /// Records that the data plane refused `version`, and what it still serves.
+    /// Records that the data plane refused `version`, and what it still serves (none: it
+    /// serves no config at all).
     pub fn nacked(&self, handle: &StreamHandle, version: u64, serving: Option<u64>, error: &str) {
         self.update(handle, |node| {
-            node.applied_version = serving.or(node.applied_version);
+            node.applied_version = serving;
             node.last_rejected = Some(Rejection {
                 version,
                 error: error.to_owned(),
@@ -182,9 +186,9 @@ mod tests {
     #[test]
     fn a_stale_stream_cannot_overwrite_a_newer_one() {
         let fleet = Fleet::default();
-        let old = fleet.connected("dp", "0.1.0", None, "cp");
+        let old = fleet.connected("dp", "0.1.0", None, "cp", None);
         fleet.acked(&old, 3);
-        let new = fleet.connected("dp", "0.1.0", None, "cp");
+        let new = fleet.connected("dp", "0.1.0", None, "cp", Some(3));
         fleet.disconnected(&old);
         fleet.acked(&old, 9);
         let nodes = fleet.list();
@@ -202,5 +206,18 @@ mod tests {
         );
         fleet.disconnected(&new);
         assert_eq!(fleet.summary(3).connected, 0);
+    }
+
+    #[test]
+    fn a_restarted_data_plane_is_shown_serving_what_it_says_it_serves() {
+        let fleet = Fleet::default();
+        let first = fleet.connected("dp", "0.1.0", None, "cp", None);
+        fleet.acked(&first, 10);
+        // Restarted: it serves nothing, and refuses version 10 (a plugin it lacks).
+        let restarted = fleet.connected("dp", "0.2.0", None, "cp", None);
+        assert_eq!(fleet.list()[0].applied_version, None);
+        fleet.nacked(&restarted, 10, None, "unknown plugin");
+        assert_eq!(fleet.list()[0].applied_version, None);
+        assert_eq!(fleet.summary(10).applied_current, 0);
     }
 }

@@ -104,13 +104,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
         tokens,
     );
-    let admin_server = axum::serve(admin, app).with_graceful_shutdown(shutdown_signal());
+    // One signal stops both servers and ends the config streams, which tonic's graceful
+    // shutdown would otherwise wait on for as long as the data planes keep them open.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    let admin_server = axum::serve(admin, app).with_graceful_shutdown(stopped(stopping.clone()));
+    let xds_service = XdsServer::new(config, fleet, &control_plane_id, stopping.clone());
     let xds_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_service(XdsServer::new(config, fleet, &control_plane_id).into_service())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(xds), shutdown_signal());
+        .add_service(xds_service.into_service())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(xds), stopped(stopping));
     let (admin_result, xds_result) = tokio::join!(admin_server, xds_server);
     admin_result.context("admin API server")?;
     xds_result.context("config stream server")?;

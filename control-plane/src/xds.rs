@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures_util::Stream;
 use gateway_proto::pb::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
 use gateway_proto::pb::{self, DiscoveryRequest, DiscoveryResponse};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -26,15 +26,24 @@ pub struct XdsServer {
     config: Arc<ConfigService>,
     fleet: Arc<Fleet>,
     control_plane_id: Arc<str>,
+    stopping: watch::Receiver<bool>,
 }
 
 impl XdsServer {
-    /// A server publishing `config`'s versions and recording data planes in `fleet`.
-    pub fn new(config: Arc<ConfigService>, fleet: Arc<Fleet>, control_plane_id: &str) -> Self {
+    /// A server publishing `config`'s versions and recording data planes in `fleet`. When
+    /// `stopping` turns true, every open stream ends, so that a graceful shutdown (which waits
+    /// for open streams) completes and the data planes move to another control plane.
+    pub fn new(
+        config: Arc<ConfigService>,
+        fleet: Arc<Fleet>,
+        control_plane_id: &str,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
         XdsServer {
             config,
             fleet,
             control_plane_id: control_plane_id.into(),
+            stopping,
         }
     }
 
@@ -72,6 +81,7 @@ impl ConfigDiscovery for XdsServer {
             &node.build_version,
             address,
             &self.control_plane_id,
+            first.version_info.parse().ok(),
         );
         tracing::info!(node = %node.id, ?address, "data plane connected");
 
@@ -84,7 +94,7 @@ impl ConfigDiscovery for XdsServer {
             nonce: 0,
             sent_version: None,
         };
-        tokio::spawn(session.run(self.config.subscribe(), inbound));
+        tokio::spawn(session.run(self.config.subscribe(), inbound, self.stopping.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(responses))))
     }
 }
@@ -102,9 +112,11 @@ struct Session {
 impl Session {
     async fn run(
         mut self,
-        mut versions: tokio::sync::watch::Receiver<std::sync::Arc<ConfigState>>,
+        mut versions: watch::Receiver<std::sync::Arc<ConfigState>>,
         mut inbound: Streaming<DiscoveryRequest>,
+        stopping: watch::Receiver<bool>,
     ) {
+        let mut stopped = std::pin::pin!(wait_stopped(stopping));
         // Always start with the current snapshot: the data plane may have been served by
         // another store before, so its version number alone proves nothing.
         let current = versions.borrow_and_update().clone();
@@ -114,6 +126,7 @@ impl Session {
         }
         loop {
             tokio::select! {
+                () = &mut stopped => break,
                 changed = versions.changed() => {
                     if changed.is_err() {
                         break;
@@ -180,4 +193,9 @@ impl Session {
             (Some(_), None) => {}
         }
     }
+}
+
+/// Completes once `stopping` turns true (or its sender is gone).
+async fn wait_stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
 }

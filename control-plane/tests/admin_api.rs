@@ -265,6 +265,13 @@ async fn every_error_has_one_shape_and_changes_nothing() {
     api.call(Method::GET, "/api/v1/routes?limit=0", None)
         .await
         .error(StatusCode::BAD_REQUEST, "bad_request");
+    api.call(
+        Method::GET,
+        "/api/v1/versions?cursor=18446744073709551615",
+        None,
+    )
+    .await
+    .error(StatusCode::BAD_REQUEST, "bad_request");
 
     // 404: unknown ids, kinds and versions.
     for (method, path) in [
@@ -274,6 +281,12 @@ async fn every_error_has_one_shape_and_changes_nothing() {
         (Method::GET, "/api/v1/versions/99"),
         (Method::POST, "/api/v1/versions/99/rollback"),
         (Method::GET, "/api/v1/versions/99/config"),
+        // Beyond what a store can hold: no such version either (was a 500).
+        (Method::GET, "/api/v1/versions/9223372036854775808"),
+        (
+            Method::POST,
+            "/api/v1/versions/18446744073709551615/rollback",
+        ),
         (Method::GET, "/api/v1/nowhere/at/all"),
     ] {
         api.call(method, path, None)
@@ -615,6 +628,41 @@ async fn resources_and_versions_on_postgres(pool: sqlx::PgPool) {
     let store = api.store.clone();
     resources_and_versions(api).await;
     store.close().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn racing_creates_of_one_id_make_one_resource_and_409s(pool: sqlx::PgPool) {
+    let api = Arc::new(Api::postgres(pool).await);
+    let mut tasks = Vec::new();
+    for port in 1..=8 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"id": "u1", "nodes": [{"host": "h", "port": port}]});
+            api.call(Method::POST, "/api/v1/upstreams", Some(body))
+                .await
+                .status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CONFLICT)
+        .count();
+    assert_eq!((created, refused), (1, 7), "{statuses:?}");
+    let stored = api.call(Method::GET, "/api/v1/upstreams/u1", None).await;
+    assert_eq!(
+        stored.body["revision"], 1,
+        "never overwritten: {}",
+        stored.body
+    );
+    api.store.close().await;
 }
 
 #[sqlx::test(migrations = false)]

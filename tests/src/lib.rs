@@ -105,6 +105,22 @@ impl Process {
         self.child.id()
     }
 
+    /// Sends SIGTERM and waits up to `limit` for the process to exit; whether it did.
+    pub fn terminate_within(&mut self, limit: Duration) -> bool {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|status| status.success());
+        let deadline = Instant::now() + limit;
+        while sent && Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// Sends SIGKILL and reaps the process.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -1,6 +1,8 @@
 //! The whole loop a user cares about, with the real binaries: change config through the admin
 //! API, see the data plane serve it, roll back, lose and regain the control plane.
 
+use std::time::Duration;
+
 use gateway_e2e::{ControlPlane, DataPlane, FakeUpstream, eventually, sqlite_url};
 use serde_json::{Value, json};
 use sqlx::ConnectOptions;
@@ -158,4 +160,19 @@ async fn a_postgres_control_plane_restarts_with_its_history_and_the_dp_reconnect
     fleet_shows(&cp, "dp-pg", v3).await;
     let (_, _, config) = cp.call("GET", "/api/v1/versions/1/config", None).await;
     assert_eq!(config["upstreams"][0]["id"], "pg");
+}
+
+#[tokio::test]
+async fn a_control_plane_stops_on_sigterm_while_data_planes_are_connected() {
+    let mut cp = ControlPlane::start(&sqlite_url(), None);
+    let dp = DataPlane::start(&cp.xds_url, "sigterm-dp");
+    let nodes = json!({"nodes": [{"host": "127.0.0.1", "port": 9}]});
+    let version = cp.write("PUT", "/api/v1/upstreams/u", Some(nodes)).await;
+    fleet_shows(&cp, "sigterm-dp", version).await;
+    // The open config stream must not hold the graceful shutdown.
+    assert!(
+        cp.process.terminate_within(Duration::from_secs(10)),
+        "the control plane was still running 10 s after SIGTERM"
+    );
+    drop(dp);
 }

@@ -182,8 +182,11 @@ impl QueryParams {
 }
 
 fn parse_version(raw: &str) -> Result<u64, ApiError> {
+    // Stores keep versions as signed 64-bit integers: a larger number is no version at all.
     raw.parse::<u64>()
-        .map_err(|_| ApiError::BadRequest(format!("{raw:?} is not a config version")))
+        .ok()
+        .filter(|version| i64::try_from(*version).is_ok())
+        .ok_or_else(|| ApiError::BadRequest(format!("{raw:?} is not a config version")))
 }
 
 fn collection(name: &str) -> Result<Kind, ApiError> {
@@ -363,16 +366,10 @@ async fn create(
         None => generate_id(),
     };
     let key = resource_key(kind.as_str(), &id)?;
-    if state.config.current().resources.contains_key(&key) {
-        return Err(ApiError::Conflict(vec![Violation::new(
-            "/id",
-            format!("{key} already exists; PUT replaces it"),
-        )]));
-    }
     let op = WriteOp::Put {
         key: key.clone(),
         document,
-        if_match: None,
+        if_match: Some(IfMatch::Absent),
     };
     write_resource(&state, &caller, &headers, op, &key).await
 }
@@ -508,7 +505,7 @@ async fn version_diff(
     query: QueryParams,
 ) -> Result<Json<Value>, ApiError> {
     let to = existing_version(&state, &version).await?.version;
-    let from = query.version("from")?.unwrap_or(to - 1);
+    let from = query.version("from")?.unwrap_or(to.saturating_sub(1));
     if from > 0 {
         existing_version(&state, &from.to_string()).await?;
     }
