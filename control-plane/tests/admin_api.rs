@@ -187,6 +187,27 @@ async fn every_error_has_one_shape_and_changes_nothing() {
             .await;
         reply.error(StatusCode::UNAUTHORIZED, "unauthorized");
     }
+    // Unknown paths and methods too: no token, no map of the API by its 404s and 405s.
+    for (method, path) in [
+        (Method::GET, "/api/v1/a/b/c"),
+        (Method::DELETE, "/api/v1/versions"),
+        (Method::GET, "/nowhere"),
+    ] {
+        let request = Request::builder().method(method).uri(path);
+        let reply = api.send(request.body(Body::empty()).unwrap()).await;
+        reply.error(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    // Health checks stay open.
+    let health = Request::builder()
+        .uri("/healthz")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(api.send(health).await.status, StatusCode::OK);
+
+    // 400: a path parameter that is not UTF-8, in the JSON shape.
+    api.call(Method::GET, "/api/v1/routes/%FF", None)
+        .await
+        .error(StatusCode::BAD_REQUEST, "bad_request");
 
     // 400: not JSON.
     let reply = api

@@ -83,16 +83,19 @@ pub fn router(state: AppState, tokens: Arc<Tokens>) -> Router {
                 .patch(patch_one)
                 .delete(delete_one),
         )
-        .route_layer(middleware::from_fn_with_state(tokens, require_token))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // A layer, not a route layer: unknown paths and methods need a token too, so that
+        // an anonymous caller cannot map the API by its 404s and 405s.
+        .layer(middleware::from_fn_with_state(tokens, require_token))
         .layer(DefaultBodyLimit::max(RESOURCE_BODY_LIMIT))
         .with_state(state.clone());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .merge(api)
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
 }
 
 async fn not_found() -> ApiError {
@@ -149,6 +152,23 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
         axum::extract::Query::<HashMap<String, String>>::from_request_parts(parts, state)
             .await
             .map(|q| QueryParams(q.0))
+            .map_err(|e| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+/// Path parameters; rejections (`%FF` in an id) share the API's error shape.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|path| ApiPath(path.0))
             .map_err(|e| ApiError::BadRequest(e.body_text()))
     }
 }
@@ -298,7 +318,7 @@ fn resource_response(outcome: &WriteOutcome, key: &ResourceKey) -> Result<Respon
 
 async fn list(
     State(state): State<AppState>,
-    Path(kind): Path<String>,
+    ApiPath(kind): ApiPath<String>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let kind = collection(&kind)?;
@@ -328,7 +348,7 @@ async fn list(
 
 async fn get_one(
     State(state): State<AppState>,
-    Path((kind, id)): Path<(String, String)>,
+    ApiPath((kind, id)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
     let key = resource_key(&kind, &id).map_err(|_| not_found_key(&kind, &id))?;
     let config = state.config.current();
@@ -350,7 +370,7 @@ fn not_found_key(kind: &str, id: &str) -> ApiError {
 async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(kind): Path<String>,
+    ApiPath(kind): ApiPath<String>,
     headers: HeaderMap,
     JsonBody(document): JsonBody,
 ) -> Result<Response, ApiError> {
@@ -377,7 +397,7 @@ async fn create(
 async fn put_one(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((kind, id)): Path<(String, String)>,
+    ApiPath((kind, id)): ApiPath<(String, String)>,
     headers: HeaderMap,
     JsonBody(document): JsonBody,
 ) -> Result<Response, ApiError> {
@@ -393,7 +413,7 @@ async fn put_one(
 async fn patch_one(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((kind, id)): Path<(String, String)>,
+    ApiPath((kind, id)): ApiPath<(String, String)>,
     headers: HeaderMap,
     JsonBody(patch): JsonBody,
 ) -> Result<Response, ApiError> {
@@ -409,7 +429,7 @@ async fn patch_one(
 async fn delete_one(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((kind, id)): Path<(String, String)>,
+    ApiPath((kind, id)): ApiPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = resource_key(&kind, &id).map_err(|_| not_found_key(&kind, &id))?;
@@ -473,7 +493,7 @@ async fn existing_version(state: &AppState, raw: &str) -> Result<VersionInfo, Ap
 
 async fn get_version(
     State(state): State<AppState>,
-    Path(version): Path<String>,
+    ApiPath(version): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(version_view(
         &existing_version(&state, &version).await?,
@@ -482,7 +502,7 @@ async fn get_version(
 
 async fn version_config(
     State(state): State<AppState>,
-    Path(version): Path<String>,
+    ApiPath(version): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let info = existing_version(&state, &version).await?;
     let resources = state.config.store().config_at(info.version).await?;
@@ -501,7 +521,7 @@ async fn version_config(
 
 async fn version_diff(
     State(state): State<AppState>,
-    Path(version): Path<String>,
+    ApiPath(version): ApiPath<String>,
     query: QueryParams,
 ) -> Result<Json<Value>, ApiError> {
     let to = existing_version(&state, &version).await?.version;
@@ -516,7 +536,7 @@ async fn version_diff(
 async fn rollback(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(version): Path<String>,
+    ApiPath(version): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let to = existing_version(&state, &version).await?.version;
@@ -662,7 +682,7 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-async fn kind_schema(Path(kind): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn kind_schema(ApiPath(kind): ApiPath<String>) -> Result<Json<Value>, ApiError> {
     let kind =
         Kind::parse(&kind).ok_or_else(|| ApiError::NotFound(format!("no schema for {kind:?}")))?;
     Ok(Json(schema_of(kind).clone()))
@@ -676,7 +696,7 @@ async fn plugin_schemas() -> Json<Value> {
     Json(json!({ "items": items }))
 }
 
-async fn plugin_schema(Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn plugin_schema(ApiPath(name): ApiPath<String>) -> Result<Json<Value>, ApiError> {
     plugins::plugin(&name)
         .map(|def| Json(plugins::schema_document(def)))
         .ok_or_else(|| ApiError::NotFound(format!("no plugin named {name:?}")))
@@ -684,7 +704,7 @@ async fn plugin_schema(Path(name): Path<String>) -> Result<Json<Value>, ApiError
 
 async fn validate(
     State(state): State<AppState>,
-    Path(kind): Path<String>,
+    ApiPath(kind): ApiPath<String>,
     JsonBody(document): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let kind = Kind::parse(&kind)
