@@ -305,6 +305,9 @@ impl ConfigService {
                 check_if_match(current, key, *if_match)?;
                 let mut document = entry.body.clone();
                 merge_patch(&mut document, patch);
+                if key.kind == Kind::Consumers {
+                    rotate_credentials(&mut document, patch);
+                }
                 desired.push((key.clone(), Some(document), String::new()));
             }
             WriteOp::Delete { key, if_match } => {
@@ -457,6 +460,31 @@ fn prepare_document(key: &ResourceKey, document: Value) -> Result<Value, Violati
         fields.remove(field);
     }
     Ok(Value::Object(fields))
+}
+
+/// The credentials stored as a digest of what was written: (plugin, written field, stored
+/// field).
+const SEALED_CREDENTIALS: [(&str, &str, &str); 2] = [
+    ("key-auth", "key", "key_sha256"),
+    ("basic-auth", "password", "password_hash"),
+];
+
+/// After a merge patch of a consumer: a credential the patch sets in plain text replaces the
+/// stored digest of the old one. Merged as is, the document would hold both (`key` and
+/// `key_sha256`), which the schema refuses, so rotating a key by PATCH failed.
+fn rotate_credentials(document: &mut Value, patch: &Value) {
+    for (plugin, written, stored) in SEALED_CREDENTIALS {
+        let rotated = patch
+            .pointer(&format!("/credentials/{plugin}/{written}"))
+            .is_some_and(|value| !value.is_null());
+        if rotated
+            && let Some(credential) = document
+                .pointer_mut(&format!("/credentials/{plugin}"))
+                .and_then(Value::as_object_mut)
+        {
+            credential.remove(stored);
+        }
+    }
 }
 
 /// Applies a JSON merge patch (RFC 7396) to `target`.

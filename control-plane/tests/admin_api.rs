@@ -745,3 +745,44 @@ async fn concurrent_writers_with_if_match_lose_no_update(pool: sqlx::PgPool) {
     assert_eq!(last.body["revision"], 41);
     api.store.close().await;
 }
+
+#[tokio::test]
+async fn a_patch_rotates_a_credential_written_in_plain_text() {
+    let api = Api::sqlite().await;
+    let consumer = json!({"credentials": {
+        "key-auth": {"key": "old-key-123"},
+        "basic-auth": {"username": "carol", "password": "old-password"}}});
+    let created = api
+        .call(Method::PUT, "/api/v1/consumers/carol", Some(consumer))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let before = created.body["credentials"].clone();
+    let rotated = api
+        .call(
+            Method::PATCH,
+            "/api/v1/consumers/carol",
+            Some(json!({"credentials": {
+                "key-auth": {"key": "new-key-456"},
+                "basic-auth": {"password": "new-password"}}})),
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.body);
+    let after = &rotated.body["credentials"];
+    assert_ne!(
+        after["key-auth"]["key_sha256"],
+        before["key-auth"]["key_sha256"]
+    );
+    assert_ne!(
+        after["basic-auth"]["password_hash"],
+        before["basic-auth"]["password_hash"]
+    );
+    assert_eq!(
+        after["basic-auth"]["username"], "carol",
+        "the rest of it kept"
+    );
+    let text = rotated.body.to_string();
+    assert!(
+        !text.contains("new-key-456") && !text.contains("new-password"),
+        "{text}"
+    );
+}
