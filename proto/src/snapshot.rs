@@ -11,6 +11,7 @@ use thiserror::Error;
 
 use crate::model::{
     Consumer, GlobalRule, Kind, Parsed, ResourceKey, Route, Upstream, credential_conflicts,
+    is_valid_id,
 };
 use crate::pb;
 use crate::schema::{Violation, validate_resource};
@@ -50,6 +51,15 @@ pub enum SnapshotError {
     /// The same resource appears twice.
     #[error("resource {0} appears twice")]
     Duplicate(ResourceKey),
+    /// An id the admin API would never accept (the data plane keys inline upstreams by
+    /// `route:<id>`, which relies on ids without `:`).
+    #[error("resource of kind {kind:?} has an invalid id {id:?}")]
+    InvalidId {
+        /// The resource's kind.
+        kind: String,
+        /// The offending id.
+        id: String,
+    },
     /// A resource body is not JSON.
     #[error("resource {key} is not valid JSON: {error}")]
     NotJson {
@@ -208,6 +218,12 @@ impl Snapshot {
                 kind: resource.kind.clone(),
                 id: resource.id.clone(),
             })?;
+            if !is_valid_id(&resource.id) {
+                return Err(SnapshotError::InvalidId {
+                    kind: resource.kind.clone(),
+                    id: resource.id.clone(),
+                });
+            }
             let key = ResourceKey::new(kind, resource.id.clone());
             let document: serde_json::Value =
                 serde_json::from_slice(&resource.body).map_err(|e| SnapshotError::NotJson {
@@ -383,6 +399,12 @@ mod tests {
         assert!(matches!(
             Snapshot::from_wire(&not_json),
             Err(SnapshotError::NotJson { .. })
+        ));
+        // An id the admin API refuses: `route:r2` would collide with route r2's inline upstream.
+        let upstream = json!({"nodes": [{"host": "h", "port": 1}]});
+        assert!(matches!(
+            Snapshot::from_wire(&wire("1", &[("upstreams", "route:r2", upstream)])),
+            Err(SnapshotError::InvalidId { .. })
         ));
         let dangling = Snapshot::from_wire(&wire("1", &[("routes", "r", route)])).unwrap_err();
         assert_eq!(
