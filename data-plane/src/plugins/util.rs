@@ -36,7 +36,7 @@ pub fn percent_decode(text: &str) -> Cow<'_, str> {
 }
 
 /// The value of one hex digit.
-fn hex(digit: &u8) -> Option<u8> {
+pub(crate) fn hex(digit: &u8) -> Option<u8> {
     (*digit as char).to_digit(16).map(|d| d as u8)
 }
 

@@ -378,6 +378,15 @@ fn send_deadline<T>(
     }
 }
 
+/// Why a request with the wrong number of `Host` headers is refused.
+const HOST_RULE: &str = "a request needs exactly one Host header";
+
+/// RFC 9112 §3.2: an HTTP/1.1 request needs a `Host`, and no request may have two (the router
+/// and the node could each pick a different one). HTTP/2 names its host in `:authority`.
+fn host_count_allowed(hosts: usize, version: Version) -> bool {
+    hosts <= 1 && !(hosts == 0 && version == Version::HTTP_11)
+}
+
 /// How a response body is delimited on the wire.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Framing {
@@ -455,10 +464,8 @@ fn parse_request(
         let start = value.as_ptr() as usize - base;
         spans.push((name, start, start + value.len()));
     }
-    // RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or any request with two, is a 400 (two
-    // hosts would let the router and the node each pick a different one).
-    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
-        return Err(bad("a request needs exactly one Host header"));
+    if !host_count_allowed(hosts, version) {
+        return Err(bad(HOST_RULE));
     }
     let head = read.split_to(length).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_span)).map_err(|_| bad("invalid target"))?;
@@ -571,15 +578,12 @@ async fn hand_off(proxy: Arc<Proxy>, conn: Connection, remote: SocketAddr, stop:
     let service = service_fn(move |request: Request<Incoming>| {
         let proxy = Arc::clone(&proxy);
         async move {
-            // The listener loop's Host rule (see `parse_request`); HTTP/2 has `:authority`.
             let hosts = request.headers().get_all(HOST).iter().count();
-            let http11 = request.version() == Version::HTTP_11;
-            if hosts > 1 || (hosts == 0 && http11) {
-                let message = "a request needs exactly one Host header";
+            if !host_count_allowed(hosts, request.version()) {
                 return Ok(json_response(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
-                    message,
+                    HOST_RULE,
                 ));
             }
             let request = request.map(Either::Left);

@@ -73,18 +73,18 @@ impl Proxy {
         mut request: Request<UpstreamBody>,
         form: HeadForm,
     ) -> Response<ProxyBody> {
-        match path::normalize(request.uri().path()) {
-            Ok(None) => {}
-            Ok(Some(normal)) => set_path(&mut request, &normal),
-            Err(reason) => {
-                let response = self.error_response(remote, ProxyError::InvalidPath(reason));
-                self.state.metrics.record_request(response.status());
-                return response;
-            }
-        }
         // One load per request: the whole exchange sees one config version.
         let runtime = self.state.runtime();
-        let result = match route_request(&runtime, remote, &request) {
+        let routed = match path::normalize(request.uri().path()) {
+            Ok(normal) => {
+                if let Some(normal) = normal {
+                    set_path(&mut request, &normal);
+                }
+                route_request(&runtime, remote, &request)
+            }
+            Err(reason) => Err(ProxyError::InvalidPath(reason)),
+        };
+        let result = match routed {
             Err(error) => Err(error),
             // Boxed: the plugin path's state (context, request parts) would otherwise widen
             // the future of every request, plugins or not.

@@ -14,6 +14,8 @@
 //! 2. Runs of `/` become one `/` (nginx's `merge_slashes`).
 //! 3. `.` and `..` segments are resolved (RFC 3986 §5.2.4); `..` never climbs above `/`.
 
+use crate::plugins::util::hex;
+
 /// The normalised form of `path`: `Ok(None)` when it is already normal (the common case costs
 /// one scan and no allocation), `Err` for a path no normal form is safe for. Only origin-form
 /// paths (starting with `/`) are touched.
@@ -109,7 +111,7 @@ fn decode_unreserved(path: &[u8]) -> Result<Vec<u8>, &'static str> {
         let (Some(&high), Some(&low)) = (path.get(i + 1), path.get(i + 2)) else {
             return Err("a % without two hex digits");
         };
-        let (Some(high), Some(low)) = (hex_value(high), hex_value(low)) else {
+        let (Some(high), Some(low)) = (hex(&high), hex(&low)) else {
             return Err("a % without two hex digits");
         };
         let byte = high << 4 | low;
@@ -121,12 +123,6 @@ fn decode_unreserved(path: &[u8]) -> Result<Vec<u8>, &'static str> {
         i += 3;
     }
     Ok(out)
-}
-
-fn hex_value(digit: u8) -> Option<u8> {
-    char::from(digit)
-        .to_digit(16)
-        .and_then(|d| u8::try_from(d).ok())
 }
 
 fn is_unreserved(byte: u8) -> bool {
