@@ -9,6 +9,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Resource bodies are shared between every stream a version goes to: `Bytes` clones
+        // are reference counts, not copies.
+        .bytes(".gateway.config.v1.Resource.body")
         .compile_protos(&["proto/gateway/config/v1/config.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

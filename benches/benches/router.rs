@@ -13,8 +13,8 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use data_plane::router::{RequestView, RouteMatch};
 use data_plane::runtime::Runtime;
+use data_plane::runtime::router::{RequestView, RouteMatch};
 use gateway_proto::{Snapshot, pb};
 use http::{HeaderMap, Method};
 use serde_json::{Value, json};
@@ -83,7 +83,8 @@ fn router_of(n: usize) -> (Runtime, Vec<Request>) {
         id: "u".to_owned(),
         revision: 1,
         body: serde_json::to_vec(&json!({"nodes": [{"host": "127.0.0.1", "port": 9}]}))
-            .expect("JSON serialises"),
+            .expect("JSON serialises")
+            .into(),
     }];
     let mut requests = Vec::new();
     for i in 0..n {
@@ -92,7 +93,7 @@ fn router_of(n: usize) -> (Runtime, Vec<Request>) {
             kind: "routes".to_owned(),
             id: format!("r{i}"),
             revision: 1 + i as u64,
-            body: serde_json::to_vec(&spec).expect("JSON serialises"),
+            body: serde_json::to_vec(&spec).expect("JSON serialises").into(),
         });
         requests.push(request);
     }
@@ -102,6 +103,7 @@ fn router_of(n: usize) -> (Runtime, Vec<Request>) {
         type_url: pb::SNAPSHOT_TYPE_URL.to_owned(),
         control_plane_id: "bench".to_owned(),
         resources,
+        ..Default::default()
     };
     let snapshot = Snapshot::from_wire(&response).expect("the generated config is valid");
     let runtime = Runtime::compile(&snapshot, None).expect("the generated config compiles");

@@ -6,10 +6,12 @@
 //! based on that state's version, and only then swaps in the new state; a failed commit leaves
 //! both unchanged.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use gateway_proto::model::{Parsed, SERVER_FIELDS, credential_conflicts, is_valid_id};
 use gateway_proto::snapshot::dangling_references;
 use gateway_proto::{Kind, ResourceKey, Violation, check_new_document, pb, validate_resource};
@@ -34,6 +36,42 @@ pub struct Entry {
     pub created_at: i64,
     /// Last changed, unix ms.
     pub updated_at: i64,
+    /// The document as the config stream carries it, encoded once on first use and shared
+    /// by every version and every stream that sends this revision.
+    encoded: OnceLock<Bytes>,
+}
+
+impl Entry {
+    /// A resource of the current config.
+    pub fn new(
+        body: Value,
+        parsed: Parsed,
+        revision: u64,
+        created_at: i64,
+        updated_at: i64,
+    ) -> Entry {
+        Entry {
+            body,
+            parsed,
+            revision,
+            created_at,
+            updated_at,
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// This resource as a config-stream message.
+    pub fn wire(&self, key: &ResourceKey) -> pb::Resource {
+        pb::Resource {
+            kind: key.kind.as_str().to_owned(),
+            id: key.id.clone(),
+            revision: self.revision,
+            body: self
+                .encoded
+                .get_or_init(|| Bytes::from(self.body.to_string()))
+                .clone(),
+        }
+    }
 }
 
 /// The whole config at one version, immutable once published.
@@ -63,16 +101,71 @@ impl ConfigState {
                 Arc::new(
                     self.resources
                         .iter()
-                        .map(|(key, entry)| pb::Resource {
-                            kind: key.kind.as_str().to_owned(),
-                            id: key.id.clone(),
-                            revision: entry.revision,
-                            body: entry.body.to_string().into_bytes(),
-                        })
+                        .map(|(key, entry)| entry.wire(key))
                         .collect(),
                 )
             })
             .clone()
+    }
+}
+
+/// The keys each recent version changed, so that what a data plane needs to go from one
+/// version to another costs what changed, not a read of the store. Versions older than what
+/// it holds are answered by the store.
+#[derive(Debug, Default)]
+struct ChangeHistory {
+    /// Contiguous spans `(from, to]`, oldest first.
+    spans: VecDeque<ChangeSpan>,
+    /// Keys held over all spans.
+    keys: usize,
+}
+
+#[derive(Debug)]
+struct ChangeSpan {
+    from: u64,
+    to: u64,
+    keys: Vec<ResourceKey>,
+}
+
+/// Bounds of [`ChangeHistory`]: enough for every data plane that is minutes behind.
+const HISTORY_MAX_SPANS: usize = 4096;
+const HISTORY_MAX_KEYS: usize = 200_000;
+
+impl ChangeHistory {
+    fn record(&mut self, from: u64, to: u64, keys: Vec<ResourceKey>) {
+        if self.spans.back().is_some_and(|last| last.to != from) {
+            // Not contiguous with what is held (cannot happen: versions only grow by commits
+            // and catch-ups from the head); start over rather than answer wrongly.
+            self.spans.clear();
+            self.keys = 0;
+        }
+        self.keys += keys.len();
+        self.spans.push_back(ChangeSpan { from, to, keys });
+        while self.spans.len() > HISTORY_MAX_SPANS || self.keys > HISTORY_MAX_KEYS {
+            match self.spans.pop_front() {
+                Some(span) => self.keys -= span.keys.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// The keys changed in `(from, to]`, if the spans held cover exactly that range.
+    fn changed(&self, from: u64, to: u64) -> Option<BTreeSet<ResourceKey>> {
+        let mut keys = BTreeSet::new();
+        if from == to {
+            return Some(keys);
+        }
+        let start = self.spans.iter().position(|span| span.from == from)?;
+        for span in self.spans.iter().skip(start) {
+            if span.to > to {
+                return None;
+            }
+            keys.extend(span.keys.iter().cloned());
+            if span.to == to {
+                return Some(keys);
+            }
+        }
+        None
     }
 }
 
@@ -194,7 +287,14 @@ pub struct ConfigService {
     current: ArcSwap<ConfigState>,
     write_lock: Mutex<()>,
     published: watch::Sender<Arc<ConfigState>>,
+    history: std::sync::Mutex<ChangeHistory>,
 }
+
+/// How often a replica reads the store's head even without a notification: a safety net
+/// under `LISTEN/NOTIFY`, which already catches up after every reconnect.
+const HEAD_POLL: Duration = Duration::from_secs(10);
+/// The longest wait between attempts to reopen the notification listener.
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(2);
 
 impl ConfigService {
     /// Loads the head config from the store.
@@ -206,7 +306,135 @@ impl ConfigService {
             current: ArcSwap::new(state),
             write_lock: Mutex::new(()),
             published,
+            history: std::sync::Mutex::default(),
         })
+    }
+
+    /// The identity of the store behind this service (sent with every version).
+    pub fn store_id(&self) -> &str {
+        self.store.store_id()
+    }
+
+    /// The resources changed between versions `from` and `to` (`from` ≤ `to`, both in this
+    /// store): from the recent history in memory, else from the store.
+    pub async fn changed_keys(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<BTreeSet<ResourceKey>, WriteError> {
+        let held = self
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .changed(from, to);
+        match held {
+            Some(keys) => Ok(keys),
+            None => Ok(self
+                .store
+                .changed_between(from, to)
+                .await?
+                .into_iter()
+                .collect()),
+        }
+    }
+
+    /// Makes `state` the current config and tells every stream.
+    fn publish(&self, from: u64, state: Arc<ConfigState>, changed: Vec<ResourceKey>) {
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(from, state.version, changed);
+        self.current.store(state.clone());
+        self.published.send_replace(state);
+    }
+
+    /// Brings the config in memory up to the store's head: versions other replicas committed,
+    /// or that were missed while the store was away. Costs what changed since.
+    pub async fn catch_up(&self) -> Result<u64, WriteError> {
+        let _guard = self.write_lock.lock().await;
+        self.catch_up_locked().await
+    }
+
+    async fn catch_up_locked(&self) -> Result<u64, WriteError> {
+        let current = self.current.load_full();
+        let head = self.store.head().await?;
+        if head <= current.version {
+            return Ok(current.version);
+        }
+        let states = self
+            .store
+            .changed_states(head, current.version, head)
+            .await?;
+        let mut resources = current.resources.clone();
+        let mut changed = Vec::with_capacity(states.len());
+        for (key, state) in states {
+            match state {
+                Some(stored) => {
+                    let (key, entry) = entry_from_store(stored)?;
+                    resources.insert(key, entry);
+                }
+                None => {
+                    resources.remove(&key);
+                }
+            }
+            changed.push(key);
+        }
+        let state = Arc::new(ConfigState {
+            version: head,
+            resources,
+            wire: OnceLock::new(),
+        });
+        tracing::info!(
+            from = current.version,
+            to = head,
+            changed = changed.len(),
+            "caught up with the store"
+        );
+        self.publish(current.version, state, changed);
+        Ok(head)
+    }
+
+    /// Follows the store for as long as the process runs: on Postgres, every version another
+    /// replica commits is caught up with as soon as its notification arrives, and after every
+    /// (re)connect of the listener, so a notification lost while disconnected never means a
+    /// lost version. On SQLite (one control plane per file) there is nothing to follow.
+    pub async fn follow_store(self: Arc<Self>) {
+        let mut retry = Duration::from_millis(100);
+        loop {
+            let mut listener = match self.store.listen_versions().await {
+                Ok(Some(listener)) => listener,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(%error, retry_ms = retry.as_millis() as u64, "cannot listen for new config versions");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(LISTEN_RETRY_MAX);
+                    continue;
+                }
+            };
+            retry = Duration::from_millis(100);
+            // Listening first, then reading the head: a version committed in between is
+            // either read now or heard of next.
+            self.catch_up_logged().await;
+            loop {
+                match tokio::time::timeout(HEAD_POLL, listener.next()).await {
+                    Ok(Ok(Some(_))) | Err(_) => self.catch_up_logged().await,
+                    Ok(Ok(None)) => {
+                        tracing::warn!("lost the store's notification connection; reconnecting");
+                        break;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "the store's notification connection failed; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn catch_up_logged(&self) {
+        if let Err(error) = self.catch_up().await {
+            tracing::warn!(%error, "cannot catch up with the store");
+        }
     }
 
     /// The store behind this service.
@@ -258,9 +486,9 @@ impl ConfigService {
                 .collect();
             match self.store.commit(current.version, meta, &changes).await {
                 Ok(info) => {
+                    let changed = plan.changes.iter().map(|c| c.key.clone()).collect();
                     let state = Arc::new(plan.apply(&current, info.version, info.created_at));
-                    self.current.store(state.clone());
-                    self.published.send_replace(state.clone());
+                    self.publish(current.version, state.clone(), changed);
                     return Ok(WriteOutcome {
                         version: info.version,
                         written: true,
@@ -272,9 +500,7 @@ impl ConfigService {
                 // and try once more against the new state.
                 Err(StoreError::HeadMoved { .. }) if !retried => {
                     retried = true;
-                    let state = Arc::new(load_head(&self.store).await?);
-                    self.current.store(state.clone());
-                    self.published.send_replace(state);
+                    self.catch_up_locked().await?;
                 }
                 Err(error) => return Err(error.into()),
             }
@@ -335,8 +561,8 @@ impl ConfigService {
                 if *to > current.version || (*to > 0 && self.store.version(*to).await?.is_none()) {
                     return Err(WriteError::VersionNotFound(*to));
                 }
-                let keys = self.store.changed_between(*to, current.version).await?;
-                for (key, state) in self.store.resources_at(*to, &keys).await? {
+                let states = self.store.changed_states(*to, *to, current.version).await?;
+                for (key, state) in states {
                     let at = format!("/{}/{}", key.kind, key.id);
                     desired.push((key, state.map(|s| s.body), at));
                 }
@@ -623,16 +849,8 @@ impl Plan {
                     resources.remove(&change.key);
                 }
                 Some((body, parsed)) => {
-                    resources.insert(
-                        change.key,
-                        Arc::new(Entry {
-                            body,
-                            parsed,
-                            revision: version,
-                            created_at: change.created_at,
-                            updated_at: written_at,
-                        }),
-                    );
+                    let entry = Entry::new(body, parsed, version, change.created_at, written_at);
+                    resources.insert(change.key, Arc::new(entry));
                 }
             }
         }
@@ -648,36 +866,34 @@ async fn load_head(store: &Store) -> Result<ConfigState, WriteError> {
     let version = store.head().await?;
     let mut resources = BTreeMap::new();
     for stored in store.config_at(version).await? {
-        let StoredResource {
-            key,
-            body,
-            revision,
-            created_at,
-            updated_at,
-        } = stored;
-        // A stored document that no longer passes its schema (a stricter build) is a hard
-        // error: serving it would let the next publish fail on every data plane.
-        let parsed = validate_resource(key.kind, &body).map_err(|violations| {
-            WriteError::Store(StoreError::Corrupt(format!(
-                "{key} fails validation: {violations:?}"
-            )))
-        })?;
-        resources.insert(
-            key,
-            Arc::new(Entry {
-                body,
-                parsed,
-                revision,
-                created_at,
-                updated_at,
-            }),
-        );
+        let (key, entry) = entry_from_store(stored)?;
+        resources.insert(key, entry);
     }
     Ok(ConfigState {
         version,
         resources,
         wire: OnceLock::new(),
     })
+}
+
+/// A stored resource, validated, as an entry of the config in memory.
+fn entry_from_store(stored: StoredResource) -> Result<(ResourceKey, Arc<Entry>), WriteError> {
+    let StoredResource {
+        key,
+        body,
+        revision,
+        created_at,
+        updated_at,
+    } = stored;
+    // A stored document that no longer passes its schema (a stricter build) is a hard error:
+    // serving it would let the next publish fail on every data plane.
+    let parsed = validate_resource(key.kind, &body).map_err(|violations| {
+        WriteError::Store(StoreError::Corrupt(format!(
+            "{key} fails validation: {violations:?}"
+        )))
+    })?;
+    let entry = Entry::new(body, parsed, revision, created_at, updated_at);
+    Ok((key, Arc::new(entry)))
 }
 
 /// Renders a resource for the API: its document plus the server-managed fields.
@@ -737,12 +953,10 @@ impl ConfigService {
                 return Err(WriteError::VersionNotFound(version));
             }
         }
-        let keys = self
-            .store
-            .changed_between(from.min(to), from.max(to))
-            .await?;
-        let mut before = self.store.resources_at(from, &keys).await?;
-        let mut after = self.store.resources_at(to, &keys).await?;
+        let (low, high) = (from.min(to), from.max(to));
+        let mut before = self.store.changed_states(from, low, high).await?;
+        let mut after = self.store.changed_states(to, low, high).await?;
+        let keys: Vec<ResourceKey> = before.keys().cloned().collect();
         let mut diff = Vec::new();
         for key in keys {
             let before = before

@@ -6,4 +6,5 @@ pub mod config;
 pub mod fleet;
 pub mod secrets;
 pub mod store;
+pub mod tls;
 pub mod xds;

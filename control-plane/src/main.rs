@@ -1,15 +1,17 @@
 //! `control-plane`: the admin REST API and the config stream, over a versioned config store.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use control_plane::api::{self, AppState, auth};
 use control_plane::config::ConfigService;
 use control_plane::fleet::Fleet;
 use control_plane::store::Store;
+use control_plane::tls;
 use control_plane::xds::XdsServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -19,6 +21,8 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address of the admin REST API.
     #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9180")]
     admin_listen: SocketAddr,
@@ -39,10 +43,60 @@ struct Args {
     /// This replica's name in the fleet view (default: host name and config-stream port).
     #[arg(long, env = "GATEWAY_CONTROL_PLANE_ID")]
     control_plane_id: Option<String>,
+    /// Serve the config stream over TLS with this certificate (PEM, chain leaf first).
+    #[arg(long, env = "GATEWAY_XDS_TLS_CERT", requires = "xds_tls_key")]
+    xds_tls_cert: Option<PathBuf>,
+    /// The private key of --xds-tls-cert (PEM).
+    #[arg(long, env = "GATEWAY_XDS_TLS_KEY", requires = "xds_tls_cert")]
+    xds_tls_key: Option<PathBuf>,
+    /// Require every data plane to present a client certificate signed by this CA (mTLS).
+    #[arg(long, env = "GATEWAY_XDS_CLIENT_CA", requires = "xds_tls_cert")]
+    xds_client_ca: Option<PathBuf>,
+    /// A shared data-plane token every config stream must carry (the lighter alternative to
+    /// mTLS). Only its SHA-256 is kept.
+    #[arg(long, env = "GATEWAY_DP_TOKEN", hide_env_values = true)]
+    dp_token: Option<String>,
+    /// Serve the config stream beyond loopback without client authentication (neither
+    /// --xds-client-ca nor --dp-token): anyone who reaches it gets the whole config.
+    #[arg(long, env = "GATEWAY_XDS_INSECURE")]
+    xds_insecure: bool,
+    /// Data planes not seen for this many seconds leave the fleet view (Kong's default).
+    #[arg(long, env = "GATEWAY_FLEET_RETENTION", default_value_t = 14 * 24 * 3600)]
+    fleet_retention: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make a private CA with a control-plane (server) and a data-plane (client) certificate
+    /// for an mTLS config stream, as PEM files, then exit.
+    Certs {
+        /// Where to write ca.crt, ca.key, control-plane.crt/.key and data-plane.crt/.key.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// A name data planes reach the control plane by (repeatable): the host of their
+        /// `--control-plane https://NAME:PORT`.
+        #[arg(long = "server-name", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
+        server_names: Vec<String>,
+        /// The data plane's name in its client certificate.
+        #[arg(long, default_value = "data-plane")]
+        client_name: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Certs {
+        dir,
+        server_names,
+        client_name,
+    }) = &args.command
+    {
+        let made = tls::generate(dir, server_names, client_name)?;
+        for file in made.files {
+            println!("wrote {}", file.display());
+        }
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -71,8 +125,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         auth::Bootstrap::Existing => tracing::info!("using the admin tokens already in the store"),
     }
     let tokens = Arc::new(auth::Tokens::new(store.tokens().await?));
-    let config = Arc::new(ConfigService::load(store).await?);
-    let fleet = Arc::new(Fleet::default());
+    let config = Arc::new(ConfigService::load(store.clone()).await?);
+
+    let stream_tls = match (&args.xds_tls_cert, &args.xds_tls_key) {
+        (Some(cert), Some(key)) => Some(
+            tls::server_config(cert, key, args.xds_client_ca.as_deref())
+                .context("setting up TLS for the config stream")?,
+        ),
+        _ => None,
+    };
+    let authenticated = args.xds_client_ca.is_some() || args.dp_token.is_some();
+    if !authenticated && !args.xds_listen.ip().is_loopback() {
+        if !args.xds_insecure {
+            anyhow::bail!(
+                "the config stream on {} would hand the whole config to anyone who reaches it: \
+                 give --xds-client-ca (mTLS) or --dp-token, listen on loopback, or pass \
+                 --xds-insecure",
+                args.xds_listen
+            );
+        }
+        tracing::warn!(
+            listen = %args.xds_listen,
+            "--xds-insecure: the config stream serves every peer without authentication"
+        );
+    }
 
     let admin = TcpListener::bind(args.admin_listen)
         .await
@@ -85,17 +161,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let control_plane_id = args
         .control_plane_id
         .unwrap_or_else(|| format!("{}:{}", host_name(), xds_addr.port()));
+    let fleet = Arc::new(Fleet::new(
+        store,
+        &control_plane_id,
+        Duration::from_secs(args.fleet_retention),
+    ));
 
     // Machine-readable lines on stdout: scripts and tests read the bound addresses here.
     println!("admin_url=http://{admin_addr}");
-    println!("xds_url=http://{xds_addr}");
+    let scheme = if stream_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("xds_url={scheme}://{xds_addr}");
     tracing::info!(
         admin = %admin_addr,
         xds = %xds_addr,
         version = config.current().version,
         store = ?config.store().backend(),
+        store_id = config.store_id(),
+        replica = %control_plane_id,
         "control plane started"
     );
+    // Versions other replicas commit (Postgres), and the fleet's rows.
+    tokio::spawn(config.clone().follow_store());
+    let writer = fleet.clone();
+    tokio::spawn(async move { writer.run_writer().await });
 
     let app = api::router(
         AppState {
@@ -115,13 +207,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = stopping.wait_for(|stop| *stop).await;
     };
     let admin_server = axum::serve(admin, app).with_graceful_shutdown(stopped(stopping.clone()));
-    let xds_service = XdsServer::new(config, fleet, &control_plane_id, stopping.clone());
-    let xds_server = tonic::transport::Server::builder()
+    let mut xds_service = XdsServer::new(config, fleet, stopping.clone());
+    if let Some(token) = &args.dp_token {
+        xds_service = xds_service.require_token(token);
+    }
+    let xds_router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_service(xds_service.into_service())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(xds), stopped(stopping));
+        .add_service(xds_service.into_service());
+    let xds_server = async move {
+        match stream_tls {
+            Some(tls_config) => {
+                xds_router
+                    .serve_with_incoming_shutdown(tls::accept(xds, tls_config), stopped(stopping))
+                    .await
+            }
+            None => {
+                xds_router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(xds), stopped(stopping))
+                    .await
+            }
+        }
+    };
     let (admin_result, xds_result) = tokio::join!(admin_server, xds_server);
     admin_result.context("admin API server")?;
     xds_result.context("config stream server")?;

@@ -2,10 +2,17 @@
 //! version is pushed to every stream the moment it is published (no polling interval).
 //!
 //! Protocol (xDS-style, see `proto/gateway/config/v1/config.proto`): the data plane's first
-//! request names its node; the server answers with the current snapshot under a fresh nonce.
-//! A request echoing the latest nonce is an ACK (`version_info` = the version applied) or, with
-//! `error_detail`, a NACK. Requests echoing an older nonce are stale and dropped. A rejected
-//! version is never resent: the server only sends when the version changes.
+//! request names its node, the version it serves and the store that version comes from. A
+//! data plane that serves nothing, or a version of another store, gets the whole snapshot;
+//! one that serves a version of this store gets a delta from it (the resources changed since,
+//! and the ids removed), as every later response is. At most one response is unanswered per
+//! stream: versions published meanwhile are folded into the next delta.
+//!
+//! A request echoing the latest nonce is an ACK or, with `error_detail`, a NACK; requests
+//! echoing an older nonce are stale and dropped. A rejected version is recorded in the fleet
+//! and never sent to that data plane again; the next version is. A data plane that serves a
+//! newer version of this store than this replica has (it came from a replica that is ahead)
+//! is sent nothing until this replica catches up: it never goes backwards.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,20 +20,27 @@ use std::sync::Arc;
 use futures_util::Stream;
 use gateway_proto::pb::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
 use gateway_proto::pb::{self, DiscoveryRequest, DiscoveryResponse};
+use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::{ConfigService, ConfigState};
-use crate::fleet::{Fleet, StreamHandle};
+use crate::fleet::{Fleet, Hello, StreamHandle};
+
+/// `google.rpc.Code.FAILED_PRECONDITION`: in a NACK, "I do not serve the delta's base version,
+/// send the whole snapshot" — a resync, not a rejection of the version.
+const FAILED_PRECONDITION: i32 = 9;
 
 /// Serves the config stream.
 #[derive(Clone)]
 pub struct XdsServer {
     config: Arc<ConfigService>,
     fleet: Arc<Fleet>,
-    control_plane_id: Arc<str>,
     stopping: watch::Receiver<bool>,
+    /// SHA-256 of the data-plane token every stream must present, if one is required.
+    token_digest: Option<[u8; 32]>,
 }
 
 impl XdsServer {
@@ -36,22 +50,52 @@ impl XdsServer {
     pub fn new(
         config: Arc<ConfigService>,
         fleet: Arc<Fleet>,
-        control_plane_id: &str,
         stopping: watch::Receiver<bool>,
     ) -> Self {
         XdsServer {
             config,
             fleet,
-            control_plane_id: control_plane_id.into(),
             stopping,
+            token_digest: None,
         }
     }
 
-    /// The tonic service, with message limits sized for whole-config snapshots.
+    /// Requires every stream to carry `authorization: Bearer <token>`. Only the token's digest
+    /// is kept.
+    pub fn require_token(mut self, token: &str) -> Self {
+        self.token_digest = Some(Sha256::digest(token.as_bytes()).into());
+        self
+    }
+
+    /// The tonic service: messages compressed when the data plane accepts gzip, limits sized
+    /// for whole-config snapshots.
     pub fn into_service(self) -> ConfigDiscoveryServer<XdsServer> {
         ConfigDiscoveryServer::new(self)
+            .send_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(4 * 1024 * 1024)
             .max_encoding_message_size(256 * 1024 * 1024)
+    }
+
+    /// Whether the request carries the data-plane token (when one is required), compared in
+    /// constant time.
+    fn authorized<T>(&self, request: &Request<T>) -> bool {
+        let Some(expected) = &self.token_digest else {
+            return true;
+        };
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        // Digests of equal length, compared without an early exit.
+        digest
+            .iter()
+            .zip(expected)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
     }
 }
 
@@ -66,6 +110,15 @@ impl ConfigDiscovery for XdsServer {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamConfigStream>, Status> {
         let address = request.remote_addr();
+        if !self.authorized(&request) {
+            tracing::warn!(
+                ?address,
+                "config stream refused: missing or wrong data-plane token"
+            );
+            return Err(Status::unauthenticated(
+                "a valid data-plane token is required",
+            ));
+        }
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -76,65 +129,90 @@ impl ConfigDiscovery for XdsServer {
             .as_ref()
             .filter(|n| !n.id.is_empty())
             .ok_or_else(|| Status::invalid_argument("the first request must name its node"))?;
-        let handle = self.fleet.connected(
-            &node.id,
-            &node.build_version,
+        let serving = first.version_info.parse::<u64>().ok();
+        let same_store = serving.is_some() && first.store_id == self.config.store_id();
+        let handle = self.fleet.connected(&Hello {
+            node_id: node.id.clone(),
+            instance_id: node.instance_id.clone(),
+            build_version: node.build_version.clone(),
             address,
-            &self.control_plane_id,
-            first.version_info.parse().ok(),
-        );
-        tracing::info!(node = %node.id, ?address, "data plane connected");
+            serving,
+            config_source: Some(first.config_source.clone()).filter(|s| !s.is_empty()),
+        });
+        tracing::info!(node = %node.id, ?address, ?serving, same_store, "data plane connected");
 
         let (outbound, responses) = mpsc::channel(4);
         let session = Session {
+            config: self.config.clone(),
             fleet: self.fleet.clone(),
-            control_plane_id: self.control_plane_id.clone(),
             handle,
             outbound,
             nonce: 0,
-            sent_version: None,
+            serving,
+            same_store,
+            confirmed: false,
+            in_flight: None,
+            withheld: None,
+            needs_full: false,
+            waiting_logged: false,
         };
         tokio::spawn(session.run(self.config.subscribe(), inbound, self.stopping.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(responses))))
     }
 }
 
+/// A response sent and not answered yet.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    nonce: u64,
+    version: u64,
+}
+
 /// One data plane's stream.
 struct Session {
+    config: Arc<ConfigService>,
     fleet: Arc<Fleet>,
-    control_plane_id: Arc<str>,
     handle: StreamHandle,
     outbound: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     nonce: u64,
-    sent_version: Option<u64>,
+    /// The version the data plane serves, as far as this stream knows.
+    serving: Option<u64>,
+    /// Whether `serving` is a version of this replica's store.
+    same_store: bool,
+    /// Whether the data plane has answered a response on this stream.
+    confirmed: bool,
+    in_flight: Option<InFlight>,
+    /// A version this data plane rejected: never sent to it again.
+    withheld: Option<u64>,
+    /// The data plane could not apply a delta: the next response is a whole snapshot.
+    needs_full: bool,
+    waiting_logged: bool,
 }
 
 impl Session {
     async fn run(
         mut self,
-        mut versions: watch::Receiver<std::sync::Arc<ConfigState>>,
+        mut versions: watch::Receiver<Arc<ConfigState>>,
         mut inbound: Streaming<DiscoveryRequest>,
         stopping: watch::Receiver<bool>,
     ) {
         let mut stopped = std::pin::pin!(wait_stopped(stopping));
-        // Always start with the current snapshot: the data plane may have been served by
-        // another store before, so its version number alone proves nothing.
-        let current = versions.borrow_and_update().clone();
-        if self.send(&current).await.is_err() {
-            self.fleet.disconnected(&self.handle);
-            return;
-        }
+        self.withheld = self.fleet.prior(&self.handle).await;
         loop {
+            if self.in_flight.is_none() {
+                let head = versions.borrow_and_update().clone();
+                if self.send_if_needed(&head).await.is_err() {
+                    break;
+                }
+            }
             tokio::select! {
                 () = &mut stopped => break,
                 changed = versions.changed() => {
                     if changed.is_err() {
                         break;
                     }
-                    let state = versions.borrow_and_update().clone();
-                    if Some(state.version) != self.sent_version && self.send(&state).await.is_err() {
-                        break;
-                    }
+                    // Marked seen; the loop sends the newest once nothing is in flight.
+                    versions.borrow_and_update();
                 }
                 message = inbound.message() => match message {
                     Ok(Some(request)) => self.on_request(request),
@@ -154,43 +232,125 @@ impl Session {
         self.handle.node_id()
     }
 
-    async fn send(&mut self, state: &ConfigState) -> Result<(), ()> {
+    /// Sends what the data plane lacks of `head`, if anything.
+    async fn send_if_needed(&mut self, head: &ConfigState) -> Result<(), ()> {
+        if self.withheld == Some(head.version) {
+            return Ok(());
+        }
+        let base = self.serving.filter(|_| self.same_store && !self.needs_full);
+        match base {
+            Some(serving) if serving > head.version => {
+                if !self.waiting_logged {
+                    self.waiting_logged = true;
+                    tracing::info!(
+                        node = %self.node_id(),
+                        serving,
+                        head = head.version,
+                        "the data plane serves a newer version than this replica has; \
+                         sending nothing until this replica catches up"
+                    );
+                }
+                return Ok(());
+            }
+            Some(serving) if serving == head.version && self.confirmed => return Ok(()),
+            _ => {}
+        }
+        let response = match base {
+            Some(base) => self.delta(base, head).await,
+            None => None,
+        };
+        let response = response.unwrap_or_else(|| self.full(head));
         self.nonce += 1;
+        self.in_flight = Some(InFlight {
+            nonce: self.nonce,
+            version: head.version,
+        });
         let response = DiscoveryResponse {
-            version_info: state.version.to_string(),
+            version_info: head.version.to_string(),
             nonce: self.nonce.to_string(),
             type_url: pb::SNAPSHOT_TYPE_URL.to_owned(),
-            resources: state.wire_resources().as_ref().clone(),
-            control_plane_id: self.control_plane_id.to_string(),
+            control_plane_id: self.fleet.control_plane_id().to_owned(),
+            store_id: self.config.store_id().to_owned(),
+            ..response
         };
-        self.sent_version = Some(state.version);
         self.outbound.send(Ok(response)).await.map_err(|_| ())
     }
 
+    /// Every resource of `head`.
+    fn full(&mut self, head: &ConfigState) -> DiscoveryResponse {
+        self.needs_full = false;
+        DiscoveryResponse {
+            resources: head.wire_resources().as_ref().clone(),
+            ..DiscoveryResponse::default()
+        }
+    }
+
+    /// What changed from `base` to `head`; `None` when a whole snapshot is the better answer
+    /// (the delta would not be smaller) or the changes cannot be read.
+    async fn delta(&self, base: u64, head: &ConfigState) -> Option<DiscoveryResponse> {
+        let changed = match self.config.changed_keys(base, head.version).await {
+            Ok(changed) => changed,
+            Err(error) => {
+                tracing::warn!(node = %self.node_id(), %error, "cannot work out a delta; sending the whole config");
+                return None;
+            }
+        };
+        if !changed.is_empty() && changed.len() >= head.resources.len() {
+            return None;
+        }
+        let mut response = DiscoveryResponse {
+            base_version: base.to_string(),
+            ..DiscoveryResponse::default()
+        };
+        for key in changed {
+            match head.resources.get(&key) {
+                Some(entry) => response.resources.push(entry.wire(&key)),
+                None => response.removed.push(pb::ResourceRef {
+                    kind: key.kind.as_str().to_owned(),
+                    id: key.id,
+                }),
+            }
+        }
+        Some(response)
+    }
+
     fn on_request(&mut self, request: DiscoveryRequest) {
-        self.fleet.seen(&self.handle);
-        if request.response_nonce != self.nonce.to_string() {
+        let Some(flight) = self
+            .in_flight
+            .filter(|f| request.response_nonce == f.nonce.to_string())
+        else {
             tracing::debug!(nonce = %request.response_nonce, latest = self.nonce, "stale request dropped");
             return;
-        }
-        let serving = request.version_info.parse::<u64>().ok();
-        match (&request.error_detail, self.sent_version) {
-            (Some(error), Some(rejected)) => {
-                tracing::warn!(
-                    node = %self.node_id(),
-                    version = rejected,
-                    error = %error.message,
-                    "data plane rejected a config version"
-                );
-                self.fleet
-                    .nacked(&self.handle, rejected, serving, &error.message);
-            }
-            (None, _) => {
-                if let Some(version) = serving {
+        };
+        self.in_flight = None;
+        self.confirmed = true;
+        self.serving = request.version_info.parse::<u64>().ok();
+        self.same_store = self.serving.is_some() && request.store_id == self.config.store_id();
+        match &request.error_detail {
+            None => {
+                if let Some(version) = self.serving {
                     self.fleet.acked(&self.handle, version);
                 }
             }
-            (Some(_), None) => {}
+            Some(error) if error.code == FAILED_PRECONDITION => {
+                tracing::info!(
+                    node = %self.node_id(),
+                    reason = %error.message,
+                    "the data plane asked for the whole config"
+                );
+                self.needs_full = true;
+            }
+            Some(error) => {
+                tracing::warn!(
+                    node = %self.node_id(),
+                    version = flight.version,
+                    error = %error.message,
+                    "data plane rejected a config version; it will not be sent to it again"
+                );
+                self.withheld = Some(flight.version);
+                self.fleet
+                    .nacked(&self.handle, flight.version, self.serving, &error.message);
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! fresh Postgres database per test.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -60,7 +61,11 @@ impl Api {
         let router = api::router(
             AppState {
                 config,
-                fleet: Arc::new(Fleet::default()),
+                fleet: Arc::new(Fleet::new(
+                    store.clone(),
+                    "cp-test",
+                    Duration::from_secs(3600),
+                )),
             },
             tokens,
         );

@@ -17,7 +17,8 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// Control-plane config-stream address(es), comma-separated; on reconnect the data plane
-    /// moves on to the next one. `host:port` means `http://host:port`.
+    /// moves on to the next one. `host:port` means `http://host:port`; `https://` needs
+    /// --cp-ca.
     #[arg(
         long = "control-plane",
         env = "GATEWAY_CONTROL_PLANE",
@@ -35,9 +36,31 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_NODE_ID", value_parser = parse_node_id)]
     pub node_id: Option<String>,
 
-    /// Directory for the last applied snapshot (not implemented yet: accepted and ignored).
+    /// Directory where every applied config version is kept, so that a data plane restarted
+    /// while no control plane answers serves its last config.
     #[arg(long, env = "GATEWAY_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+
+    /// The CA that signed the control plane's certificate (PEM), for `https://` control planes.
+    #[arg(long, env = "GATEWAY_CP_CA")]
+    pub cp_ca: Option<PathBuf>,
+
+    /// This data plane's client certificate for an mTLS config stream (PEM).
+    #[arg(long, env = "GATEWAY_CP_CERT", requires = "cp_key")]
+    pub cp_cert: Option<PathBuf>,
+
+    /// The private key of --cp-cert (PEM).
+    #[arg(long, env = "GATEWAY_CP_KEY", requires = "cp_cert")]
+    pub cp_key: Option<PathBuf>,
+
+    /// The data-plane token the control plane requires (its --dp-token).
+    #[arg(long, env = "GATEWAY_CP_TOKEN", hide_env_values = true)]
+    pub cp_token: Option<String>,
+
+    /// Plugins this data plane refuses to run, comma-separated: a config version that uses
+    /// one is rejected (NACKed) and the previous one kept (APISIX's per-node plugin list).
+    #[arg(long, env = "GATEWAY_DISABLE_PLUGINS", value_delimiter = ',')]
+    pub disable_plugins: Vec<String>,
 
     /// Request-serving threads [default: the number of cores].
     #[arg(long, env = "GATEWAY_WORKER_THREADS")]
@@ -93,14 +116,8 @@ fn parse_control_plane(text: &str) -> Result<Uri, String> {
     let uri: Uri = with_scheme
         .parse()
         .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{text:?}: TLS to the control plane is not supported yet; use http://"
-            ));
-        }
-        _ => return Err(format!("{text:?}: the scheme must be http")),
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!("{text:?}: the scheme must be http or https"));
     }
     if uri.authority().is_none() {
         return Err(format!("{text:?} has no host"));
@@ -153,8 +170,7 @@ mod tests {
     #[test]
     fn bad_flags_are_refused() {
         for args in [
-            &["--control-plane", "https://cp:9280"][..],
-            &["--control-plane", "http://cp:9280/path"],
+            &["--control-plane", "http://cp:9280/path"][..],
             &["--control-plane", "a,,b"],
             &["--control-plane", "ftp://cp"],
             &["--listen", "nope"],

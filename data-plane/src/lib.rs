@@ -18,21 +18,16 @@
 // path only; boxing it would add an allocation per refusal to silence a size lint.
 #![allow(clippy::result_large_err)]
 
-pub mod balance;
-pub mod batch;
 pub mod clock;
 pub mod config;
 pub mod error;
-pub mod health;
 pub mod metrics;
 pub mod plugins;
 pub mod proxy;
-pub mod router;
 pub mod runtime;
-pub mod server;
 pub mod state;
 pub mod status;
-pub mod upstream;
+pub mod transport;
 pub mod xds;
 
 #[cfg(test)]
@@ -72,6 +67,18 @@ pub enum StartError {
     /// `--redis-url` is not a Redis URL.
     #[error("{0}")]
     Redis(String),
+    /// A TLS file for the config stream could not be read.
+    #[error("cannot read {path}: {source}")]
+    TlsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The config-stream client could not be set up.
+    #[error(transparent)]
+    Stream(#[from] xds::SetupError),
 }
 
 /// A data plane with its listeners bound, ready to [`run`](DataPlane::run).
@@ -86,6 +93,7 @@ pub struct DataPlane {
     proxy_addr: SocketAddr,
     status_addr: SocketAddr,
     plugin_env: plugins::BuildEnv,
+    security: xds::StreamSecurity,
 }
 
 impl DataPlane {
@@ -99,6 +107,27 @@ impl DataPlane {
             plugin_env.redis =
                 Some(plugins::limit_count::RedisCounters::new(url).map_err(StartError::Redis)?);
         }
+        let read = |path: &std::path::PathBuf| {
+            std::fs::read(path).map_err(|source| StartError::TlsFile {
+                path: path.clone(),
+                source,
+            })
+        };
+        let security = xds::StreamSecurity {
+            ca_pem: config.cp_ca.as_ref().map(read).transpose()?,
+            identity_pem: match (&config.cp_cert, &config.cp_key) {
+                (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+                _ => None,
+            },
+            token: config.cp_token.clone(),
+        };
+        // Refuse a setup that cannot work (https without a CA) before binding anything.
+        xds::XdsClient::with_security(
+            &config.control_planes,
+            String::new(),
+            State::new(),
+            &security,
+        )?;
         let (proxy, proxy_addr) = bind("client traffic", config.listen).await?;
         let (status, status_addr) = bind("status", config.status_listen).await?;
         Ok(DataPlane {
@@ -108,6 +137,7 @@ impl DataPlane {
             proxy_addr,
             status_addr,
             plugin_env,
+            security,
         })
     }
 
@@ -132,14 +162,8 @@ impl DataPlane {
             proxy_addr,
             status_addr,
             plugin_env,
+            security,
         } = self;
-        if let Some(dir) = &config.cache_dir {
-            warn!(
-                cache_dir = %dir.display(),
-                "--cache-dir is not implemented yet: snapshots are not cached, and a restarted \
-                 data plane serves nothing until a control plane answers"
-            );
-        }
 
         let state = State::with_plugin_env(plugin_env);
         let node_id = config.node_id();
@@ -156,9 +180,23 @@ impl DataPlane {
             version = env!("CARGO_PKG_VERSION"),
             "data plane started"
         );
-        // `bind` checked that the list is not empty, so there is always a client.
-        let xds = xds::XdsClient::new(&config.control_planes, node_id, state.clone())
-            .map(|client| tokio::spawn(client.run()));
+        // `bind` checked that the list is not empty and the security material usable, so there
+        // is always a client.
+        let xds = xds::XdsClient::with_security(
+            &config.control_planes,
+            node_id,
+            state.clone(),
+            &security,
+        )
+        .ok()
+        .flatten()
+        .map(|client| {
+            let mut client = client.disable_plugins(config.disable_plugins.iter().cloned());
+            if let Some(dir) = &config.cache_dir {
+                client = client.cache_in(dir.clone());
+            }
+            tokio::spawn(client.run())
+        });
 
         let (stop, stopped) = watch::channel(false);
         let wait_for_stop = |mut stopped: watch::Receiver<bool>| async move {

@@ -23,6 +23,8 @@ pub struct Metrics {
     config_version: AtomicU64,
     config_applied: AtomicU64,
     config_rejected: AtomicU64,
+    config_responses: AtomicU64,
+    config_cache_errors: AtomicU64,
     config_stream_connected: AtomicBool,
 }
 
@@ -36,6 +38,8 @@ impl Default for Metrics {
             config_version: AtomicU64::new(0),
             config_applied: AtomicU64::new(0),
             config_rejected: AtomicU64::new(0),
+            config_responses: AtomicU64::new(0),
+            config_cache_errors: AtomicU64::new(0),
             config_stream_connected: AtomicBool::new(false),
         }
     }
@@ -74,6 +78,16 @@ impl Metrics {
     /// Records a snapshot that was refused (NACKed).
     pub fn record_config_rejected(&self) {
         self.config_rejected.fetch_add(1, Relaxed);
+    }
+
+    /// Records a response received on the config stream (a snapshot or a delta).
+    pub fn record_config_response(&self) {
+        self.config_responses.fetch_add(1, Relaxed);
+    }
+
+    /// Records a disk-cache file that could not be read or written.
+    pub fn record_config_cache_error(&self) {
+        self.config_cache_errors.fetch_add(1, Relaxed);
     }
 
     /// Records whether a config stream to a control plane is open.
@@ -144,6 +158,18 @@ impl Metrics {
                 "counter",
                 "Config snapshots refused with a NACK.",
                 self.config_rejected.load(Relaxed),
+            ),
+            (
+                "gateway_config_responses_total",
+                "counter",
+                "Responses (whole snapshots and deltas) received on the config stream.",
+                self.config_responses.load(Relaxed),
+            ),
+            (
+                "gateway_config_cache_errors_total",
+                "counter",
+                "Disk-cache files that could not be read (corrupt, incompatible) or written.",
+                self.config_cache_errors.load(Relaxed),
             ),
             (
                 "gateway_config_stream_connected",

@@ -1,7 +1,7 @@
 //! What the listeners and the config-stream client share.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use arc_swap::ArcSwap;
 
@@ -17,6 +17,8 @@ pub struct State {
     ready: AtomicBool,
     /// True once shutdown has begun: the load balancer in front should stop sending.
     draining: AtomicBool,
+    /// Where the installed config came from (a [`ConfigSource`] as `u8`).
+    source: AtomicU8,
     /// Every exported metric.
     pub metrics: Metrics,
 }
@@ -27,6 +29,7 @@ impl Default for State {
             runtime: ArcSwap::from_pointee(Runtime::empty()),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            source: AtomicU8::new(ConfigSource::Stream as u8),
             metrics: Metrics::default(),
         }
     }
@@ -54,11 +57,17 @@ impl State {
 
     /// Publishes a newly compiled runtime and marks the data plane ready.
     pub fn install(&self, runtime: Runtime) {
+        self.install_from(runtime, ConfigSource::Stream);
+    }
+
+    /// Publishes a runtime that came from `source` and marks the data plane ready.
+    pub fn install_from(&self, runtime: Runtime, source: ConfigSource) {
+        self.source.store(source as u8, Ordering::Relaxed);
         let version = runtime.version;
         let runtime = Arc::new(runtime);
         let previous = self.runtime.swap(Arc::clone(&runtime));
         // Active health checks follow the new upstreams; retired ones stop probing.
-        crate::health::reconcile(&previous, &runtime);
+        crate::runtime::health::reconcile(&previous, &runtime);
         // Release pairs with the Acquire in `applied_version`: whoever sees `ready` also sees
         // the runtime stored before it.
         self.ready.store(true, Ordering::Release);
@@ -72,6 +81,15 @@ impl State {
             .then(|| self.runtime.load().version)
     }
 
+    /// Where the installed config came from.
+    pub fn config_source(&self) -> ConfigSource {
+        if self.source.load(Ordering::Relaxed) == ConfigSource::Cache as u8 {
+            ConfigSource::Cache
+        } else {
+            ConfigSource::Stream
+        }
+    }
+
     /// Marks the data plane as shutting down; `/readyz` answers 503 from now on.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
@@ -80,5 +98,25 @@ impl State {
     /// Whether shutdown has begun.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Where an installed config came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConfigSource {
+    /// A control plane's config stream.
+    Stream,
+    /// The disk cache (`--cache-dir`), read while no control plane answered.
+    Cache,
+}
+
+impl ConfigSource {
+    /// Its name on the config stream, in `/readyz` and in the fleet view.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfigSource::Stream => "stream",
+            ConfigSource::Cache => "cache",
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! The status listener: liveness, readiness and metrics for orchestrators and scrapers.
 //!
 //! - `GET /healthz` → 200 `{"status":"ok"}` while the process serves at all;
-//! - `GET /readyz` → 200 `{"status":"ready","version":N}` once a snapshot is applied, 503
+//! - `GET /readyz` → 200 `{"status":"ready","version":N,"source":"stream"}` once a snapshot is
+//!   applied (`"source":"cache"` while serving the disk cache, no control plane having answered), 503
 //!   `{"status":"not_ready"}` before that and `{"status":"draining"}` during shutdown;
 //! - `GET /metrics` → the Prometheus text format;
 //! - `GET /upstreams` → every upstream's nodes with their health and load (JSON).
@@ -33,9 +34,9 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
             let response = respond(&state, &request);
             async move { Ok::<_, Infallible>(response) }
         });
-        crate::server::serve_hyper(stream, service, remote, stop)
+        crate::transport::server::serve_hyper(stream, service, remote, stop)
     };
-    crate::server::serve("status", listener, connection, shutdown).await;
+    crate::transport::server::serve("status", listener, connection, shutdown).await;
 }
 
 /// Answers one status request. Only the method and path are looked at.
@@ -63,7 +64,7 @@ pub fn respond<B>(state: &State, request: &Request<B>) -> Response<ProxyBody> {
         "/healthz" => json_body(StatusCode::OK, &json!({"status": "ok"})),
         "/upstreams" => json_body(
             StatusCode::OK,
-            &crate::health::upstreams_json(&state.runtime()),
+            &crate::runtime::health::upstreams_json(&state.runtime()),
         ),
         "/readyz" => match (state.is_draining(), state.applied_version()) {
             (true, _) => json_body(
@@ -72,7 +73,7 @@ pub fn respond<B>(state: &State, request: &Request<B>) -> Response<ProxyBody> {
             ),
             (false, Some(version)) => json_body(
                 StatusCode::OK,
-                &json!({"status": "ready", "version": version}),
+                &json!({"status": "ready", "version": version, "source": state.config_source().as_str()}),
             ),
             (false, None) => json_body(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -81,7 +82,7 @@ pub fn respond<B>(state: &State, request: &Request<B>) -> Response<ProxyBody> {
         },
         _ => {
             let mut text = state.metrics.render();
-            crate::health::render_metrics(&state.runtime(), &mut text);
+            crate::runtime::health::render_metrics(&state.runtime(), &mut text);
             // The `prometheus` plugin's per-route series.
             state.runtime().plugins.env().prometheus.render(&mut text);
             let mut response = Response::new(Either::Right(Full::new(Bytes::from(text))));
@@ -134,12 +135,22 @@ mod tests {
             get(&state, Method::GET, "/readyz").await,
             (
                 StatusCode::OK,
-                r#"{"status":"ready","version":12}"#.to_owned()
+                r#"{"source":"stream","status":"ready","version":12}"#.to_owned()
             )
         );
         let (status, metrics) = get(&state, Method::GET, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(metrics.contains("gateway_config_version 12\n"), "{metrics}");
+        let mut runtime = Runtime::empty();
+        runtime.version = 13;
+        state.install_from(runtime, crate::state::ConfigSource::Cache);
+        assert_eq!(
+            get(&state, Method::GET, "/readyz").await,
+            (
+                StatusCode::OK,
+                r#"{"source":"cache","status":"ready","version":13}"#.to_owned()
+            )
+        );
 
         state.start_draining();
         assert_eq!(

@@ -51,9 +51,12 @@ pub fn wire(
                 kind: (*kind).to_owned(),
                 id: (*id).to_owned(),
                 revision: 1,
-                body: serde_json::to_vec(body).expect("JSON values serialise"),
+                body: serde_json::to_vec(body)
+                    .expect("JSON values serialise")
+                    .into(),
             })
             .collect(),
+        ..pb::DiscoveryResponse::default()
     }
 }
 

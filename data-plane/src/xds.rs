@@ -1,30 +1,47 @@
 //! The config-stream client: keeps the runtime in step with the control plane.
 //!
 //! One bidirectional `StreamConfig` stream at a time, to one control plane of the configured
-//! list. The first request names this node and the version it serves. Every response is a whole
-//! snapshot: it is validated and compiled on a blocking thread (so a large config never stalls
-//! request-serving threads), swapped in, and ACKed with its version; a snapshot that fails is
-//! NACKed with the reason and the version still served, and the previous runtime stays.
+//! list. The first request names this node (and this process's instance id), the version it
+//! serves and the store that version came from. A response is a whole snapshot or a delta from
+//! the version served (the changed resources and the removed ids); either is validated and
+//! compiled on a blocking thread (so a large config never stalls request-serving threads),
+//! swapped in, and ACKed with its version. A response that fails is NACKed with the reason and
+//! the version still served, and the previous runtime stays; a delta whose base is not the
+//! version served is answered with FAILED_PRECONDITION, and the control plane sends the whole
+//! config instead.
+//!
+//! Versions never go backwards by accident: a lower version of the same store is refused
+//! (only another store's may be lower, and that is logged). With `--cache-dir` every applied
+//! config is written to disk ([`cache`]); at start, when no control plane has answered within
+//! [`CACHE_WAIT`], the cached config is served (`source: cache`) while the client keeps trying.
 //!
 //! When the stream ends or cannot be opened, the client waits a jittered, exponentially growing
 //! delay and tries the next control plane of the list. Throughout, the proxy keeps serving the
 //! last applied runtime: the request path never waits for this module.
 
+pub mod cache;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_proto::pb::config_discovery_client::ConfigDiscoveryClient;
-use gateway_proto::{Snapshot, SnapshotError, pb};
+use gateway_proto::{Kind, ResourceKey, Snapshot, SnapshotError, pb};
 use http::Uri;
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-use tonic::transport::Endpoint;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tracing::{error, info, warn};
 
 use crate::runtime::{CompileError, Runtime};
-use crate::state::State;
+use crate::state::{ConfigSource, State};
+
+use self::cache::CacheWriter;
 
 /// Snapshots are whole configs; a large fleet config must not be refused by gRPC's 4 MiB
 /// default.
@@ -32,6 +49,13 @@ pub const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
 
 /// `google.rpc.Code.INVALID_ARGUMENT`, the code of a NACK for a snapshot that does not compile.
 const INVALID_ARGUMENT: i32 = 3;
+/// `google.rpc.Code.FAILED_PRECONDITION`, the code of a NACK for a delta whose base is not the
+/// version served: the control plane answers with the whole config.
+const FAILED_PRECONDITION: i32 = 9;
+
+/// How long a data plane started with a disk cache waits for a control plane before it serves
+/// the cached config.
+pub const CACHE_WAIT: Duration = Duration::from_secs(2);
 
 /// The longest NACK message sent; the full text is in the data plane's log.
 const MAX_NACK_MESSAGE_BYTES: usize = 8 * 1024;
@@ -63,6 +87,100 @@ pub enum ApplyError {
     /// Compiling crashed; a bug, reported rather than taking the process down.
     #[error("compiling the snapshot failed unexpectedly: {0}")]
     Crashed(String),
+    /// A delta from a version this data plane does not serve.
+    #[error(
+        "the delta applies to version {base} of store {store:?}, but this data plane serves {serving}"
+    )]
+    BaseMismatch {
+        /// The delta's base version.
+        base: String,
+        /// The delta's store.
+        store: String,
+        /// What is served (version@store, or "nothing").
+        serving: String,
+    },
+    /// A lower version of the store already served: versions never go backwards by accident.
+    #[error(
+        "version {offered} is older than version {serving} of the same store, which this data plane serves"
+    )]
+    Backwards {
+        /// The version offered.
+        offered: u64,
+        /// The version served.
+        serving: u64,
+    },
+    /// The config uses a plugin this data plane was told not to run (`--disable-plugins`).
+    #[error("{resource} uses plugin {plugin:?}, which is disabled on this data plane")]
+    DisabledPlugin {
+        /// The resource naming it.
+        resource: ResourceKey,
+        /// The plugin.
+        plugin: String,
+    },
+}
+
+impl ApplyError {
+    /// The NACK's `google.rpc.Code`.
+    fn code(&self) -> i32 {
+        match self {
+            ApplyError::BaseMismatch { .. } => FAILED_PRECONDITION,
+            _ => INVALID_ARGUMENT,
+        }
+    }
+}
+
+/// The config being served, as the stream and the cache know it.
+#[derive(Debug)]
+struct Applied {
+    /// Validated, typed; deltas apply to it.
+    snapshot: Snapshot,
+    /// Every resource as received, for the disk cache.
+    wire: BTreeMap<ResourceKey, pb::Resource>,
+    /// The store its versions come from.
+    store_id: String,
+}
+
+impl Applied {
+    /// The whole config as one message, as the disk cache keeps it.
+    fn to_wire(&self) -> pb::DiscoveryResponse {
+        pb::DiscoveryResponse {
+            version_info: self.snapshot.version.to_string(),
+            type_url: pb::SNAPSHOT_TYPE_URL.to_owned(),
+            store_id: self.store_id.clone(),
+            resources: self.wire.values().cloned().collect(),
+            ..pb::DiscoveryResponse::default()
+        }
+    }
+}
+
+/// How the client reaches and proves itself to the control planes.
+#[derive(Clone, Debug, Default)]
+pub struct StreamSecurity {
+    /// CA certificate (PEM) that signed the control planes' certificates (`https://`).
+    pub ca_pem: Option<Vec<u8>>,
+    /// This data plane's client certificate and key (PEM), for mTLS.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// The data-plane token, sent as `authorization: Bearer …`.
+    pub token: Option<String>,
+}
+
+/// Why the client could not be set up.
+#[derive(Debug, Error)]
+pub enum SetupError {
+    /// An `https://` control plane without a CA to verify it.
+    #[error("{0} is https: give --cp-ca, the CA that signed its certificate")]
+    NoCa(Uri),
+    /// The TLS material was refused.
+    #[error("TLS for {uri}: {reason}")]
+    Tls {
+        /// The control plane.
+        uri: Uri,
+        /// Why.
+        reason: String,
+    },
+    /// The token cannot be sent as a header.
+    #[error("the data-plane token is not a valid header value")]
+    Token,
 }
 
 /// The config-stream client. Build it with [`XdsClient::new`], then drive [`XdsClient::run`]
@@ -71,7 +189,15 @@ pub enum ApplyError {
 pub struct XdsClient {
     endpoints: Vec<Endpoint>,
     node_id: String,
+    /// Random per process: a restart is a new instance of the same node.
+    instance_id: String,
     state: Arc<State>,
+    authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+    disabled_plugins: Arc<BTreeSet<String>>,
+    cache_dir: Option<PathBuf>,
+    cache: Option<CacheWriter>,
+    /// What is served; held across each apply (which may take a while for a large config).
+    applied: tokio::sync::Mutex<Option<Applied>>,
 }
 
 /// How a stream session ended.
@@ -110,29 +236,129 @@ impl XdsClient {
     /// A client that will stream from `control_planes` (tried in turn) as node `node_id`,
     /// installing runtimes into `state`. Returns `None` when the list is empty.
     pub fn new(control_planes: &[Uri], node_id: String, state: Arc<State>) -> Option<XdsClient> {
-        if control_planes.is_empty() {
-            return None;
-        }
-        let endpoints = control_planes
-            .iter()
-            .map(|uri| {
-                Endpoint::from(uri.clone())
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-                    .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-                    .keep_alive_while_idle(true)
-            })
-            .collect();
-        Some(XdsClient {
-            endpoints,
-            node_id,
-            state,
-        })
+        XdsClient::with_security(control_planes, node_id, state, &StreamSecurity::default())
+            .ok()
+            .flatten()
     }
 
-    /// Streams config forever, reconnecting as needed. Stop it by dropping (aborting) the task.
+    /// Like [`XdsClient::new`], reaching the control planes with `security` (TLS, mTLS, a
+    /// token).
+    pub fn with_security(
+        control_planes: &[Uri],
+        node_id: String,
+        state: Arc<State>,
+        security: &StreamSecurity,
+    ) -> Result<Option<XdsClient>, SetupError> {
+        if control_planes.is_empty() {
+            return Ok(None);
+        }
+        let mut endpoints = Vec::with_capacity(control_planes.len());
+        for uri in control_planes {
+            let mut endpoint = Endpoint::from(uri.clone())
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+                .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+                .keep_alive_while_idle(true);
+            if uri.scheme_str() == Some("https") {
+                let ca = security
+                    .ca_pem
+                    .as_ref()
+                    .ok_or_else(|| SetupError::NoCa(uri.clone()))?;
+                // The control plane's name is checked against the URL's host.
+                let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+                if let Some((cert, key)) = &security.identity_pem {
+                    tls = tls.identity(Identity::from_pem(cert, key));
+                }
+                endpoint = endpoint.tls_config(tls).map_err(|e| SetupError::Tls {
+                    uri: uri.clone(),
+                    reason: ErrorChain(&e).to_string(),
+                })?;
+            }
+            endpoints.push(endpoint);
+        }
+        let authorization = security
+            .token
+            .as_ref()
+            .map(|token| MetadataValue::try_from(format!("Bearer {token}")))
+            .transpose()
+            .map_err(|_| SetupError::Token)?;
+        Ok(Some(XdsClient {
+            endpoints,
+            node_id,
+            instance_id: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+            state,
+            authorization,
+            disabled_plugins: Arc::default(),
+            cache_dir: None,
+            cache: None,
+            applied: tokio::sync::Mutex::new(None),
+        }))
+    }
+
+    /// Refuses configs that use any of `plugins`.
+    pub fn disable_plugins(mut self, plugins: impl IntoIterator<Item = String>) -> Self {
+        self.disabled_plugins = Arc::new(plugins.into_iter().collect());
+        self
+    }
+
+    /// Keeps every applied config in `dir`, and serves it at start when no control plane
+    /// answers. Call from within the tokio runtime (it starts the writer task).
+    pub fn cache_in(mut self, dir: PathBuf) -> Self {
+        self.cache = Some(CacheWriter::spawn(dir.clone(), self.state.clone()));
+        self.cache_dir = Some(dir);
+        self
+    }
+
+    /// Streams config forever, reconnecting as needed; with a cache, serves the cached config
+    /// meanwhile if no control plane answers in time. Stop it by dropping (aborting) the task.
     pub async fn run(self) {
+        tokio::join!(self.cold_start_from_cache(), self.stream_forever());
+    }
+
+    /// After [`CACHE_WAIT`] with nothing applied, serves the cached config, if any. A cache
+    /// that cannot be read or compiled is logged once, counted, and ignored.
+    async fn cold_start_from_cache(&self) {
+        let Some(dir) = self.cache_dir.clone() else {
+            return;
+        };
+        tokio::time::sleep(CACHE_WAIT).await;
+        let mut applied = self.applied.lock().await;
+        if applied.is_some() {
+            return;
+        }
+        let disabled = self.disabled_plugins.clone();
+        let previous = self.state.runtime();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let Some(cached) = cache::read(&dir).map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            let mut applied = None;
+            let runtime = apply_response(&mut applied, &cached, &previous, &disabled)
+                .map_err(|e| format!("the cached config is not usable: {e}"))?;
+            Ok::<_, String>(applied.map(|applied| (applied, runtime)))
+        })
+        .await
+        .unwrap_or_else(|crash| Err(crash.to_string()));
+        match loaded {
+            Ok(Some((cached, runtime))) => {
+                warn!(
+                    version = cached.snapshot.version,
+                    store_id = %cached.store_id,
+                    "no control plane answered: serving the cached config"
+                );
+                self.state.install_from(runtime, ConfigSource::Cache);
+                *applied = Some(cached);
+            }
+            Ok(None) => info!("no cached config to serve while no control plane answers"),
+            Err(error) => {
+                self.state.metrics.record_config_cache_error();
+                warn!(%error, "ignoring the config cache");
+            }
+        }
+    }
+
+    async fn stream_forever(&self) {
         let mut backoff = Backoff::default();
         for endpoint in self.endpoints.iter().cycle() {
             let mut received = false;
@@ -156,21 +382,35 @@ impl XdsClient {
             Ok(channel) => channel,
             Err(error) => return SessionEnd::Connect(error),
         };
-        let mut client =
-            ConfigDiscoveryClient::new(channel).max_decoding_message_size(MAX_SNAPSHOT_BYTES);
+        let mut client = ConfigDiscoveryClient::new(channel)
+            .max_decoding_message_size(MAX_SNAPSHOT_BYTES)
+            .accept_compressed(CompressionEncoding::Gzip);
         // Requests are few (one per response); a small buffer is plenty.
         let (requests, outbound) = mpsc::channel(4);
+        let plugins = gateway_proto::plugins::PLUGINS
+            .iter()
+            .map(|plugin| plugin.name)
+            .filter(|name| !self.disabled_plugins.contains(*name))
+            .map(str::to_owned)
+            .collect();
         let hello = pb::DiscoveryRequest {
             node: Some(pb::Node {
                 id: self.node_id.clone(),
                 build_version: env!("CARGO_PKG_VERSION").to_owned(),
-                plugins: Vec::new(),
+                plugins,
+                instance_id: self.instance_id.clone(),
             }),
-            ..self.reply(String::new(), None)
+            ..self.reply(String::new(), None, self.applied.lock().await.as_ref())
         };
         // The receiver is alive right here, so this cannot fail.
         let _ = requests.send(hello).await;
-        let mut responses = match client.stream_config(ReceiverStream::new(outbound)).await {
+        let mut request = tonic::Request::new(ReceiverStream::new(outbound));
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        let mut responses = match client.stream_config(request).await {
             Ok(response) => response.into_inner(),
             Err(status) => return SessionEnd::Status(status),
         };
@@ -197,56 +437,73 @@ impl XdsClient {
 
     /// Applies one response and returns the ACK or NACK that answers it.
     async fn apply(&self, response: pb::DiscoveryResponse) -> pb::DiscoveryRequest {
+        self.state.metrics.record_config_response();
         let nonce = response.nonce.clone();
         let offered = response.version_info.clone();
+        let mut applied = self.applied.lock().await;
+        let mut current = applied.take();
         let previous = self.state.runtime();
-        let result = if response.type_url == pb::SNAPSHOT_TYPE_URL {
-            tokio::task::spawn_blocking(move || compile(&response, &previous))
-                .await
-                .unwrap_or_else(|crash| Err(ApplyError::Crashed(crash.to_string())))
-        } else {
-            Err(ApplyError::TypeUrl(response.type_url))
+        let disabled = self.disabled_plugins.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let result = apply_response(&mut current, &response, &previous, &disabled);
+            (current, result)
+        })
+        .await;
+        // A crash is caught around the compile; losing the model here only means the next
+        // delta cannot apply and the control plane sends the whole config.
+        let result = match result {
+            Ok((current, result)) => {
+                *applied = current;
+                result
+            }
+            Err(crash) => Err(ApplyError::Crashed(crash.to_string())),
         };
         match result {
             Ok(runtime) => {
                 let version = runtime.version;
-                let served = self.state.applied_version();
-                if served.is_some_and(|served| version < served) {
-                    warn!(
-                        version,
-                        ?served,
-                        "the control plane sent an older config version"
-                    );
-                }
-                self.state.install(runtime);
+                self.state.install_from(runtime, ConfigSource::Stream);
                 info!(version, "config applied");
-                self.reply(nonce, None)
+                if let (Some(cache), Some(applied)) = (&self.cache, applied.as_ref()) {
+                    cache.store(applied.to_wire());
+                }
+                self.reply(nonce, None, applied.as_ref())
             }
             Err(error) => {
-                self.state.metrics.record_config_rejected();
-                warn!(version = %offered, %error, "config rejected; serving the previous one");
+                if error.code() == FAILED_PRECONDITION {
+                    info!(version = %offered, %error, "delta not applicable; asking for the whole config");
+                } else {
+                    self.state.metrics.record_config_rejected();
+                    warn!(version = %offered, %error, "config rejected; serving the previous one");
+                }
                 let detail = pb::ErrorDetail {
-                    code: INVALID_ARGUMENT,
+                    code: error.code(),
                     message: truncate(error.to_string(), MAX_NACK_MESSAGE_BYTES),
                 };
-                self.reply(nonce, Some(detail))
+                self.reply(nonce, Some(detail), applied.as_ref())
             }
         }
     }
 
     /// A request naming the version served now: an ACK when no `error_detail` is given (the
     /// new version is already installed), a NACK otherwise.
-    fn reply(&self, nonce: String, error_detail: Option<pb::ErrorDetail>) -> pb::DiscoveryRequest {
+    fn reply(
+        &self,
+        nonce: String,
+        error_detail: Option<pb::ErrorDetail>,
+        applied: Option<&Applied>,
+    ) -> pb::DiscoveryRequest {
         pb::DiscoveryRequest {
             node: None,
-            version_info: self
-                .state
-                .applied_version()
-                .map(|v| v.to_string())
+            version_info: applied
+                .map(|a| a.snapshot.version.to_string())
                 .unwrap_or_default(),
             response_nonce: nonce,
             type_url: pb::SNAPSHOT_TYPE_URL.to_owned(),
             error_detail,
+            store_id: applied.map(|a| a.store_id.clone()).unwrap_or_default(),
+            config_source: applied
+                .map(|_| self.state.config_source().as_str().to_owned())
+                .unwrap_or_default(),
         }
     }
 }
@@ -286,10 +543,141 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
-/// Validates and compiles a snapshot; runs on a blocking thread.
-fn compile(response: &pb::DiscoveryResponse, previous: &Runtime) -> Result<Runtime, ApplyError> {
-    let snapshot = Snapshot::from_wire(response)?;
-    Ok(Runtime::compile(&snapshot, Some(previous))?)
+/// Applies a whole snapshot or a delta to what is served (`applied`), and compiles the
+/// result; runs on a blocking thread. On any error `applied` is left as it was.
+fn apply_response(
+    applied: &mut Option<Applied>,
+    response: &pb::DiscoveryResponse,
+    previous: &Runtime,
+    disabled: &BTreeSet<String>,
+) -> Result<Runtime, ApplyError> {
+    if response.type_url != pb::SNAPSHOT_TYPE_URL {
+        return Err(ApplyError::TypeUrl(response.type_url.clone()));
+    }
+    let same_store = applied
+        .as_ref()
+        .filter(|current| current.store_id == response.store_id);
+    if response.base_version.is_empty() {
+        let snapshot = Snapshot::from_wire(response)?;
+        if let Some(current) = same_store
+            && snapshot.version < current.snapshot.version
+        {
+            return Err(ApplyError::Backwards {
+                offered: snapshot.version,
+                serving: current.snapshot.version,
+            });
+        }
+        if let Some(current) = applied.as_ref()
+            && current.store_id != response.store_id
+        {
+            info!(
+                version = snapshot.version,
+                store_id = %response.store_id,
+                serving = current.snapshot.version,
+                serving_store_id = %current.store_id,
+                "the control plane serves another store: taking its version, whatever its number"
+            );
+        }
+        check_plugins(&snapshot, disabled)?;
+        let runtime = compile(&snapshot, previous)?;
+        let wire = response
+            .resources
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    ResourceKey::new(Kind::parse(&r.kind)?, r.id.clone()),
+                    r.clone(),
+                ))
+            })
+            .collect();
+        *applied = Some(Applied {
+            snapshot,
+            wire,
+            store_id: response.store_id.clone(),
+        });
+        return Ok(runtime);
+    }
+    let Some(current) = applied
+        .as_mut()
+        .filter(|current| current.store_id == response.store_id)
+        .filter(|current| current.snapshot.version.to_string() == response.base_version)
+    else {
+        return Err(ApplyError::BaseMismatch {
+            base: response.base_version.clone(),
+            store: response.store_id.clone(),
+            serving: applied.as_ref().map_or_else(
+                || "nothing".to_owned(),
+                |a| format!("{}@{}", a.snapshot.version, a.store_id),
+            ),
+        });
+    };
+    let serving = current.snapshot.version;
+    if let Ok(offered) = response.version_info.parse::<u64>()
+        && offered < serving
+    {
+        return Err(ApplyError::Backwards { offered, serving });
+    }
+    let undo = current.snapshot.apply_delta(response)?;
+    let compiled = check_plugins(&current.snapshot, disabled)
+        .and_then(|()| compile(&current.snapshot, previous));
+    match compiled {
+        Ok(runtime) => {
+            for removed in &response.removed {
+                if let Some(kind) = Kind::parse(&removed.kind) {
+                    current
+                        .wire
+                        .remove(&ResourceKey::new(kind, removed.id.clone()));
+                }
+            }
+            for resource in &response.resources {
+                if let Some(kind) = Kind::parse(&resource.kind) {
+                    current.wire.insert(
+                        ResourceKey::new(kind, resource.id.clone()),
+                        resource.clone(),
+                    );
+                }
+            }
+            Ok(runtime)
+        }
+        Err(error) => {
+            current.snapshot.undo(undo);
+            Err(error)
+        }
+    }
+}
+
+/// Refuses a config that uses a plugin disabled on this data plane.
+fn check_plugins(snapshot: &Snapshot, disabled: &BTreeSet<String>) -> Result<(), ApplyError> {
+    if disabled.is_empty() {
+        return Ok(());
+    }
+    for (key, resource) in &snapshot.resources {
+        let named = resource.parsed.plugins().into_iter().flat_map(|p| p.keys());
+        if let Some(plugin) = named.into_iter().find(|name| disabled.contains(*name)) {
+            return Err(ApplyError::DisabledPlugin {
+                resource: key.clone(),
+                plugin: plugin.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Compiles a validated snapshot; a panic is reported as an error rather than taking the
+/// config stream down.
+fn compile(snapshot: &Snapshot, previous: &Runtime) -> Result<Runtime, ApplyError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Runtime::compile(snapshot, Some(previous))
+    }))
+    .map_err(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_owned());
+        ApplyError::Crashed(message)
+    })?
+    .map_err(ApplyError::from)
 }
 
 fn truncate(mut text: String, max: usize) -> String {

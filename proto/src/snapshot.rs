@@ -34,6 +34,14 @@ pub struct Snapshot {
     pub resources: BTreeMap<ResourceKey, SnapshotResource>,
 }
 
+/// What [`Snapshot::apply_delta`] replaced, to take it back.
+#[derive(Debug)]
+#[must_use = "without it a delta cannot be taken back"]
+pub struct DeltaUndo {
+    version: u64,
+    replaced: Vec<(ResourceKey, Option<SnapshotResource>)>,
+}
+
 /// Why a snapshot was refused. Its text is what a data plane puts in a NACK's `error_detail`.
 #[derive(Debug, Error, PartialEq)]
 pub enum SnapshotError {
@@ -204,42 +212,51 @@ pub fn dangling_references<'a>(
     dangling
 }
 
+fn parse_version(text: &str) -> Result<u64, SnapshotError> {
+    text.parse::<u64>()
+        .map_err(|_| SnapshotError::BadVersion(text.to_owned()))
+}
+
+/// Decodes one resource of the config stream and validates it against its schema.
+fn decode_resource(
+    resource: &pb::Resource,
+) -> Result<(ResourceKey, SnapshotResource), SnapshotError> {
+    let kind = Kind::parse(&resource.kind).ok_or_else(|| SnapshotError::UnknownKind {
+        kind: resource.kind.clone(),
+        id: resource.id.clone(),
+    })?;
+    if !is_valid_id(&resource.id) {
+        return Err(SnapshotError::InvalidId {
+            kind: resource.kind.clone(),
+            id: resource.id.clone(),
+        });
+    }
+    let key = ResourceKey::new(kind, resource.id.clone());
+    let document: serde_json::Value =
+        serde_json::from_slice(&resource.body).map_err(|e| SnapshotError::NotJson {
+            key: key.clone(),
+            error: e.to_string(),
+        })?;
+    let parsed =
+        validate_resource(kind, &document).map_err(|violations| SnapshotError::Invalid {
+            key: key.clone(),
+            violations,
+        })?;
+    let entry = SnapshotResource {
+        revision: resource.revision,
+        parsed,
+    };
+    Ok((key, entry))
+}
+
 impl Snapshot {
-    /// Decodes and validates a snapshot received on the config stream: every body against its
-    /// schema, then every reference.
+    /// Decodes and validates a whole snapshot received on the config stream: every body
+    /// against its schema, then every reference.
     pub fn from_wire(response: &pb::DiscoveryResponse) -> Result<Snapshot, SnapshotError> {
-        let version = response
-            .version_info
-            .parse::<u64>()
-            .map_err(|_| SnapshotError::BadVersion(response.version_info.clone()))?;
+        let version = parse_version(&response.version_info)?;
         let mut resources = BTreeMap::new();
         for resource in &response.resources {
-            let kind = Kind::parse(&resource.kind).ok_or_else(|| SnapshotError::UnknownKind {
-                kind: resource.kind.clone(),
-                id: resource.id.clone(),
-            })?;
-            if !is_valid_id(&resource.id) {
-                return Err(SnapshotError::InvalidId {
-                    kind: resource.kind.clone(),
-                    id: resource.id.clone(),
-                });
-            }
-            let key = ResourceKey::new(kind, resource.id.clone());
-            let document: serde_json::Value =
-                serde_json::from_slice(&resource.body).map_err(|e| SnapshotError::NotJson {
-                    key: key.clone(),
-                    error: e.to_string(),
-                })?;
-            let parsed = validate_resource(kind, &document).map_err(|violations| {
-                SnapshotError::Invalid {
-                    key: key.clone(),
-                    violations,
-                }
-            })?;
-            let entry = SnapshotResource {
-                revision: resource.revision,
-                parsed,
-            };
+            let (key, entry) = decode_resource(resource)?;
             if resources.insert(key.clone(), entry).is_some() {
                 return Err(SnapshotError::Duplicate(key));
             }
@@ -247,6 +264,69 @@ impl Snapshot {
         let snapshot = Snapshot { version, resources };
         snapshot.check_references()?;
         Ok(snapshot)
+    }
+
+    /// Applies a delta received on the config stream (its `base_version` must be this
+    /// snapshot's version; the caller checks): the changed resources are validated against
+    /// their schemas, the removed ones dropped, then every reference of the result checked.
+    ///
+    /// On error the snapshot is left exactly as it was; on success the returned [`DeltaUndo`]
+    /// takes it back (when what comes next, compiling it, fails). Unchanged resources are
+    /// neither copied nor validated again, so a one-route change costs one route, plus the
+    /// reference check over the whole config.
+    pub fn apply_delta(
+        &mut self,
+        delta: &pb::DiscoveryResponse,
+    ) -> Result<DeltaUndo, SnapshotError> {
+        let version = parse_version(&delta.version_info)?;
+        let mut changed = BTreeMap::new();
+        for resource in &delta.resources {
+            let (key, entry) = decode_resource(resource)?;
+            if changed.insert(key.clone(), Some(entry)).is_some() {
+                return Err(SnapshotError::Duplicate(key));
+            }
+        }
+        for removed in &delta.removed {
+            let kind = Kind::parse(&removed.kind).ok_or_else(|| SnapshotError::UnknownKind {
+                kind: removed.kind.clone(),
+                id: removed.id.clone(),
+            })?;
+            // A resource created and removed again since the base is named without being in
+            // it: removing what is not there changes nothing (as in xDS incremental).
+            let key = ResourceKey::new(kind, removed.id.clone());
+            if changed.insert(key.clone(), None).is_some() {
+                return Err(SnapshotError::Duplicate(key));
+            }
+        }
+        // Swap the changes in, keeping what they replaced, so a failed check can be undone.
+        let mut replaced = Vec::with_capacity(changed.len());
+        for (key, entry) in changed {
+            let before = match entry {
+                Some(entry) => self.resources.insert(key.clone(), entry),
+                None => self.resources.remove(&key),
+            };
+            replaced.push((key, before));
+        }
+        let undo = DeltaUndo {
+            version: std::mem::replace(&mut self.version, version),
+            replaced,
+        };
+        if let Err(error) = self.check_references() {
+            self.undo(undo);
+            return Err(error);
+        }
+        Ok(undo)
+    }
+
+    /// Takes back a delta applied by [`Snapshot::apply_delta`] (the last one applied).
+    pub fn undo(&mut self, undo: DeltaUndo) {
+        for (key, before) in undo.replaced {
+            match before {
+                Some(entry) => self.resources.insert(key, entry),
+                None => self.resources.remove(&key),
+            };
+        }
+        self.version = undo.version;
     }
 
     /// Fails with every reference that does not resolve, or with credentials that two
@@ -327,9 +407,83 @@ mod tests {
                     kind: (*kind).into(),
                     id: (*id).into(),
                     revision: 1,
-                    body: serde_json::to_vec(body).unwrap(),
+                    body: serde_json::to_vec(body).unwrap().into(),
                 })
                 .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn delta(
+        version: &str,
+        resources: &[(&str, &str, serde_json::Value)],
+        removed: &[(&str, &str)],
+    ) -> pb::DiscoveryResponse {
+        pb::DiscoveryResponse {
+            removed: removed
+                .iter()
+                .map(|(kind, id)| pb::ResourceRef {
+                    kind: (*kind).into(),
+                    id: (*id).into(),
+                })
+                .collect(),
+            ..wire(version, resources)
+        }
+    }
+
+    #[test]
+    fn a_delta_changes_only_what_it_names_and_a_bad_one_changes_nothing() {
+        let upstream = json!({"nodes": [{"host": "127.0.0.1", "port": 1}]});
+        let mut snapshot = Snapshot::from_wire(&wire(
+            "1",
+            &[
+                ("upstreams", "u", upstream.clone()),
+                ("upstreams", "spare", upstream.clone()),
+                ("routes", "a", json!({"paths": ["/a"], "upstream_id": "u"})),
+                ("routes", "b", json!({"paths": ["/b"], "upstream_id": "u"})),
+            ],
+        ))
+        .unwrap();
+        let _ = snapshot
+            .apply_delta(&delta(
+                "2",
+                &[(
+                    "routes",
+                    "c",
+                    json!({"paths": ["/c"], "upstream_id": "spare"}),
+                )],
+                &[("routes", "a")],
+            ))
+            .unwrap();
+        assert_eq!(snapshot.version, 2);
+        let routes: Vec<&str> = snapshot.routes().map(|(id, _, _)| id).collect();
+        assert_eq!(routes, ["b", "c"]);
+        // Removing what is not there (created and removed again since the base) is no change.
+        let undo = snapshot
+            .apply_delta(&delta("3", &[], &[("routes", "zz")]))
+            .unwrap();
+        assert_eq!(snapshot.version, 3);
+        assert_eq!(snapshot.routes().count(), 2);
+
+        snapshot.undo(undo);
+        assert_eq!(snapshot.version, 2, "undone");
+        let before = snapshot.clone();
+        let refused = [
+            // Removing an upstream still named by a route.
+            delta("3", &[], &[("upstreams", "u")]),
+            // A resource that fails its schema.
+            delta("3", &[("routes", "d", json!({"paths": []}))], &[]),
+            // Changing and removing one resource at once.
+            delta(
+                "3",
+                &[("routes", "b", json!({"paths": ["/b"], "upstream_id": "u"}))],
+                &[("routes", "b")],
+            ),
+            delta("x", &[], &[]),
+        ];
+        for case in refused {
+            assert!(snapshot.apply_delta(&case).is_err(), "{case:?}");
+            assert_eq!(snapshot, before);
         }
     }
 
@@ -394,7 +548,7 @@ mod tests {
             kind: "routes".into(),
             id: "r".into(),
             revision: 1,
-            body: b"{".to_vec(),
+            body: prost::bytes::Bytes::from_static(b"{"),
         });
         assert!(matches!(
             Snapshot::from_wire(&not_json),

@@ -154,22 +154,28 @@ pub const TOKEN: &str = "e2e-admin-token";
 impl ControlPlane {
     /// Starts a control plane on `database_url`, on ephemeral ports unless `xds_listen` names one.
     pub fn start(database_url: &str, xds_listen: Option<&str>) -> ControlPlane {
+        ControlPlane::start_with(database_url, xds_listen, &[])
+    }
+
+    /// Like [`ControlPlane::start`], with extra command-line arguments.
+    pub fn start_with(
+        database_url: &str,
+        xds_listen: Option<&str>,
+        extra: &[&str],
+    ) -> ControlPlane {
         let xds = xds_listen.unwrap_or("127.0.0.1:0");
-        let process = Process::spawn(
-            "control-plane",
-            &[
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--xds-listen",
-                xds,
-                "--database-url",
-                database_url,
-                "--admin-token",
-                TOKEN,
-            ],
-            &[],
-            &["admin_url", "xds_url"],
-        );
+        let mut args = vec![
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--xds-listen",
+            xds,
+            "--database-url",
+            database_url,
+            "--admin-token",
+            TOKEN,
+        ];
+        args.extend_from_slice(extra);
+        let process = Process::spawn("control-plane", &args, &[], &["admin_url", "xds_url"]);
         ControlPlane {
             admin_url: process.value("admin_url").to_owned(),
             xds_url: process.value("xds_url").to_owned(),
@@ -219,6 +225,34 @@ impl ControlPlane {
     pub async fn data_planes(&self) -> Vec<Value> {
         let (_, _, body) = self.call("GET", "/api/v1/data-planes", None).await;
         body["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The config-stream address without its scheme (`127.0.0.1:port`), to restart a control
+    /// plane on the same address.
+    pub fn xds_listen(&self) -> String {
+        self.xds_url
+            .split_once("://")
+            .map_or(self.xds_url.as_str(), |(_, rest)| rest)
+            .to_owned()
+    }
+
+    /// Waits until the fleet view lists `node` connected and serving `version` or later;
+    /// returns its entry.
+    pub async fn fleet_shows(&self, node: &str, version: u64) -> Value {
+        eventually(
+            &format!(
+                "{node} at version {version} in the fleet view of {}",
+                self.admin_url
+            ),
+            || async {
+                self.data_planes().await.into_iter().find(|dp| {
+                    dp["node_id"] == node
+                        && dp["connected"] == true
+                        && dp["applied_version"].as_u64() >= Some(version)
+                })
+            },
+        )
+        .await
     }
 }
 
@@ -316,6 +350,36 @@ impl DataPlane {
             (self.ready_version().await >= Some(version)).then_some(())
         })
         .await;
+    }
+
+    /// The `/readyz` body, if ready.
+    pub async fn readiness(&self) -> Option<Value> {
+        let response = self
+            .client
+            .get(format!("{}/readyz", self.status_url))
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json::<Value>().await.ok()
+    }
+
+    /// The value of the unlabelled metric `name` on `/metrics`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.status_url))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .find_map(|value| value.trim().parse().ok())
     }
 
     /// The version `/readyz` reports, if ready.
@@ -646,4 +710,158 @@ pub fn unique(prefix: &str) -> String {
 pub fn sqlite_url() -> String {
     let path = std::env::temp_dir().join(format!("{}.db", unique("gateway-e2e")));
     format!("sqlite://{}?mode=rwc", path.display())
+}
+
+/// A TCP forwarder on 127.0.0.1:0 in front of `target`: counts the bytes it carries back to
+/// its clients, and can be cut (open connections dropped, new ones refused) and restored, to
+/// measure a stream on the socket or to take a database away from a process.
+pub struct Forwarder {
+    /// Its address.
+    pub addr: SocketAddr,
+    to_clients: Arc<std::sync::atomic::AtomicU64>,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    /// Runs until the test process ends (a test's forwarder is never stopped, only cut).
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl Forwarder {
+    /// Starts forwarding to `target`, on a thread of its own: the tests' runtime blocks while
+    /// it waits for a process to start, and that process may need the forwarder to start.
+    pub async fn start(target: SocketAddr) -> Forwarder {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let to_clients = Arc::new(AtomicU64::new(0));
+        let open = Arc::new(AtomicBool::new(true));
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let (counter, gate, tasks) = (to_clients.clone(), open.clone(), connections.clone());
+        let (ready, bound) = tokio::sync::oneshot::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("forwarder runtime");
+            runtime.block_on(async move {
+                let listener = TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind forwarder");
+                let _ = ready.send(listener.local_addr().expect("local addr"));
+                loop {
+                    let Ok((client, _)) = listener.accept().await else {
+                        return;
+                    };
+                    if !gate.load(Ordering::SeqCst) {
+                        drop(client);
+                        continue;
+                    }
+                    let counter = counter.clone();
+                    let connection = tokio::spawn(async move {
+                        let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                            return;
+                        };
+                        let _ = client.set_nodelay(true);
+                        let _ = server.set_nodelay(true);
+                        let (client_read, client_write) = client.into_split();
+                        let (server_read, server_write) = server.into_split();
+                        let none = Arc::new(AtomicU64::new(0));
+                        tokio::select! {
+                            () = pump(client_read, server_write, none) => {}
+                            () = pump(server_read, client_write, counter) => {}
+                        }
+                    });
+                    tasks.lock().unwrap().push(connection.abort_handle());
+                }
+            });
+        });
+        let addr = bound.await.expect("the forwarder binds");
+        Forwarder {
+            addr,
+            to_clients,
+            open,
+            connections,
+            _thread: thread,
+        }
+    }
+
+    /// Bytes carried from the target back to clients so far.
+    pub fn bytes_to_clients(&self) -> u64 {
+        self.to_clients.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Drops every open connection and refuses new ones until [`Forwarder::restore`].
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// Copies bytes from `from` to `to` until either side closes, counting them.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    counter: Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        counter.fetch_add(read as u64, std::sync::atomic::Ordering::SeqCst);
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `url` (`scheme://user@host:port/path`) with its host and port replaced by `addr`.
+pub fn url_via(url: &str, addr: SocketAddr) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let user = authority
+        .rsplit_once('@')
+        .map(|(user, _)| format!("{user}@"));
+    format!("{scheme}://{}{addr}{path}", user.unwrap_or_default())
+}
+
+/// Runs `binary` with `args` to its end (at most [`CONVERGE`]); its exit status and stderr.
+pub fn run_to_exit(binary: &str, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(self::binary(binary))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn binary");
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                use std::io::Read;
+                let _ = pipe.read_to_string(&mut stderr);
+            }
+            return (status.code(), stderr);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (None, String::new());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

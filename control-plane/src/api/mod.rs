@@ -668,17 +668,27 @@ async fn replace_config(
     ))
 }
 
-async fn list_data_planes(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"items": state.fleet.list()}))
+async fn list_data_planes(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let items = state.fleet.list().await?;
+    Ok(Json(json!({ "items": items })))
 }
 
+/// The version this replica serves and the fleet's counts. While the store is unreachable
+/// it still answers (the version it holds), with `store_reachable: false` and no counts.
 async fn status(State(state): State<AppState>) -> Json<Value> {
     let version = state.config.current().version;
-    let fleet = state.fleet.summary(version);
+    let fleet = state.fleet.summary(version).await;
     Json(json!({
         "version": version,
-        "data_planes": {"connected": fleet.connected, "applied_current": fleet.applied_current},
+        "data_planes": fleet.as_ref().ok().map(|fleet| json!({
+            "connected": fleet.connected,
+            "applied_current": fleet.applied_current,
+            "rejected_current": fleet.rejected_current,
+        })),
         "store": format!("{:?}", state.config.store().backend()).to_lowercase(),
+        "store_reachable": fleet.is_ok(),
+        "store_id": state.config.store_id(),
+        "control_plane_id": state.fleet.control_plane_id(),
     }))
 }
 

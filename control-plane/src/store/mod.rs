@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_proto::{Kind, ResourceKey};
@@ -21,8 +22,17 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use thiserror::Error;
 
+mod fleet;
+mod listen;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
+
+pub use fleet::{DataPlaneRecord, RejectionRecord};
+pub use listen::VersionListener;
+
+/// The Postgres channel on which every commit announces its version (sent by the committing
+/// transaction, so a listener hears of a version only once it is visible).
+const VERSION_CHANNEL: &str = "gateway_config_versions";
 
 /// Which database a [`Store`] runs on.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -159,8 +169,6 @@ pub struct TokenRecord {
 
 /// Rows per multi-row INSERT: well under both backends' bind-parameter limits.
 const INSERT_CHUNK: usize = 500;
-/// Keys per lookup in [`Store::resources_at`].
-const LOOKUP_CHUNK: usize = 400;
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -170,6 +178,10 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migration
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The URL it was opened with (a Postgres listener opens its own connection).
+    url: Arc<str>,
+    /// This store's identity (`store_identity`), fixed when the schema was created.
+    store_id: Arc<str>,
 }
 
 /// The current time in unix milliseconds.
@@ -227,12 +239,28 @@ impl Store {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
         };
         migrator.run(&pool).await?;
-        Ok(Store { pool, backend })
+        let row = sqlx::query("SELECT store_id FROM store_identity WHERE id = 1")
+            .fetch_one(&pool)
+            .await
+            .map_err(StoreError::classify)?;
+        let store_id: String = row.try_get("store_id")?;
+        Ok(Store {
+            pool,
+            backend,
+            url: url.into(),
+            store_id: store_id.into(),
+        })
     }
 
     /// Which backend this store runs on.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// This store's identity: the same for every replica on it, different for any other
+    /// store (a new database, or another SQLite file), even one with the same versions.
+    pub fn store_id(&self) -> &str {
+        &self.store_id
     }
 
     /// The newest version (0 for an empty history).
@@ -299,6 +327,15 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(StoreError::classify)?;
+        if self.backend == Backend::Postgres {
+            // Delivered when (and only if) the transaction commits, after the rows are visible.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(VERSION_CHANNEL)
+                .bind(version.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::classify)?;
+        }
         for chunk in changes.chunks(INSERT_CHUNK) {
             let mut sql = String::from(
                 "INSERT INTO resource_revisions (kind, id, version, body, created_at) VALUES ",
@@ -356,46 +393,36 @@ impl Store {
             .collect()
     }
 
-    /// The state at `version` of each of `keys`: `None` where it did not exist then.
-    pub async fn resources_at(
+    /// The state at version `at` of every resource that changed in versions `(from, to]`:
+    /// `None` where it did not exist at `at`. One query, whatever the number of resources (a
+    /// rollback of a 10,000-route config reads 10,000 states this way).
+    pub async fn changed_states(
         &self,
-        version: u64,
-        keys: &[ResourceKey],
+        at: u64,
+        from: u64,
+        to: u64,
     ) -> Result<BTreeMap<ResourceKey, Option<StoredResource>>> {
-        let mut states: BTreeMap<ResourceKey, Option<StoredResource>> =
-            keys.iter().map(|k| (k.clone(), None)).collect();
-        for chunk in keys.chunks(LOOKUP_CHUNK) {
-            let mut sql = String::from(
-                "SELECT r.kind, r.id, r.version, r.body, r.created_at, v.created_at AS updated_at \
-                 FROM resource_revisions r JOIN config_versions v ON v.version = r.version \
-                 WHERE r.version = (SELECT MAX(r2.version) FROM resource_revisions r2 \
-                                    WHERE r2.kind = r.kind AND r2.id = r.id AND r2.version <= $1) \
-                 AND (",
-            );
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push_str(" OR ");
-                }
-                sql.push_str(&format!(
-                    "(r.kind = ${} AND r.id = ${})",
-                    i * 2 + 2,
-                    i * 2 + 3
-                ));
-            }
-            sql.push(')');
-            let mut query = sqlx::query(&sql).bind(to_i64(version)?);
-            for key in chunk {
-                query = query.bind(key.kind.as_str()).bind(key.id.clone());
-            }
-            let rows = query
-                .fetch_all(&self.pool)
-                .await
-                .map_err(StoreError::classify)?;
-            for row in &rows {
-                if let Some(resource) = decode_resource(row)? {
-                    states.insert(resource.key.clone(), Some(resource));
-                }
-            }
+        let rows = sqlx::query(
+            "SELECT c.kind, c.id, r.version, r.body, r.created_at, v.created_at AS updated_at \
+             FROM (SELECT DISTINCT kind, id FROM resource_revisions \
+                   WHERE version > $2 AND version <= $3) c \
+             LEFT JOIN resource_revisions r ON r.kind = c.kind AND r.id = c.id \
+               AND r.version = (SELECT MAX(r2.version) FROM resource_revisions r2 \
+                                WHERE r2.kind = c.kind AND r2.id = c.id AND r2.version <= $1) \
+             LEFT JOIN config_versions v ON v.version = r.version",
+        )
+        .bind(to_i64(at)?)
+        .bind(to_i64(from)?)
+        .bind(to_i64(to)?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::classify)?;
+        let mut states = BTreeMap::new();
+        for row in &rows {
+            let key = decode_key(row)?;
+            let existed = row.try_get::<Option<i64>, _>("version")?.is_some();
+            let state = if existed { decode_resource(row)? } else { None };
+            states.insert(key, state);
         }
         Ok(states)
     }
@@ -410,14 +437,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::classify)?;
-        rows.iter()
-            .map(|row| {
-                let kind: String = row.try_get("kind")?;
-                let kind = Kind::parse(&kind)
-                    .ok_or_else(|| StoreError::Corrupt(format!("unknown kind {kind:?}")))?;
-                Ok(ResourceKey::new(kind, row.try_get::<String, _>("id")?))
-            })
-            .collect()
+        rows.iter().map(decode_key).collect()
     }
 
     /// Versions older than `before` (or the newest, if `None`), newest first.
@@ -484,18 +504,21 @@ impl Store {
     }
 }
 
-fn decode_resource(row: &AnyRow) -> Result<Option<StoredResource>> {
+fn decode_key(row: &AnyRow) -> Result<ResourceKey> {
     let kind: String = row.try_get("kind")?;
     let kind =
         Kind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("unknown kind {kind:?}")))?;
-    let id: String = row.try_get("id")?;
+    Ok(ResourceKey::new(kind, row.try_get::<String, _>("id")?))
+}
+
+fn decode_resource(row: &AnyRow) -> Result<Option<StoredResource>> {
+    let key = decode_key(row)?;
     let Some(body) = row.try_get::<Option<String>, _>("body")? else {
         return Ok(None);
     };
-    let body =
-        Value::from_str(&body).map_err(|e| StoreError::Corrupt(format!("{kind}/{id}: {e}")))?;
+    let body = Value::from_str(&body).map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))?;
     Ok(Some(StoredResource {
-        key: ResourceKey::new(kind, id),
+        key,
         body,
         revision: to_u64(row.try_get("version")?, "revision")?,
         created_at: row.try_get("created_at")?,

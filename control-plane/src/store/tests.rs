@@ -189,8 +189,8 @@ async fn diff_lists_only_what_changed(store: Store) {
         changed,
         [key(Kind::Upstreams, "u7"), key(Kind::Upstreams, "u9")]
     );
-    let before = store.resources_at(1, &changed).await.unwrap();
-    let after = store.resources_at(3, &changed).await.unwrap();
+    let before = store.changed_states(1, 1, 3).await.unwrap();
+    let after = store.changed_states(3, 1, 3).await.unwrap();
     assert_eq!(
         before[&changed[0]].as_ref().unwrap().body["nodes"][0]["port"],
         1
@@ -228,7 +228,8 @@ async fn rollback_restores_an_old_state(store: Store) {
         .unwrap();
     // A rollback is a forward write of the old states of what changed since.
     let changed = store.changed_between(1, 2).await.unwrap();
-    let old = store.resources_at(1, &changed).await.unwrap();
+    let old = store.changed_states(1, 1, 2).await.unwrap();
+    assert_eq!(old.keys().cloned().collect::<Vec<_>>(), changed);
     let restore: Vec<Change> = old
         .into_iter()
         .map(|(key, state)| Change {

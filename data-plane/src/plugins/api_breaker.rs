@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Response, StatusCode, request};
-use http_body_util::{Either, Full};
+use http_body_util::Full;
 use serde_json::Value;
 
-use super::{Access, BuildEnv, Plugin, RequestCtx, reject};
+use super::{Access, BuildEnv, Plugin, Reject, RequestCtx, reject};
 use gateway_proto::plugins::api_breaker::Config;
 
 /// How many breakers a data plane keeps at most; beyond, closed ones are forgotten.
@@ -149,7 +149,7 @@ impl ApiBreaker {
         }
     }
 
-    fn refusal(&self) -> Response<crate::proxy::ProxyBody> {
+    fn refusal(&self) -> Reject {
         match &self.body {
             None => reject(
                 self.code,
@@ -157,7 +157,7 @@ impl ApiBreaker {
                 "the upstream is failing; try again later",
             ),
             Some(body) => {
-                let mut response = Response::new(Either::Right(Full::new(body.clone())));
+                let mut response = Response::new(Full::new(body.clone()));
                 *response.status_mut() = self.code;
                 response.headers_mut().insert(
                     CONTENT_TYPE,
@@ -179,7 +179,7 @@ impl Plugin for ApiBreaker {
     }
 
     fn access(&self, ctx: &mut RequestCtx<'_>, _request: &mut request::Parts) -> Access {
-        if ApiBreaker::is_open(&self.circuit(&ctx.route.id), Instant::now()) {
+        if ApiBreaker::is_open(&self.circuit(ctx.route.id), Instant::now()) {
             Access::Reject(self.refusal())
         } else {
             Access::Continue
@@ -192,7 +192,7 @@ impl Plugin for ApiBreaker {
         if !ctx.forwarded {
             return;
         }
-        self.record(&self.circuit(&ctx.route.id), status, Instant::now());
+        self.record(&self.circuit(ctx.route.id), status, Instant::now());
     }
 }
 

@@ -2,8 +2,8 @@
 //! `{"requests": [{"method", "path", "headers", "body"}], "timeout_ms"}` and answers
 //! `[{"status", "headers", "body"}, …]` in the same order.
 //!
-//! Each item is a synthetic request handed to [`Proxy::handle`] — the gateway's own router and
-//! plugins, in process, no loopback connection — so authentication, rate limits and everything
+//! Each item is a synthetic request handed to the [`Dispatch`] the request path lends the
+//! plugin — the gateway's own router and plugins, in process, no loopback connection — so authentication, rate limits and everything
 //! else apply per item, exactly as if the client had sent it. Items run in parallel; their
 //! count, the batch body and each item's answer read into memory are bounded.
 //!
@@ -15,7 +15,6 @@
 //! `Accept-Encoding` (its answer is decoded into JSON, so it must arrive uncompressed). The
 //! batch body must arrive within the plugin's `timeout_ms` (else 408).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,14 +24,12 @@ use http::header::{
     ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, HeaderName, HeaderValue,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use serde_json::{Map, Value, json};
 
-use super::{Endpoint, Plugin};
+use super::{Dispatch, DispatchBody, Endpoint, Plugin, Reject};
 use crate::error::{json_body, json_response};
-use crate::proxy::h1::HeadForm;
-use crate::proxy::upstream::UpstreamBody;
-use crate::proxy::{Proxy, ProxyBody, headers};
+use crate::transport::headers;
 
 /// The compiled plugin.
 #[derive(Debug)]
@@ -52,12 +49,7 @@ impl BatchRequests {
         Ok(BatchRequests { priority, config })
     }
 
-    async fn run(
-        &self,
-        proxy: &Proxy,
-        remote: SocketAddr,
-        request: Request<UpstreamBody>,
-    ) -> Response<ProxyBody> {
+    async fn run(&self, dispatch: &dyn Dispatch, request: Request<DispatchBody>) -> Reject {
         let refuse = |status, code, message: &str| json_response(status, code, message);
         if request.extensions().get::<BatchItemMarker>().is_some() {
             return refuse(
@@ -163,7 +155,7 @@ impl BatchRequests {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
         let answers = join_all(items.into_iter().map(|request| async move {
             let answer = async {
-                let response = proxy.handle(remote, request, HeadForm::Map).await;
+                let response = dispatch.dispatch(request).await;
                 self.answer(response).await
             };
             tokio::time::timeout_at(deadline, answer)
@@ -181,7 +173,7 @@ impl BatchRequests {
     }
 
     /// One item's answer as `{"status", "headers", "body"}`.
-    async fn answer(&self, response: Response<ProxyBody>) -> Value {
+    async fn answer(&self, response: Response<DispatchBody>) -> Value {
         let (mut parts, body) = response.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers);
         let max = self.config.max_body_bytes;
@@ -217,7 +209,7 @@ impl BatchRequests {
 }
 
 /// The request an item stands for.
-fn synthetic(item: &BatchItem, common: &HeaderMap) -> Result<Request<UpstreamBody>, String> {
+fn synthetic(item: &BatchItem, common: &HeaderMap) -> Result<Request<Full<Bytes>>, String> {
     let method = match &item.method {
         Some(m) => Method::from_bytes(m.as_bytes()).map_err(|_| format!("bad method {m:?}"))?,
         None => Method::GET,
@@ -247,7 +239,7 @@ fn synthetic(item: &BatchItem, common: &HeaderMap) -> Result<Request<UpstreamBod
             Bytes::from(json.to_string())
         }
     };
-    let mut request = Request::new(Either::Right(Full::new(body)));
+    let mut request = Request::new(Full::new(body));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
@@ -295,11 +287,10 @@ impl Plugin for BatchRequests {
 impl Endpoint for BatchRequests {
     fn serve<'a>(
         &'a self,
-        proxy: &'a Proxy,
-        remote: SocketAddr,
-        request: Request<UpstreamBody>,
-    ) -> BoxFuture<'a, Response<ProxyBody>> {
-        Box::pin(self.run(proxy, remote, request))
+        dispatch: &'a dyn Dispatch,
+        request: Request<DispatchBody>,
+    ) -> BoxFuture<'a, Reject> {
+        Box::pin(self.run(dispatch, request))
     }
 }
 

@@ -17,12 +17,11 @@ use http::header::{
     ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, CONTENT_LENGTH, ORIGIN, VARY,
 };
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, request};
-use http_body_util::{Either, Full};
+use http_body_util::Full;
 use regex::bytes::Regex;
 use serde_json::Value;
 
-use super::{Plugin, Reject, RequestCtx};
-use crate::proxy::ProxyBody;
+use super::{Plugin, Reject, RequestCtx, ResponseView};
 use gateway_proto::plugins::cors::{Config, List};
 use gateway_proto::schema::compile_regex;
 
@@ -160,6 +159,10 @@ impl Plugin for Cors {
         self.priority
     }
 
+    fn answers_preflight(&self) -> bool {
+        true
+    }
+
     fn rewrite(
         &self,
         ctx: &mut RequestCtx<'_>,
@@ -199,8 +202,7 @@ impl Plugin for Cors {
         if preflight {
             // Answered here, allowed or not: a preflight is the gateway's business, and an
             // origin that is not allowed simply gets no CORS headers.
-            let mut response: Response<ProxyBody> =
-                Response::new(Either::Right(Full::new(Bytes::new())));
+            let mut response: Reject = Response::new(Full::new(Bytes::new()));
             *response.status_mut() = StatusCode::OK;
             response
                 .headers_mut()
@@ -210,7 +212,7 @@ impl Plugin for Cors {
         Ok(())
     }
 
-    fn response(&self, _ctx: &mut RequestCtx<'_>, response: &mut Response<ProxyBody>) {
+    fn response_headers(&self, _ctx: &mut RequestCtx<'_>, response: &mut ResponseView<'_>) {
         // The access phase's headers are on the answer by now.
         let echoed = response
             .headers()

@@ -58,7 +58,7 @@ impl KeySource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugins::Consumers;
+    use crate::plugins::{Consumers, RouteRef};
     use crate::test_support::compiled_route;
     use serde_json::json;
 
@@ -66,8 +66,13 @@ mod tests {
     fn a_header_value_that_spells_an_address_is_not_that_addresss_key() {
         let route = compiled_route("r", 1, json!({"paths": ["/r"]}));
         let consumers = Consumers::default();
+        let spec = RouteRef {
+            id: &route.id,
+            spec: &route.spec,
+        };
         let ctx = RequestCtx::new(
-            &route,
+            spec,
+            &route.plugins,
             &[],
             "198.51.100.7:4000".parse().unwrap(),
             &consumers,

@@ -10,8 +10,16 @@
 //! 1. `rewrite` — change the request before anything checks it;
 //! 2. `access` — authenticate, authorise, limit; may refuse; may be asynchronous;
 //! 3. `before_upstream` — last changes once the request will be proxied;
-//! 4. `response` — status, headers and (rarely) body of the answer, whoever produced it;
-//! 5. `log` — after the response head is sent.
+//! 4. `response_headers` — status and headers of the answer, whoever produced it;
+//! 5. `response_body` — the answer's body, chunk by chunk as it streams to the client
+//!    ([`BodyFilter`], OpenResty's `body_filter_by_lua`);
+//! 6. `log` — after the response head is sent.
+//!
+//! The phase API is this module's own: a request view (`http::request::Parts`), a response
+//! view ([`ResponseView`]), a context ([`RequestCtx`]) and an early answer ([`Reject`]). A
+//! plugin knows no route, upstream or body type of the request path; what the request path
+//! must know of a plugin it declares ([`Plugin::endpoint`], [`Plugin::answers_preflight`]), and
+//! what a plugin needs of the request path it is lent ([`Dispatch`]).
 //!
 //! Within a phase plugins run by descending priority. Levels: a route's chain is the global
 //! rules' plugins overlaid by the route's own; when an access-phase plugin identifies a
@@ -36,7 +44,7 @@ pub mod response_rewrite;
 pub mod traffic_split;
 pub mod util;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -44,18 +52,20 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderMap, HeaderValue, Response, StatusCode, request};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, request};
+use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
 use serde_json::Value;
 use thiserror::Error;
 
 use crate::error::json_response;
-use crate::proxy::ProxyBody;
-use crate::runtime::{CompiledRoute, UpstreamRuntime};
 use gateway_proto::Snapshot;
-use gateway_proto::model::Consumer;
+use gateway_proto::model::{Consumer, Route};
 
-/// A response a plugin answers with instead of proxying.
-pub type Reject = Response<ProxyBody>;
+/// An early answer: the response a plugin sends instead of proxying, written whole.
+pub type Reject = Response<Full<Bytes>>;
 
 /// An asynchronous access check; on success, headers to set on the response.
 pub type PendingAccess = Pin<Box<dyn Future<Output = Result<HeaderMap, Reject>> + Send + 'static>>;
@@ -75,10 +85,19 @@ pub fn reject(status: StatusCode, code: &str, message: &str) -> Reject {
     json_response(status, code, message)
 }
 
+/// The route a request matched, as plugins see it.
+#[derive(Copy, Clone, Debug)]
+pub struct RouteRef<'r> {
+    /// Its id.
+    pub id: &'r str,
+    /// Its configuration.
+    pub spec: &'r Route,
+}
+
 /// What a request carries through its phases.
 pub struct RequestCtx<'r> {
     /// The matched route.
-    pub route: &'r CompiledRoute,
+    pub route: RouteRef<'r>,
     /// Named path segments the router captured.
     pub params: &'r [(String, String)],
     /// The client's address.
@@ -87,8 +106,8 @@ pub struct RequestCtx<'r> {
     pub consumer: Option<Arc<ConsumerRuntime>>,
     /// The consumers of this config (for auth plugins).
     pub consumers: &'r Consumers,
-    /// An upstream chosen by a plugin instead of the route's (traffic splitting).
-    pub upstream_override: Option<Arc<UpstreamRuntime>>,
+    /// The id of an upstream chosen by a plugin instead of the route's (traffic splitting).
+    pub upstream_override: Option<Arc<str>>,
     /// A `Host` for the upstream request chosen by a plugin (wins over `pass_host`).
     pub host_override: Option<HeaderValue>,
     /// Headers to set on the response, whoever produces it (rate-limit counters, ids).
@@ -103,15 +122,16 @@ pub struct RequestCtx<'r> {
 }
 
 impl<'r> RequestCtx<'r> {
-    /// A context for a request matched to `route`.
+    /// A context for a request matched to `route`, whose plugins are `chain`.
     pub fn new(
-        route: &'r CompiledRoute,
+        route: RouteRef<'r>,
+        chain: &Arc<PluginChain>,
         params: &'r [(String, String)],
         client: SocketAddr,
         consumers: &'r Consumers,
     ) -> RequestCtx<'r> {
         RequestCtx {
-            chain: Arc::clone(&route.plugins),
+            chain: Arc::clone(chain),
             route,
             params,
             client,
@@ -192,8 +212,14 @@ impl<'r> RequestCtx<'r> {
         }
     }
 
-    /// Runs the response and log phases over whatever answer the request got.
-    pub fn run_response_phases(&mut self, response: &mut Response<ProxyBody>) {
+    /// Runs the response phases over whatever answer the request got (its status and headers;
+    /// the body is the caller's), then the log phase. Returns the body filters of the response
+    /// body phase, in chain order: the caller passes the answer's body through them as it
+    /// streams.
+    pub fn run_response_phases<B>(
+        &mut self,
+        response: &mut Response<B>,
+    ) -> Vec<Box<dyn BodyFilter>> {
         // Set before the response hooks run, so that `response-rewrite` can change or remove
         // them like any other header of the answer.
         for (name, value) in self
@@ -204,12 +230,81 @@ impl<'r> RequestCtx<'r> {
             response.headers_mut().insert(name, value);
         }
         let chain = Arc::clone(&self.chain);
+        let mut status = response.status();
+        let mut view = ResponseView {
+            status: &mut status,
+            headers: response.headers_mut(),
+        };
         for plugin in &chain.plugins {
-            plugin.response(self, response);
+            plugin.response_headers(self, &mut view);
         }
+        *response.status_mut() = status;
+        let filters = chain
+            .plugins
+            .iter()
+            .filter_map(|plugin| plugin.response_body(self))
+            .collect();
         for plugin in &chain.plugins {
-            plugin.log(self, response.status());
+            plugin.log(self, status);
         }
+        filters
+    }
+}
+
+/// The response view of the response phases: the answer's status and headers.
+#[derive(Debug)]
+pub struct ResponseView<'a> {
+    status: &'a mut StatusCode,
+    headers: &'a mut HeaderMap,
+}
+
+impl ResponseView<'_> {
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        *self.status
+    }
+
+    /// The status, to change.
+    pub fn status_mut(&mut self) -> &mut StatusCode {
+        self.status
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &HeaderMap {
+        self.headers
+    }
+
+    /// The headers, to change.
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        self.headers
+    }
+}
+
+/// The response body phase of one answer: sees its body chunk by chunk as it goes to the
+/// client, without buffering it, and says what the client gets instead (OpenResty's
+/// `body_filter_by_lua`). Made per answer by [`Plugin::response_body`], so it may keep state.
+pub trait BodyFilter: Send + Sync {
+    /// One chunk of the body; returns what the client gets in its place (maybe nothing).
+    fn chunk(&mut self, chunk: Bytes) -> Bytes {
+        chunk
+    }
+
+    /// The body ended (or the filter wants no more of it); returns what the client gets last.
+    fn end(&mut self) -> Bytes {
+        Bytes::new()
+    }
+
+    /// Whether the rest of the body still matters. Once false, the body is not read any
+    /// further (a node's connection is then closed rather than drained), and [`Self::end`]
+    /// comes next.
+    fn wants_body(&self) -> bool {
+        true
+    }
+
+    /// The length of everything the filter sends, when it is known before the body is read
+    /// (the client then gets a `Content-Length`).
+    fn length(&self) -> Option<u64> {
+        None
     }
 }
 
@@ -233,27 +328,46 @@ pub trait Plugin: Send + Sync + fmt::Debug {
     }
     /// Just before the upstream call.
     fn before_upstream(&self, _ctx: &mut RequestCtx<'_>, _request: &mut request::Parts) {}
-    /// Response phase: status, headers, body of whatever answer the request got.
-    fn response(&self, _ctx: &mut RequestCtx<'_>, _response: &mut Response<ProxyBody>) {}
+    /// Response headers phase: status and headers of whatever answer the request got.
+    fn response_headers(&self, _ctx: &mut RequestCtx<'_>, _response: &mut ResponseView<'_>) {}
+    /// Response body phase: a filter the answer's body streams through, if this plugin has one
+    /// for it.
+    fn response_body(&self, _ctx: &mut RequestCtx<'_>) -> Option<Box<dyn BodyFilter>> {
+        None
+    }
     /// Log phase.
     fn log(&self, _ctx: &RequestCtx<'_>, _status: StatusCode) {}
-    /// A plugin that answers the route's requests itself, after the request phases, instead of
-    /// sending them to a target (`batch-requests`).
+    /// A plugin that answers the requests of the route that configures it, after the request
+    /// phases, instead of sending them to a target (`batch-requests`).
     fn endpoint(&self) -> Option<&dyn Endpoint> {
         None
     }
+    /// Whether the plugin answers CORS preflights: a preflight that no route allows by its own
+    /// method goes to the route the announced method would reach, if that route has such a
+    /// plugin (`cors`).
+    fn answers_preflight(&self) -> bool {
+        false
+    }
 }
 
-/// What a plugin that answers requests itself implements. It gets the proxy, so that it can
-/// hand synthetic requests back to [`crate::proxy::Proxy::handle`].
+/// The body of a request an [`Endpoint`] is given, or of an answer [`Dispatch`] returns.
+pub type DispatchBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// What the request path lends a plugin that sends requests of its own: each is handled as if
+/// the client had sent it (routing, plugins, upstream), in process.
+pub trait Dispatch: Send + Sync {
+    /// Handles `request`; never fails (a failure is an error answer).
+    fn dispatch(&self, request: Request<Full<Bytes>>) -> BoxFuture<'_, Response<DispatchBody>>;
+}
+
+/// What a plugin that answers requests itself implements.
 pub trait Endpoint: Send + Sync {
-    /// Answers `request` (its request phases have run).
+    /// Answers `request` (its request phases have run); `dispatch` sends requests of its own.
     fn serve<'a>(
         &'a self,
-        proxy: &'a crate::proxy::Proxy,
-        remote: SocketAddr,
-        request: http::Request<crate::proxy::upstream::UpstreamBody>,
-    ) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send + 'a>>;
+        dispatch: &'a dyn Dispatch,
+        request: Request<DispatchBody>,
+    ) -> BoxFuture<'a, Reject>;
 }
 
 /// Plugins in the order they run.
@@ -261,13 +375,23 @@ pub trait Endpoint: Send + Sync {
 pub struct PluginChain {
     /// By descending priority.
     pub plugins: Vec<Arc<dyn Plugin>>,
+    /// The plugin of the route's own that answers its requests ([`Plugin::endpoint`]), if any.
+    pub endpoint: Option<Arc<dyn Plugin>>,
 }
 
 impl PluginChain {
     fn from_map(map: BTreeMap<&'static str, Arc<dyn Plugin>>) -> PluginChain {
         let mut plugins: Vec<Arc<dyn Plugin>> = map.into_values().collect();
         plugins.sort_by_key(|p| std::cmp::Reverse(p.priority()));
-        PluginChain { plugins }
+        PluginChain {
+            plugins,
+            endpoint: None,
+        }
+    }
+
+    /// Whether a plugin of the chain answers CORS preflights.
+    pub fn answers_preflight(&self) -> bool {
+        self.plugins.iter().any(|p| p.answers_preflight())
     }
 
     /// This chain with `overlay`'s plugins replacing same-named ones and adding the rest.
@@ -321,10 +445,10 @@ pub struct BuildEnv {
     pub breakers: Arc<api_breaker::Breakers>,
     /// `prometheus`'s per-route series.
     pub prometheus: Arc<prometheus::Registry>,
-    /// The named upstreams of the snapshot being compiled (for `traffic-split`). Unlike the
-    /// fields above it is per snapshot: `Runtime::compile` replaces it before building any
-    /// plugin.
-    pub upstreams: Arc<HashMap<String, Arc<UpstreamRuntime>>>,
+    /// The ids of the named upstreams of the snapshot being compiled (for `traffic-split`).
+    /// Unlike the fields above it is per snapshot: `Runtime::compile` replaces it before
+    /// building any plugin.
+    pub upstreams: Arc<HashSet<String>>,
 }
 
 /// The factory: a validated config → a plugin instance.
@@ -509,16 +633,14 @@ impl CompiledPlugins {
         configs: &BTreeMap<String, Value>,
     ) -> Result<Arc<PluginChain>, PluginError> {
         let mut map = self.global.clone();
-        map.extend(build_map(
-            &format!("routes/{route_id}"),
-            configs,
-            &self.env,
-        )?);
-        Ok(Arc::new(PluginChain::from_map(map)))
+        let own = build_map(&format!("routes/{route_id}"), configs, &self.env)?;
+        let endpoint = own.values().find(|p| p.endpoint().is_some()).cloned();
+        map.extend(own);
+        let mut chain = PluginChain::from_map(map);
+        chain.endpoint = endpoint;
+        Ok(Arc::new(chain))
     }
 }
 
-#[cfg(test)]
-mod e2e_tests;
 #[cfg(test)]
 mod tests;

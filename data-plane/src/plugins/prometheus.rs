@@ -214,7 +214,7 @@ fn route_name<'a>(ctx: &'a RequestCtx<'_>) -> &'a str {
         .spec
         .labels
         .get("name")
-        .map_or(ctx.route.id.as_str(), String::as_str)
+        .map_or(ctx.route.id, String::as_str)
 }
 
 impl Plugin for Prometheus {
@@ -233,7 +233,7 @@ impl Plugin for Prometheus {
             _ => {
                 let name = self.prefer_name.then(|| route_name(ctx));
                 self.registry
-                    .slot(&ctx.route.id, name)
+                    .slot(ctx.route.id, name)
                     .record(status, micros);
             }
         }

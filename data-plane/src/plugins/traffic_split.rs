@@ -6,9 +6,10 @@
 //! `upstream_id` is the route's own upstream (no override). No matching rule: the route's own
 //! upstream.
 //!
-//! Upstream ids are resolved when the snapshot is compiled, against the snapshot's upstreams
+//! Upstream ids are checked when the snapshot is compiled, against the snapshot's upstreams
 //! (`BuildEnv::upstreams`, set by `Runtime::compile` before any route is built); the snapshot
-//! check and the control plane already refuse an id that does not exist.
+//! check and the control plane already refuse an id that does not exist. The request path
+//! finds the chosen upstream by id in the runtime the request loaded.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,7 +24,6 @@ use serde_json::Value;
 
 use super::util::percent_decode;
 use super::{Access, BuildEnv, Plugin, RequestCtx};
-use crate::runtime::UpstreamRuntime;
 
 /// How one header or argument is tested (any of its values may pass).
 #[derive(Debug)]
@@ -125,8 +125,8 @@ impl Alternative {
 struct Rule {
     /// Empty: every request.
     alternatives: Vec<Alternative>,
-    /// The distinct targets (`None`: the route's own upstream).
-    targets: Vec<Option<Arc<UpstreamRuntime>>>,
+    /// The distinct targets, by upstream id (`None`: the route's own upstream).
+    targets: Vec<Option<Arc<str>>>,
     /// Indexes into `targets`, in smooth weighted round-robin order; empty when every weight
     /// is 0 (the rule then leaves the route's upstream in place).
     schedule: Vec<usize>,
@@ -134,7 +134,7 @@ struct Rule {
 }
 
 impl Rule {
-    fn pick(&self) -> Option<Arc<UpstreamRuntime>> {
+    fn pick(&self) -> Option<Arc<str>> {
         if self.schedule.is_empty() {
             return None;
         }
@@ -190,11 +190,8 @@ impl TrafficSplit {
             for entry in &spec.weighted_upstreams {
                 let target = match &entry.upstream_id {
                     None => None,
-                    Some(id) => {
-                        Some(Arc::clone(env.upstreams.get(id).ok_or_else(|| {
-                            format!("rules/{r}: upstream {id} does not exist")
-                        })?))
-                    }
+                    Some(id) if env.upstreams.contains(id) => Some(Arc::from(id.as_str())),
+                    Some(id) => return Err(format!("rules/{r}: upstream {id} does not exist")),
                 };
                 targets.push(target);
                 weights.push(entry.weight);

@@ -7,37 +7,14 @@ use http::header::{COOKIE, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 
 /// Percent-decodes a query component (`+` is a space, as in forms). A component with nothing
-/// to decode is borrowed; an invalid escape is kept as it is.
+/// to decode is borrowed; an invalid escape is kept as it is; bytes that are not UTF-8 become
+/// U+FFFD.
 pub fn percent_decode(text: &str) -> Cow<'_, str> {
-    let bytes = text.as_bytes();
-    if !bytes.iter().any(|&b| b == b'%' || b == b'+') {
-        return Cow::Borrowed(text);
+    match crate::transport::query::decode(text) {
+        // Nothing was decoded: the text itself, already UTF-8.
+        Cow::Borrowed(_) => Cow::Borrowed(text),
+        Cow::Owned(bytes) => Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()),
     }
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => match (
-                bytes.get(i + 1).and_then(hex),
-                bytes.get(i + 2).and_then(hex),
-            ) {
-                (Some(high), Some(low)) => {
-                    out.push(high << 4 | low);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            other => out.push(other),
-        }
-        i += 1;
-    }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
-}
-
-/// The value of one hex digit.
-pub(crate) fn hex(digit: &u8) -> Option<u8> {
-    (*digit as char).to_digit(16).map(|d| d as u8)
 }
 
 /// The first value of query argument `name` in `uri`, decoded.

@@ -2,7 +2,7 @@
 //! answered in the connection's own task; a connection that needs more is handed, with the
 //! bytes already read, to hyper's server for the rest of its life.
 //!
-//! Why: once upstream exchanges ran on [`super::h1`], hyper's server was about 45% of the
+//! Why: once upstream exchanges ran on [`crate::transport::h1`], hyper's server was about 45% of the
 //! gateway's instructions per proxied request (callgrind): a dispatcher state machine, a
 //! request built and a response re-encoded through several layers, a timer per request. Most
 //! API traffic is bodiless reads, so this path parses the head with httparse, calls
@@ -43,12 +43,12 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
-use super::h1::{HeadForm, PassedHead};
-use super::headers::put_header;
-use super::upstream::empty_body;
 use super::{Proxy, ProxyBody};
 use crate::error::json_response;
-use crate::server::{HEADER_READ_TIMEOUT, Stop, serve_hyper};
+use crate::transport::body::empty_body;
+use crate::transport::h1::{HeadForm, PassedHead};
+use crate::transport::headers::put_header;
+use crate::transport::server::{HEADER_READ_TIMEOUT, Stop, serve_hyper};
 
 /// A request head larger than this is refused with 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -145,7 +145,7 @@ pub async fn serve_connection(
 enum Next {
     /// Serve this request, then close unless `keep_alive`.
     Request {
-        request: Request<super::upstream::UpstreamBody>,
+        request: Request<crate::transport::body::UpstreamBody>,
         keep_alive: bool,
     },
     /// hyper serves the connection from here on.
@@ -440,7 +440,7 @@ fn parse_request(
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let mut persistence = super::headers::Persistence::default();
+    let mut persistence = crate::transport::headers::Persistence::default();
     let mut hosts = 0;
     let base = read.as_ptr() as usize;
     let path = parsed.path.unwrap_or_default();

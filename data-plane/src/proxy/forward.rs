@@ -21,13 +21,14 @@ use http_body_util::Either;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
-use super::h1::HeadForm;
-use super::headers::{self, HopHeaders};
-use super::upstream::{UpstreamBody, empty_body, hold_in_flight};
 use super::{Proxy, ProxyBody};
-use crate::balance::hash_bytes;
 use crate::error::ProxyError;
+use crate::runtime::balance::hash_bytes;
 use crate::runtime::{CompiledRoute, Node, UpstreamRuntime};
+use crate::transport::body::{UpstreamBody, empty_body, hold_in_flight};
+use crate::transport::h1::HeadForm;
+use crate::transport::headers::{self, HopHeaders};
+use crate::transport::is_idempotent;
 
 /// The hop's request, before the node is known.
 struct Prepared {
@@ -112,7 +113,8 @@ impl Proxy {
                     upstream.client.send(
                         request,
                         Some(&prepared.hop),
-                        node,
+                        node.authority.as_str(),
+                        &node.connections,
                         form,
                         connect_timeout,
                         read_timeout,
@@ -228,14 +230,6 @@ fn failure_of<B>(result: &Result<Response<B>, ProxyError>) -> Option<Failure> {
         }
         Err(_) => Some(Failure::Client),
     }
-}
-
-/// Methods that RFC 9110 §9.2.2 defines as idempotent.
-pub(super) fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }
 
 /// The protocol an HTTP/1.1 client asks to upgrade to (`Connection: upgrade` + `Upgrade`).

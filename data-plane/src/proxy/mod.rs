@@ -1,41 +1,52 @@
-//! The proxy listener: match a route, pick a node, forward the request, stream the response.
+//! The request path: the only module that knows every layer below it, read in the order of
+//! pingora's `ProxyHttp` phases.
 //!
-//! Per request: load the runtime once, ask the router, ask the upstream's balancer for a node,
-//! rewrite the request for the hop (hop-by-hop headers out, `X-Forwarded-*` in, `Host` per
-//! `pass_host`), send it over the shared pool and stream both bodies through without buffering.
-//! Every failure is a [`ProxyError`], turned into a JSON response at the edge in
-//! [`Proxy::handle`].
+//! 1. accept and parse: [`downstream`] (bodiless HTTP/1.1 in the connection's task, the rest
+//!    through hyper's server);
+//! 2. route: [`Proxy::handle`] loads the runtime once, normalises the path ([`path`]) and asks
+//!    the router;
+//! 3. request phases: the route's plugins (rewrite, access, before the upstream call), which
+//!    may answer early;
+//! 4. upstream: `forward` picks a node, rewrites the request for the hop, sends it over the
+//!    transport and retries; a batch route runs its plan ([`batch`]); an endpoint plugin is
+//!    lent a [`Dispatch`] instead;
+//! 5. response phases: headers, then the body as it streams ([`filtered`]);
+//! 6. log: the plugins' log phase and the request metrics.
+//!
+//! Every failure is a [`ProxyError`], turned into the client's JSON answer in one place
+//! ([`Proxy::handle`]'s exit, through [`crate::error::json_response`]).
 
+pub mod batch;
 pub mod downstream;
+pub mod filtered;
 mod forward;
-pub mod h1;
-pub mod headers;
 pub mod path;
-pub mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::header::{HOST, HeaderValue};
 use http::{Request, Response};
-use http_body_util::{Either, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Either, Full};
 use tokio::net::TcpListener;
 use tracing::{debug, error, warn};
 
-use crate::batch;
 use crate::error::{Origin, ProxyError};
-use crate::plugins::RequestCtx;
-use crate::router::{RequestView, RouteMatch};
-use crate::runtime::{CompiledRoute, RouteTarget, Runtime};
+use crate::plugins::{Dispatch, DispatchBody, RequestCtx, RouteRef};
+use crate::runtime::router::{RequestView, RouteMatch};
+use crate::runtime::{CompiledRoute, RouteTarget, Runtime, UpstreamRuntime};
 use crate::state::State;
-use h1::HeadForm;
-use upstream::UpstreamBody;
+use crate::transport::body::{UpstreamBody, UpstreamResponseBody};
+use crate::transport::h1::HeadForm;
+use crate::transport::headers;
 
-/// The body of a response to a client: an upstream's body streamed through, or one the
-/// gateway wrote itself (errors).
-pub type ProxyBody = Either<upstream::UpstreamResponseBody, Full<Bytes>>;
+/// The body of a response to a client: streamed (an upstream's body, or an answer through the
+/// response body phase), or one the gateway wrote itself (errors, plugins' answers).
+pub type ProxyBody = Either<UpstreamResponseBody, Full<Bytes>>;
 
 /// Serves client traffic from `listener` until `shutdown` completes, then lets in-flight
 /// requests finish.
@@ -44,7 +55,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
     let connection = move |stream, remote, stop| {
         downstream::serve_connection(Arc::clone(&proxy), stream, remote, stop)
     };
-    crate::server::serve("proxy", listener, connection, shutdown).await;
+    crate::transport::server::serve("proxy", listener, connection, shutdown).await;
 }
 
 /// The request handler, shared by every connection.
@@ -143,17 +154,34 @@ impl Proxy {
             params,
             original_host,
         } = routed;
-        let mut ctx = RequestCtx::new(&route, &params, remote, &runtime.plugins.consumers);
+        let spec = RouteRef {
+            id: &route.id,
+            spec: &route.spec,
+        };
+        let consumers = &runtime.plugins.consumers;
+        let mut ctx = RequestCtx::new(spec, &route.plugins, &params, remote, consumers);
         let (mut parts, body) = request.into_parts();
         headers::drop_connection_listed(&mut parts.headers);
         let mut response = match ctx.run_request_phases(&mut parts).await {
-            Err(refusal) => refusal,
+            Err(refusal) => refusal.map(Either::Right),
             Ok(()) => {
                 let request = Request::from_parts(parts, body);
                 let original_host = ctx.host_override.clone().map(Some).unwrap_or(original_host);
-                let result = self
-                    .forward_matched(&route, &params, remote, original_host, &ctx, request)
-                    .await;
+                let chosen = ctx.upstream_override.as_deref();
+                let result = match chosen.map(|id| chosen_upstream(runtime, id)).transpose() {
+                    Err(error) => Err(error),
+                    Ok(chosen) => {
+                        self.forward_matched(
+                            &route,
+                            &params,
+                            remote,
+                            original_host,
+                            chosen,
+                            request,
+                        )
+                        .await
+                    }
+                };
                 ctx.forwarded = match &result {
                     Ok(_) => true,
                     Err(error) => error.origin() == Origin::Upstream,
@@ -161,8 +189,15 @@ impl Proxy {
                 result.unwrap_or_else(|error| self.error_response(remote, error))
             }
         };
-        ctx.run_response_phases(&mut response);
-        response
+        let filters = ctx.run_response_phases(&mut response);
+        if filters.is_empty() {
+            return response;
+        }
+        response.map(|body| {
+            let filtered = filtered::FilteredBody::new(body, filters);
+            let filtered = BoxBody::new(filtered.map_err(std::io::Error::other));
+            Either::Left(Either::Left(Either::Right(filtered)))
+        })
     }
 
     /// Sends a request on a route with plugins, after their request phases, to its target:
@@ -174,15 +209,18 @@ impl Proxy {
         params: &[(String, String)],
         remote: SocketAddr,
         original_host: Option<HeaderValue>,
-        ctx: &RequestCtx<'_>,
+        chosen: Option<&Arc<UpstreamRuntime>>,
         request: Request<UpstreamBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        if route.spec.plugins.contains_key("batch-requests")
-            && let Some(endpoint) = route.plugins.plugins.iter().find_map(|p| p.endpoint())
-        {
-            return Ok(endpoint.serve(self, remote, request).await);
+        if let Some(endpoint) = route.plugins.endpoint.as_deref().and_then(|p| p.endpoint()) {
+            let dispatch = Dispatcher {
+                proxy: self,
+                remote,
+            };
+            let request = request.map(|body| body.map_err(std::io::Error::other).boxed_unsync());
+            return Ok(endpoint.serve(&dispatch, request).await.map(Either::Right));
         }
-        let upstream = match (&route.target, ctx.upstream_override.as_ref()) {
+        let upstream = match (&route.target, chosen) {
             (_, Some(upstream)) => upstream,
             (RouteTarget::Upstream(upstream), None) => upstream,
             (RouteTarget::Batch(batch), None) => {
@@ -207,10 +245,40 @@ impl Proxy {
     }
 }
 
+/// The upstream a plugin chose by id, in the runtime the request loaded (which compiled that
+/// plugin, and checked the id).
+fn chosen_upstream<'r>(
+    runtime: &'r Runtime,
+    id: &str,
+) -> Result<&'r Arc<UpstreamRuntime>, ProxyError> {
+    runtime.upstreams.get(id).ok_or_else(|| {
+        ProxyError::Internal(format!(
+            "a plugin chose upstream {id}, which this config lacks"
+        ))
+    })
+}
+
+/// The capability a plugin that sends requests of its own is lent: requests handled as if the
+/// client at `remote` had sent them.
+struct Dispatcher<'a> {
+    proxy: &'a Proxy,
+    remote: SocketAddr,
+}
+
+impl Dispatch for Dispatcher<'_> {
+    fn dispatch(&self, request: Request<Full<Bytes>>) -> BoxFuture<'_, Response<DispatchBody>> {
+        Box::pin(async move {
+            let request = request.map(Either::Right);
+            let response = self.proxy.handle(self.remote, request, HeadForm::Map).await;
+            response.map(|body| body.map_err(std::io::Error::other).boxed_unsync())
+        })
+    }
+}
+
 /// What routing found for a request.
 struct Routed {
     route: Arc<CompiledRoute>,
-    params: crate::router::Params,
+    params: crate::runtime::router::Params,
     /// See [`original_host`].
     original_host: Option<HeaderValue>,
 }
@@ -288,7 +356,7 @@ fn no_endpoint(route: &CompiledRoute) -> ProxyError {
 fn preflight_route(
     runtime: &Runtime,
     view: &RequestView<'_>,
-) -> Option<(Arc<CompiledRoute>, crate::router::Params)> {
+) -> Option<(Arc<CompiledRoute>, crate::runtime::router::Params)> {
     if view.method != http::Method::OPTIONS || !view.headers.contains_key(http::header::ORIGIN) {
         return None;
     }
@@ -301,9 +369,7 @@ fn preflight_route(
         ..*view
     };
     match runtime.router.find(&as_announced) {
-        RouteMatch::Found { route, params }
-            if route.plugins.plugins.iter().any(|p| p.name() == "cors") =>
-        {
+        RouteMatch::Found { route, params } if route.plugins.answers_preflight() => {
             Some((route, params))
         }
         _ => None,
@@ -320,5 +386,7 @@ fn original_host<B>(request: &Request<B>) -> Option<HeaderValue> {
     }
 }
 
+#[cfg(test)]
+mod plugin_tests;
 #[cfg(test)]
 mod tests;

@@ -14,8 +14,6 @@
 //! 2. Runs of `/` become one `/` (nginx's `merge_slashes`).
 //! 3. `.` and `..` segments are resolved (RFC 3986 §5.2.4); `..` never climbs above `/`.
 
-use crate::plugins::util::hex;
-
 /// The normalised form of `path`: `Ok(None)` when it is already normal (the common case costs
 /// one scan and no allocation), `Err` for a path no normal form is safe for. Only origin-form
 /// paths (starting with `/`) are touched.
@@ -108,13 +106,12 @@ fn decode_unreserved(path: &[u8]) -> Result<Vec<u8>, &'static str> {
             i += 1;
             continue;
         }
-        let (Some(&high), Some(&low)) = (path.get(i + 1), path.get(i + 2)) else {
+        let mut decoded = [0u8];
+        let digits = path.get(i + 1..i + 3).unwrap_or_default();
+        if hex::decode_to_slice(digits, &mut decoded).is_err() {
             return Err("a % without two hex digits");
-        };
-        let (Some(high), Some(low)) = (hex(&high), hex(&low)) else {
-            return Err("a % without two hex digits");
-        };
-        let byte = high << 4 | low;
+        }
+        let [byte] = decoded;
         if is_unreserved(byte) {
             out.push(byte);
         } else {

@@ -16,8 +16,8 @@ use http::HeaderValue;
 use http::header::HOST;
 
 use super::{Next, parse_request};
-use crate::proxy::h1::{BodyFraming, encode_head};
-use crate::proxy::headers::{self, HopHeaders};
+use crate::transport::h1::{BodyFraming, encode_head};
+use crate::transport::headers::{self, HopHeaders};
 
 /// Parses `data` as client bytes. The first byte picks the size of the pieces the head
 /// arrives in; the rest is the wire.
@@ -90,7 +90,7 @@ const CLIENT: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(19
 
 /// Rewrites an accepted request for the node (as `forward::prepare` does), encodes it as the
 /// h1 client would send it, and parses it back.
-fn reencode(wire: &[u8], request: http::Request<crate::proxy::upstream::UpstreamBody>) {
+fn reencode(wire: &[u8], request: http::Request<crate::transport::body::UpstreamBody>) {
     let (mut parts, _) = request.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
     let hop = HopHeaders {

@@ -19,8 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, watch};
 
-use crate::health::HealthState;
 use crate::runtime::Runtime;
+use crate::runtime::health::HealthState;
 use crate::state::State;
 use crate::test_support::{eventually, snapshot};
 
@@ -711,7 +711,7 @@ async fn when_every_node_is_unhealthy_they_are_still_tried() {
     let runtime = gateway.state.runtime();
     let health = &runtime.upstreams["u"].nodes[0].health;
     assert!(matches!(
-        health.state(crate::health::now_ms()),
+        health.state(crate::runtime::health::now_ms()),
         HealthState::Ejected(_)
     ));
 }
@@ -1005,27 +1005,27 @@ fn hash_keys_come_from_the_configured_source_or_the_client_address() {
         }
         builder.body(()).unwrap()
     };
-    let by_address = crate::balance::hash_bytes(b"10.0.0.7");
+    let by_address = crate::runtime::balance::hash_bytes(b"10.0.0.7");
     let cases = [
         (
             json!({"source": "header", "name": "x-user"}),
             request("/a", &[("x-user", "alice")]),
-            crate::balance::hash_bytes(b"alice"),
+            crate::runtime::balance::hash_bytes(b"alice"),
         ),
         (
             json!({"source": "cookie", "name": "sid"}),
             request("/a", &[("cookie", "theme=dark; sid=s-42")]),
-            crate::balance::hash_bytes(b"s-42"),
+            crate::runtime::balance::hash_bytes(b"s-42"),
         ),
         (
             json!({"source": "query", "name": "item"}),
             request("/a?x=1&item=14286", &[]),
-            crate::balance::hash_bytes(b"14286"),
+            crate::runtime::balance::hash_bytes(b"14286"),
         ),
         (
             json!({"source": "uri"}),
             request("/a/b?c=d", &[]),
-            crate::balance::hash_bytes(b"/a/b?c=d"),
+            crate::runtime::balance::hash_bytes(b"/a/b?c=d"),
         ),
         (
             json!({"source": "remote_addr"}),

@@ -14,8 +14,9 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 
-use super::{Chunked, Decoded, Framing, Head, HeadForm, parse_head};
-use crate::proxy::headers::is_hop_by_hop;
+use super::HeadForm;
+use super::codec::{Chunked, Decoded, Framing, Head, parse_head};
+use crate::transport::headers::is_hop_by_hop;
 
 /// Parses `data` as a response head and the body after it. The first byte picks the options
 /// (a HEAD request or not, the piece size); the rest is the wire.

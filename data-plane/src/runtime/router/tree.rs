@@ -12,36 +12,13 @@
 //! the request's segments. Its cost depends on the path, not on how many routes there are.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 /// A hash map keyed by short strings from the config: path segments and host names.
 ///
 /// FNV-1a instead of the default SipHash: several lookups per request, on keys of a few bytes,
 /// where SipHash's setup dominates. SipHash's flooding resistance is not needed here: the keys
 /// come from the admin's config, and a client can only look them up, never add colliding ones.
-pub(super) type ConfigMap<V> = HashMap<Box<str>, V, BuildHasherDefault<Fnv1a>>;
-
-/// The 64-bit FNV-1a hash.
-#[derive(Debug)]
-pub(super) struct Fnv1a(u64);
-
-impl Default for Fnv1a {
-    fn default() -> Fnv1a {
-        Fnv1a(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv1a {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-}
+pub(super) type ConfigMap<V> = HashMap<Box<str>, V, fnv::FnvBuildHasher>;
 
 /// Identifies one set of equally shaped patterns (the same segments and the same end).
 pub(super) type LeafId = u32;
@@ -427,8 +404,9 @@ mod tests {
 
     #[test]
     fn fnv1a_matches_its_reference_vectors() {
+        use std::hash::Hasher as _;
         let hash = |bytes: &[u8]| {
-            let mut hasher = Fnv1a::default();
+            let mut hasher = fnv::FnvHasher::default();
             hasher.write(bytes);
             hasher.finish()
         };

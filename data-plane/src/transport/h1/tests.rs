@@ -4,12 +4,27 @@
 use http::header::CONTENT_TYPE;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::{sleep, timeout};
 
-use super::*;
-use crate::proxy::upstream::empty_body;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING};
+use http::{Request, Response, StatusCode, Version};
+use http_body::Body;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::codec::*;
+use super::exchange::*;
+use super::{HeadForm, Pool, PoolLimits, ResponseBody, send};
+use crate::error::{ProxyError, TimeoutPhase};
+use crate::transport::body::{UpstreamBody, empty_body};
+use crate::transport::headers::HopHeaders;
 
 const LIMITS: PoolLimits = PoolLimits {
     size: 4,

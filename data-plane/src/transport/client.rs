@@ -1,4 +1,4 @@
-//! The upstream transport: pooled clients (plain HTTP/1.1, h2c, or TLS with ALPN), with
+//! The upstream client: pooled transports (plain HTTP/1.1, h2c, or TLS with ALPN), with
 //! per-request connect and read deadlines.
 //!
 //! Plain HTTP/1.1 exchanges run on [`super::h1`], whose idle connections live with each node.
@@ -7,19 +7,16 @@
 //! connections are keyed by node address inside it, and the runtime compiler hands the same
 //! client to the next snapshot's upstreams, so a config push keeps connections warm.
 
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::TryFutureExt as _;
 use futures_util::future;
 use gateway_proto::model::{KeepalivePool, PassHost, Scheme, Upstream, UpstreamTls};
 use http::header::UPGRADE;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_rustls::{
     ConfigBuilderExt as _, FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder,
@@ -28,104 +25,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
-use tokio::time::Sleep;
 
-use super::h1;
+use super::body::{HyperBody, UpstreamBody, UpstreamResponseBody};
 use super::headers::HopHeaders;
-use crate::balance::InFlight;
+use super::{TCP_KEEPALIVE, h1};
 use crate::error::{ProxyError, TimeoutPhase};
-use crate::upstream::Node;
-
-/// TCP keep-alive probes on upstream connections, so a pooled connection to a vanished host is
-/// noticed by the kernel rather than by the next request.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-
-/// The body of a request sent upstream: the client's body streamed through, or one the gateway
-/// holds whole (an absent body, which can be sent again on a retry).
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
-
-/// The body of an upstream's response: from hyper's client (boxed: the plain path's
-/// responses, which move a few times, stay small), or from [`h1`].
-pub type UpstreamResponseBody = Either<Box<HyperBody>, h1::ResponseBody>;
-
-/// Keeps the node counted as busy with an exchange until its response body ends.
-pub fn hold_in_flight(body: &mut UpstreamResponseBody, in_flight: InFlight) {
-    match body {
-        Either::Left(body) => body.hold(in_flight),
-        Either::Right(body) => body.hold(in_flight),
-    }
-}
-
-/// A response body from hyper's client, under the rules [`h1::ResponseBody`] follows: the node
-/// must send something every `read_timeout`, and the node's in-flight count is held until the
-/// body ends.
-#[derive(Debug)]
-pub struct HyperBody {
-    inner: Incoming,
-    idle: h1::IdleDeadline,
-    timer: Option<Pin<Box<Sleep>>>,
-    in_flight: Option<InFlight>,
-}
-
-impl HyperBody {
-    fn new(inner: Incoming, read_timeout: Duration) -> HyperBody {
-        HyperBody {
-            inner,
-            idle: h1::IdleDeadline::new(read_timeout),
-            timer: None,
-            in_flight: None,
-        }
-    }
-
-    fn hold(&mut self, in_flight: InFlight) {
-        if !self.inner.is_end_stream() {
-            self.in_flight = Some(in_flight);
-        }
-    }
-}
-
-impl Body for HyperBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.idle.progressed();
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(end_or_error) => {
-                this.in_flight = None;
-                Poll::Ready(end_or_error.map(|r| r.map_err(std::io::Error::other)))
-            }
-            Poll::Pending => {
-                ready!(this.idle.poll_expired(&mut this.timer, cx));
-                this.in_flight = None;
-                Poll::Ready(Some(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the node sent nothing of the body for its read timeout",
-                ))))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// An empty upstream request body.
-pub fn empty_body() -> UpstreamBody {
-    Either::Right(Full::new(Bytes::new()))
-}
 
 /// The transport settings that decide which client an upstream uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -191,18 +95,6 @@ pub struct UpstreamClient {
 pub struct TransportError(String);
 
 impl UpstreamClient {
-    /// A plain HTTP/1.1 client with the default pool.
-    pub fn new() -> UpstreamClient {
-        let key = TransportKey {
-            scheme: Scheme::Http,
-            tls: UpstreamTls::default(),
-            server_name: None,
-            pool: KeepalivePool::default(),
-        };
-        // A plain client has nothing that can fail to build.
-        UpstreamClient::build(&key).unwrap_or_else(|_| unreachable!("plain clients always build"))
-    }
-
     /// Builds the client a transport key describes.
     pub fn build(key: &TransportKey) -> Result<UpstreamClient, TransportError> {
         let mut http = HttpConnector::new();
@@ -256,7 +148,8 @@ impl UpstreamClient {
         Ok(UpstreamClient { inner })
     }
 
-    /// Sends `request` (its URI names the node) and waits for the response headers; the body
+    /// Sends `request` (its URI names the node at `address`, whose idle HTTP/1.1 connections
+    /// are `pool`) and waits for the response headers; the body
     /// is streamed afterwards by whoever polls it. The response carries no hop-by-hop headers.
     /// `hop`: the headers this hop adds, written into the head by [`h1`] and into the map for
     /// hyper. `form` asks for the response headers as the node sent them
@@ -271,20 +164,24 @@ impl UpstreamClient {
     ///
     /// Not an `async fn`: the plain HTTP/1.1 exchange is returned as it is, so its future is
     /// not wrapped (and moved) once more; hyper's exchanges are boxed.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "taken apart per request; a struct for them would be built and moved per request"
+    )]
     pub fn send<'a>(
         &'a self,
         request: Request<UpstreamBody>,
         hop: Option<&'a HopHeaders>,
-        node: &'a Node,
+        address: &'a str,
+        pool: &'a Arc<h1::Pool>,
         form: h1::HeadForm,
         connect_timeout: Duration,
         read_timeout: Duration,
     ) -> impl Future<Output = Result<Response<UpstreamResponseBody>, ProxyError>> + 'a {
-        let address = node.authority.as_str();
         let client = match &self.inner {
             Inner::Http1 { limits, .. } if !request.headers().contains_key(UPGRADE) => {
                 let exchange = h1::send(
-                    &node.connections,
+                    pool,
                     *limits,
                     address,
                     request,
@@ -312,7 +209,9 @@ impl UpstreamClient {
                 .await?;
             // h1 leaves them out while parsing; hyper keeps every header it received.
             super::headers::remove_hop_by_hop(response.headers_mut());
-            Ok(response.map(|body| Either::Left(Box::new(HyperBody::new(body, read_timeout)))))
+            Ok(response.map(|body| {
+                Either::Left(Either::Left(Box::new(HyperBody::new(body, read_timeout))))
+            }))
         }))
     }
 }
@@ -368,12 +267,6 @@ impl Hyper<'_> {
                 after: read_timeout,
             }),
         }
-    }
-}
-
-impl Default for UpstreamClient {
-    fn default() -> Self {
-        UpstreamClient::new()
     }
 }
 

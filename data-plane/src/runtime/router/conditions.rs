@@ -12,6 +12,7 @@ use regex::bytes::Regex;
 
 use super::RequestView;
 use crate::runtime::{CompileError, CompiledRoute};
+use crate::transport::query;
 
 /// A route's host pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,39 +284,9 @@ fn parse_query(query: &str) -> Vec<Arg<'_>> {
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(name), decode(value))
+            (query::decode(name), query::decode(value))
         })
         .collect()
-}
-
-fn decode(text: &str) -> Cow<'_, [u8]> {
-    let bytes = text.as_bytes();
-    if !bytes.iter().any(|&b| b == b'%' || b == b'+') {
-        return Cow::Borrowed(bytes);
-    }
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => {
-                if let (Some(hi), Some(lo)) = (
-                    bytes.get(i + 1).and_then(|&b| hex(b)),
-                    bytes.get(i + 2).and_then(|&b| hex(b)),
-                ) {
-                    // Two hex digits make at most 0xff.
-                    out.push((hi * 16 + lo) as u8);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
-            }
-            _ => out.push(b),
-        }
-        i += 1;
-    }
-    Cow::Owned(out)
 }
 
 #[cfg(test)]

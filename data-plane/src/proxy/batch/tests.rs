@@ -5,7 +5,7 @@ use serde_json::json;
 
 use http::Method;
 
-use crate::router::{RequestView, RouteMatch};
+use crate::runtime::router::{RequestView, RouteMatch};
 use crate::runtime::{CompileError, RouteTarget, Runtime};
 use crate::test_support::snapshot;
 

@@ -26,7 +26,7 @@ use http::{Method, Request, StatusCode};
 use tracing::{info, warn};
 
 use crate::runtime::Runtime;
-use crate::upstream::UpstreamRuntime;
+use crate::runtime::upstream::UpstreamRuntime;
 
 /// Milliseconds on a monotonic clock, at tick resolution (see [`crate::clock`]); never 0, so
 /// that 0 means "never". Ejections last seconds: a few milliseconds of lag do not matter.
@@ -289,7 +289,7 @@ async fn probe_loop(
 /// settings are checked too); 2xx and 3xx count as healthy.
 async fn probe(
     upstream: &UpstreamRuntime,
-    node: &crate::upstream::Node,
+    node: &crate::runtime::upstream::Node,
     path: &str,
     timeout: Duration,
 ) -> bool {
@@ -299,7 +299,7 @@ async fn probe(
         .uri(uri)
         .header(http::header::HOST, upstream.probe_host(node))
         .header(http::header::USER_AGENT, "gateway-health-check")
-        .body(crate::proxy::upstream::empty_body())
+        .body(crate::transport::body::empty_body())
     else {
         return false;
     };
@@ -307,9 +307,10 @@ async fn probe(
     let exchange = upstream.client.send(
         request,
         None,
-        node,
+        node.authority.as_str(),
+        &node.connections,
         // The verdict is the status.
-        crate::proxy::h1::HeadForm::Ignored,
+        crate::transport::h1::HeadForm::Ignored,
         timeout.min(upstream.connect_timeout),
         timeout,
     );
@@ -375,7 +376,7 @@ pub fn render_metrics(runtime: &Runtime, out: &mut String) {
     let now = now_ms();
     let mut upstreams: Vec<&Arc<UpstreamRuntime>> = runtime.upstreams.values().collect();
     upstreams.sort_by(|a, b| a.key.cmp(&b.key));
-    type Value = fn(&crate::upstream::Node, u64) -> u64;
+    type Value = fn(&crate::runtime::upstream::Node, u64) -> u64;
     let families: [(&str, &str, &str, Value); 3] = [
         (
             "gateway_upstream_node_healthy",

@@ -4,17 +4,20 @@
 //! indices; what it knows of a node is its weight, whether it may be chosen right now (health,
 //! and for a retry, whether it was already tried) and its [`NodeLoad`]: in-flight requests,
 //! peak-EWMA latency and the smooth round-robin counter. `NodeLoad` is shared, by node address,
-//! between the runtimes of successive snapshots (see [`crate::upstream`]), so a config push
+//! between the runtimes of successive snapshots (see [`crate::runtime::upstream`]), so a config push
 //! neither forgets which node is busy nor sends the next burst to the heaviest node again.
 //!
 //! Every algorithm honours weights, and a node of weight 0 is never chosen (it drains: requests
 //! already on it finish, no new ones arrive).
 
+use std::hash::Hasher as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gateway_proto::model::LoadBalance;
+
+use crate::transport::{Hold, Release};
 
 /// Virtual nodes per node of average weight on the consistent-hash ring: enough for an even
 /// spread (±10% with 160, as in ketama), few enough that a 1,000-node ring stays small.
@@ -58,9 +61,7 @@ impl NodeLoad {
     /// Counts a request as in flight until the returned guard is dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
-        InFlight {
-            load: Arc::clone(self),
-        }
+        Hold::new(Arc::clone(self) as Arc<dyn Release>)
     }
 
     /// The peak-EWMA latency estimate, decayed for the time since its last sample.
@@ -139,15 +140,12 @@ fn decay_factor(elapsed_nanos: u64) -> f64 {
 
 /// Keeps a request counted in [`NodeLoad::in_flight`]; dropping it ends the count. It owns a
 /// reference to the load so that it can travel with the response body, which outlives the
-/// exchange that started it.
-#[derive(Debug)]
-pub struct InFlight {
-    load: Arc<NodeLoad>,
-}
+/// exchange that started it: the transport holds it without knowing what it counts.
+pub type InFlight = Hold;
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.load.in_flight.fetch_sub(1, Relaxed);
+impl Release for NodeLoad {
+    fn release(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
     }
 }
 
@@ -365,12 +363,9 @@ impl HashRing {
 /// A stable 64-bit hash (FNV-1a, then a splitmix64 finaliser for avalanche): the same on every
 /// data plane and every build, so a key lands on the same node across the fleet.
 pub fn hash_bytes(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    mix(hash)
+    let mut hasher = fnv::FnvHasher::default();
+    hasher.write(bytes);
+    mix(hasher.finish())
 }
 
 fn hash_parts(bytes: &[u8], replica: u64) -> u64 {

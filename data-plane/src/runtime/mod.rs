@@ -1,9 +1,23 @@
 //! The runtime: one config snapshot compiled into what the request path needs.
 //!
+//! - [`router`]: routes by host, path and conditions.
+//! - [`upstream`]: upstreams with their nodes, balancer ([`balance`]), health ([`health`]),
+//!   retry budget and transport.
+//! - [`batch`]: batch plans.
+//! - the plugin chains, compiled by the plugins' factory ([`crate::plugins`]).
+//!
+//! It knows no request path: what it holds of the transport is a node's pool and a client.
+//!
 //! A [`Runtime`] is built off the request path (on a blocking thread, see [`crate::xds`]),
 //! never mutated afterwards, and published whole through one `ArcSwap` in
 //! [`crate::state::State`]. A request loads it once and keeps that `Arc` to the end, so it never
 //! sees two config versions.
+
+pub mod balance;
+pub mod batch;
+pub mod health;
+pub mod router;
+pub mod upstream;
 
 use gateway_proto::Snapshot;
 use gateway_proto::model::{Route, Upstream};
@@ -11,10 +25,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use thiserror::Error;
 
-use crate::batch::CompiledBatch;
 use crate::plugins::{BuildEnv, CompiledPlugins, PluginChain, PluginError};
-use crate::router::Router;
-pub use crate::upstream::{Node, UpstreamRuntime};
+use batch::CompiledBatch;
+use router::Router;
+pub use upstream::{Node, UpstreamRuntime};
 
 /// Why a snapshot could not be compiled. The text goes into the NACK's `error_detail`.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -150,10 +164,11 @@ impl Runtime {
             .map(|p| p.plugins.env().clone())
             .unwrap_or_default();
         // `traffic-split` resolves its upstream ids against this snapshot's named upstreams.
-        env.upstreams = Arc::new(upstreams.clone());
+        env.upstreams = Arc::new(upstreams.keys().cloned().collect());
         let plugins = CompiledPlugins::compile(snapshot, &env)?;
         let mut routes = Vec::new();
         for (id, resource, route) in snapshot.routes() {
+            let chain = plugins.route_chain(id, &route.plugins);
             let target = match (&route.upstream_id, &route.upstream, &route.batch) {
                 (Some(upstream_id), _, _) => {
                     RouteTarget::Upstream(upstreams.get(upstream_id).cloned().ok_or_else(|| {
@@ -175,7 +190,8 @@ impl Runtime {
                 (None, None, Some(batch)) => {
                     RouteTarget::Batch(Arc::new(CompiledBatch::compile(id, batch, &upstreams)?))
                 }
-                (None, None, None) if route.plugins.contains_key("batch-requests") => {
+                // A plugin of the route's own answers its requests (`batch-requests`).
+                (None, None, None) if !matches!(&chain, Ok(c) if c.endpoint.is_none()) => {
                     RouteTarget::Endpoint
                 }
                 (None, None, None) => {
@@ -189,7 +205,7 @@ impl Runtime {
                 revision: resource.revision,
                 spec: route.clone(),
                 target,
-                plugins: plugins.route_chain(id, &route.plugins)?,
+                plugins: chain?,
             }));
         }
 
@@ -241,7 +257,7 @@ pub enum RouteTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::{RequestView, RouteMatch};
+    use crate::runtime::router::{RequestView, RouteMatch};
     use crate::test_support::snapshot;
     use gateway_proto::model::PassHost;
     use http::Method;

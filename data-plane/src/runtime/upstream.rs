@@ -18,10 +18,10 @@ use http::HeaderValue;
 use http::uri::Authority;
 use tracing::warn;
 
-use crate::balance::{Balancer, Candidates, NodeLoad};
-use crate::health::{Checker, NodeHealth};
-use crate::proxy::upstream::{TransportKey, UpstreamClient};
+use crate::runtime::balance::{Balancer, Candidates, NodeLoad};
+use crate::runtime::health::{Checker, NodeHealth};
 use crate::runtime::{CompileError, Runtime};
+use crate::transport::client::{TransportKey, UpstreamClient};
 
 /// An upstream ready for the request path: its nodes, its timeouts and its balancer.
 #[derive(Debug)]
@@ -70,7 +70,7 @@ pub struct Node {
     /// Health verdicts, shared across snapshots.
     pub health: Arc<NodeHealth>,
     /// Idle HTTP/1.1 connections (`scheme: http`), shared across snapshots.
-    pub connections: Arc<crate::proxy::h1::Pool>,
+    pub connections: Arc<crate::transport::h1::Pool>,
 }
 
 impl UpstreamRuntime {
@@ -168,7 +168,7 @@ impl UpstreamRuntime {
             // Without a policy no verdict ever changes: skip reading the clock and the flags.
             return self.balancer.pick(self, key, |i| !skip(i));
         }
-        let now = crate::health::now_ms();
+        let now = crate::runtime::health::now_ms();
         let healthy = |i: usize| !skip(i) && self.nodes[i].health.is_available(now);
         self.balancer
             .pick(self, key, healthy)
@@ -226,7 +226,7 @@ impl Candidates for UpstreamRuntime {
 /// upstream.
 fn shared_client(
     key: &TransportKey,
-) -> Result<Arc<UpstreamClient>, crate::proxy::upstream::TransportError> {
+) -> Result<Arc<UpstreamClient>, crate::transport::client::TransportError> {
     static CLIENTS: Mutex<Vec<(TransportKey, Weak<UpstreamClient>)>> = Mutex::new(Vec::new());
     let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
     clients.retain(|(_, client)| client.strong_count() > 0);
@@ -283,7 +283,7 @@ impl RetryBudget {
     }
 
     fn second() -> u64 {
-        crate::health::now_ms() / 1000
+        crate::runtime::health::now_ms() / 1000
     }
 
     /// Counts a first attempt.
