@@ -18,6 +18,7 @@
 // path only; boxing it would add an allocation per refusal to silence a size lint.
 #![allow(clippy::result_large_err)]
 
+pub mod background;
 pub mod clock;
 pub mod config;
 pub mod error;

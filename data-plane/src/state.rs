@@ -1,7 +1,8 @@
 //! What the listeners and the config-stream client share.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock, mpsc};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -68,6 +69,7 @@ impl State {
         let previous = self.runtime.swap(Arc::clone(&runtime));
         // Active health checks follow the new upstreams; retired ones stop probing.
         crate::runtime::health::reconcile(&previous, &runtime);
+        retire(previous);
         // Release pairs with the Acquire in `applied_version`: whoever sees `ready` also sees
         // the runtime stored before it.
         self.ready.store(true, Ordering::Release);
@@ -100,6 +102,47 @@ impl State {
         self.draining.load(Ordering::Relaxed)
     }
 }
+
+/// Frees a replaced runtime on a thread of its own once no request holds it any more.
+///
+/// Freeing a 10,000-route runtime takes tens of milliseconds. Dropped where its last `Arc`
+/// goes, that would be the config task or the last request still using it, both on a thread
+/// that serves requests; the reaper holds one reference until it is the only one left.
+fn retire(runtime: Arc<Runtime>) {
+    static REAPER: OnceLock<Option<mpsc::Sender<Arc<Runtime>>>> = OnceLock::new();
+    let reaper = REAPER.get_or_init(|| {
+        let (send, receive) = mpsc::channel::<Arc<Runtime>>();
+        let spawned = std::thread::Builder::new()
+            .name("runtime-reaper".to_owned())
+            .spawn(move || {
+                crate::background::lower_priority();
+                let mut retired: Vec<Arc<Runtime>> = Vec::new();
+                loop {
+                    let wait = if retired.is_empty() {
+                        Duration::MAX
+                    } else {
+                        REAP_EVERY
+                    };
+                    match receive.recv_timeout(wait) {
+                        Ok(runtime) => retired.push(runtime),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                    // Only this thread holds those with a count of one, and nothing can load
+                    // a replaced runtime again: dropping them here frees them here.
+                    retired.retain(|runtime| Arc::strong_count(runtime) > 1);
+                }
+            });
+        spawned.ok().map(|_| send)
+    });
+    if let Some(reaper) = reaper {
+        // A reaper that is gone hands the runtime back: it is dropped here, as without one.
+        let _ = reaper.send(runtime);
+    }
+}
+
+/// How often the reaper looks for retired runtimes no request holds any more.
+const REAP_EVERY: Duration = Duration::from_millis(100);
 
 /// Where an installed config came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -38,6 +38,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tracing::{error, info, warn};
 
+use crate::background;
 use crate::runtime::{CompileError, Runtime};
 use crate::state::{ConfigSource, State};
 
@@ -198,6 +199,8 @@ pub struct XdsClient {
     cache: Option<CacheWriter>,
     /// What is served; held across each apply (which may take a while for a large config).
     applied: tokio::sync::Mutex<Option<Applied>>,
+    /// Where versions are applied and compiled: below the request threads' priority.
+    background: background::Worker,
 }
 
 /// How a stream session ended.
@@ -293,6 +296,7 @@ impl XdsClient {
             cache_dir: None,
             cache: None,
             applied: tokio::sync::Mutex::new(None),
+            background: background::Worker::start("config-apply"),
         }))
     }
 
@@ -329,17 +333,19 @@ impl XdsClient {
         }
         let disabled = self.disabled_plugins.clone();
         let previous = self.state.runtime();
-        let loaded = tokio::task::spawn_blocking(move || {
-            let Some(cached) = cache::read(&dir).map_err(|e| e.to_string())? else {
-                return Ok(None);
-            };
-            let mut applied = None;
-            let runtime = apply_response(&mut applied, &cached, &previous, &disabled)
-                .map_err(|e| format!("the cached config is not usable: {e}"))?;
-            Ok::<_, String>(applied.map(|applied| (applied, runtime)))
-        })
-        .await
-        .unwrap_or_else(|crash| Err(crash.to_string()));
+        let loaded = self
+            .background
+            .run(move || {
+                let Some(cached) = cache::read(&dir).map_err(|e| e.to_string())? else {
+                    return Ok(None);
+                };
+                let mut applied = None;
+                let runtime = apply_response(&mut applied, &cached, &previous, &disabled)
+                    .map_err(|e| format!("the cached config is not usable: {e}"))?;
+                Ok::<_, String>(applied.map(|applied| (applied, runtime)))
+            })
+            .await
+            .unwrap_or_else(Err);
         match loaded {
             Ok(Some((cached, runtime))) => {
                 warn!(
@@ -444,11 +450,20 @@ impl XdsClient {
         let mut current = applied.take();
         let previous = self.state.runtime();
         let disabled = self.disabled_plugins.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let result = apply_response(&mut current, &response, &previous, &disabled);
-            (current, result)
-        })
-        .await;
+        let caching = self.cache.is_some();
+        let result = self
+            .background
+            .run(move || {
+                let result = apply_response(&mut current, &response, &previous, &disabled);
+                // What the disk cache keeps, assembled here too: 10k resources are worth a
+                // thread that serves no requests.
+                let to_cache = match (&result, &current) {
+                    (Ok(_), Some(applied)) if caching => Some(applied.to_wire()),
+                    _ => None,
+                };
+                (current, result.map(|runtime| (runtime, to_cache)))
+            })
+            .await;
         // A crash is caught around the compile; losing the model here only means the next
         // delta cannot apply and the control plane sends the whole config.
         let result = match result {
@@ -456,15 +471,15 @@ impl XdsClient {
                 *applied = current;
                 result
             }
-            Err(crash) => Err(ApplyError::Crashed(crash.to_string())),
+            Err(crash) => Err(ApplyError::Crashed(crash)),
         };
         match result {
-            Ok(runtime) => {
+            Ok((runtime, to_cache)) => {
                 let version = runtime.version;
                 self.state.install_from(runtime, ConfigSource::Stream);
                 info!(version, "config applied");
-                if let (Some(cache), Some(applied)) = (&self.cache, applied.as_ref()) {
-                    cache.store(applied.to_wire());
+                if let (Some(cache), Some(wire)) = (&self.cache, to_cache) {
+                    cache.store(wire);
                 }
                 self.reply(nonce, None, applied.as_ref())
             }
@@ -669,14 +684,7 @@ fn compile(snapshot: &Snapshot, previous: &Runtime) -> Result<Runtime, ApplyErro
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         Runtime::compile(snapshot, Some(previous))
     }))
-    .map_err(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic".to_owned());
-        ApplyError::Crashed(message)
-    })?
+    .map_err(|panic| ApplyError::Crashed(crate::background::panic_message(panic)))?
     .map_err(ApplyError::from)
 }
 

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 /// module of a lower layer.
 const LAYERS: &[(&str, &[&str])] = &[
     // Leaf utilities: they import nothing of the crate.
-    ("leaf", &["clock", "config", "error", "metrics"]),
+    (
+        "leaf",
+        &["background", "clock", "config", "error", "metrics"],
+    ),
     // HTTP on the wire: codec, exchanges, pools, bodies, deadlines, hyper's glue.
     ("transport", &["transport"]),
     // The plugin trait, its phase API, the factory and the plugins.

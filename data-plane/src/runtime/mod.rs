@@ -21,7 +21,7 @@ pub mod upstream;
 
 use gateway_proto::Snapshot;
 use gateway_proto::model::{Route, Upstream};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -116,6 +116,8 @@ pub struct Runtime {
     pub upstreams: HashMap<String, Arc<UpstreamRuntime>>,
     /// Global rules, consumers and the plugin build environment.
     pub plugins: CompiledPlugins,
+    /// What the routes' plugin chains were compiled against.
+    chain_basis: ChainBasis,
 }
 
 impl Runtime {
@@ -133,6 +135,7 @@ impl Runtime {
             router: Router::default(),
             upstreams: HashMap::new(),
             plugins: CompiledPlugins::empty(env),
+            chain_basis: ChainBasis::default(),
         }
     }
 
@@ -164,10 +167,40 @@ impl Runtime {
             .map(|p| p.plugins.env().clone())
             .unwrap_or_default();
         // `traffic-split` resolves its upstream ids against this snapshot's named upstreams.
-        env.upstreams = Arc::new(upstreams.keys().cloned().collect());
+        let upstream_ids: HashSet<String> = upstreams.keys().cloned().collect();
+        let chain_basis = ChainBasis {
+            global_rules: snapshot
+                .global_rules()
+                .map(|(id, resource, _)| (id.to_owned(), resource.revision))
+                .collect(),
+        };
+        // A route's chain overlays the global rules and checks upstream ids: while neither
+        // changed, an unchanged route keeps what was compiled for it.
+        let reusable_routes = match previous {
+            Some(p)
+                if p.chain_basis == chain_basis && *p.plugins.env().upstreams == upstream_ids =>
+            {
+                p.router.routes()
+            }
+            _ => HashMap::new(),
+        };
+        env.upstreams = Arc::new(upstream_ids);
         let plugins = CompiledPlugins::compile(snapshot, &env)?;
         let mut routes = Vec::new();
         for (id, resource, route) in snapshot.routes() {
+            if let Some(same) = reusable_routes
+                .get(id)
+                .filter(|p| p.revision == resource.revision && p.spec == *route)
+                .filter(|p| same_target(p, route, &upstreams))
+            {
+                if let RouteTarget::Upstream(upstream) = &same.target
+                    && route.upstream.is_some()
+                {
+                    upstreams.insert(format!("route:{id}"), Arc::clone(upstream));
+                }
+                routes.push(Arc::clone(same));
+                continue;
+            }
             let chain = plugins.route_chain(id, &route.plugins);
             let target = match (&route.upstream_id, &route.upstream, &route.batch) {
                 (Some(upstream_id), _, _) => {
@@ -214,7 +247,40 @@ impl Runtime {
             router: Router::build(routes)?,
             upstreams,
             plugins,
+            chain_basis,
         })
+    }
+}
+
+/// What a compiled route's plugin chain depends on besides the route itself and the snapshot's
+/// upstream ids: the global rules it overlays.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ChainBasis {
+    /// Every global rule's id and revision, in id order.
+    global_rules: Vec<(String, u64)>,
+}
+
+/// Whether a route compiled for the previous runtime still targets what `route` would in this
+/// one: the very same upstream (named, or its inline one reused unchanged), or a plugin
+/// endpoint. A batch plan holds its upstreams, so a batch route is always compiled afresh.
+fn same_target(
+    previous: &CompiledRoute,
+    route: &Route,
+    upstreams: &HashMap<String, Arc<UpstreamRuntime>>,
+) -> bool {
+    match (
+        &previous.target,
+        &route.upstream_id,
+        &route.upstream,
+        &route.batch,
+    ) {
+        (RouteTarget::Upstream(before), Some(id), _, _) => upstreams
+            .get(id)
+            .is_some_and(|now| Arc::ptr_eq(before, now)),
+        // The inline upstream is compared by its definition: equal means reused.
+        (RouteTarget::Upstream(before), None, Some(spec), _) => before.spec == *spec,
+        (RouteTarget::Endpoint, None, None, None) => true,
+        _ => false,
     }
 }
 
@@ -374,6 +440,94 @@ mod tests {
             second.upstreams["changed"].nodes[0].authority.as_str(),
             "127.0.0.1:3"
         );
+    }
+
+    #[test]
+    fn unchanged_routes_are_shared_with_the_previous_runtime() {
+        let u = json!({"nodes": [{"host": "127.0.0.1", "port": 1}]});
+        let route = |path: &str| json!({"paths": [path], "upstream_id": "u"});
+        let inline =
+            json!({"paths": ["/i"], "upstream": {"nodes": [{"host": "127.0.0.1", "port": 2}]}});
+        let first = Runtime::compile(
+            &snapshot(
+                1,
+                &[
+                    ("upstreams", "u", u.clone()),
+                    ("routes", "same", route("/same")),
+                    ("routes", "moved", route("/before")),
+                    ("routes", "inline", inline.clone()),
+                ],
+            ),
+            None,
+        )
+        .unwrap();
+        let second = Runtime::compile(
+            &snapshot(
+                2,
+                &[
+                    ("upstreams", "u", u.clone()),
+                    ("routes", "same", route("/same")),
+                    ("routes", "moved", route("/after")),
+                    ("routes", "inline", inline.clone()),
+                ],
+            ),
+            Some(&first),
+        )
+        .unwrap();
+        let (before, after) = (first.router.routes(), second.router.routes());
+        assert!(Arc::ptr_eq(before["same"], after["same"]));
+        assert!(Arc::ptr_eq(before["inline"], after["inline"]));
+        assert!(Arc::ptr_eq(
+            &first.upstreams["route:inline"],
+            &second.upstreams["route:inline"]
+        ));
+        assert!(!Arc::ptr_eq(before["moved"], after["moved"]));
+        assert_eq!(after["moved"].spec.paths, ["/after"]);
+
+        // A global rule is part of every chain, and a changed upstream of its routes' targets:
+        // either compiles the routes afresh.
+        let third = Runtime::compile(
+            &snapshot(
+                3,
+                &[
+                    ("upstreams", "u", u),
+                    ("routes", "same", route("/same")),
+                    ("routes", "moved", route("/after")),
+                    ("routes", "inline", inline.clone()),
+                    ("global-rules", "g", json!({"plugins": {"cors": {}}})),
+                ],
+            ),
+            Some(&second),
+        )
+        .unwrap();
+        let routes = third.router.routes();
+        assert!(!Arc::ptr_eq(after["same"], routes["same"]));
+        assert_eq!(routes["same"].plugins.plugins.len(), 1);
+        let fourth = Runtime::compile(
+            &snapshot(
+                4,
+                &[
+                    (
+                        "upstreams",
+                        "u",
+                        json!({"nodes": [{"host": "127.0.0.1", "port": 3}]}),
+                    ),
+                    ("routes", "same", route("/same")),
+                    ("routes", "moved", route("/after")),
+                    ("routes", "inline", inline),
+                    ("global-rules", "g", json!({"plugins": {"cors": {}}})),
+                ],
+            ),
+            Some(&third),
+        )
+        .unwrap();
+        let now = fourth.router.routes();
+        assert!(!Arc::ptr_eq(routes["same"], now["same"]));
+        assert!(Arc::ptr_eq(
+            now["same"].upstream().unwrap(),
+            &fourth.upstreams["u"]
+        ));
+        assert!(Arc::ptr_eq(routes["inline"], now["inline"]));
     }
 
     #[test]

@@ -71,6 +71,7 @@ pub mod fuzz;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, LazyLock};
 
@@ -291,6 +292,15 @@ impl Router {
             allow.dedup();
             RouteMatch::MethodNotAllowed { allow }
         }
+    }
+
+    /// Every enabled route, by id (the routes of the next runtime that did not change are
+    /// these, shared).
+    pub fn routes(&self) -> HashMap<&str, &Arc<CompiledRoute>> {
+        self.entries
+            .iter()
+            .map(|entry| (entry.route.id.as_str(), &entry.route))
+            .collect()
     }
 
     /// The number of enabled (route, path) entries.
