@@ -11,6 +11,9 @@
 #   PROFILE_TARGET=plugins|agg            profile that route instead of the plain proxy one
 #   PROFILE=callgrind benches/load/peers.sh   instead, count the data plane's instructions per
 #                                         proxied request under valgrind (noise-free; needs valgrind)
+#   PROFILE=churn benches/load/peers.sh   instead, P8: the plain route's p99 with and without 20 route
+#                                         changes/s on a config of 5,000 more routes (CHURN_RATE,
+#                                         CHURN_ROUTES)
 #   PROFILE=train benches/load/peers.sh   instead, only load each route in turn (benches/load/pgo.sh
 #                                         runs it on an instrumented data plane)
 #   PROFILE=floor benches/load/peers.sh   instead, alternate nginx-proxy, a blind relay (no HTTP) and
@@ -72,7 +75,8 @@ BIN=$ROOT/target/release
 "$BIN/control-plane" --admin-listen 127.0.0.1:0 --xds-listen 127.0.0.1:0 \
   --database-url "sqlite://$WORK/gateway.db?mode=rwc" --admin-token "$TOKEN" \
   >"$WORK/cp.out" 2>"$WORK/cp.log" &
-pids+=($!)
+CP_PID=$!
+pids+=("$CP_PID")
 ADMIN=$(value_of "$WORK/cp.out" admin_url)
 XDS=$(value_of "$WORK/cp.out" xds_url)
 
@@ -252,6 +256,96 @@ for name in by:
     print(f"{name:<13}{med(name, 'rps'):>9.0f}{med(name, 'user'):>9.2f}{med(name, 'sys'):>8.2f}{cpu:>8.2f}"
           f"{med(name, 'cpu0'):>8.1f}{med(name, 'cpu1'):>8.1f}  {med(name, 'rps') / base_rps:>8.2f}x{cpu / base_cpu:>12.2f}x")
 print("(medians of rounds; cpu0 runs the proxy, cpu1 wrk and the upstream; user/sys: the proxy's own time per request)")
+PY
+  exit 0
+fi
+
+if [ "$PROFILE" = churn ]; then
+  # P8: the plain route's p99 while config changes land, against its p99 without them. The
+  # config grows by CHURN_ROUTES routes (default 5000); then alternating rounds of a quiet load
+  # and a load during which CHURN_RATE (default 20) writes per second each move one of those
+  # routes to a new path. The control plane and the writer share cpu 1 with wrk; the data
+  # plane (its compile thread included) has cpu 0 alone. A third mode, sham, sends the same
+  # writes to a second control plane with the same config and no data plane: what the writes
+  # cost the load generator's core, so that churn minus sham is what the data plane pays.
+  taskset -a -p -c 1 "$CP_PID" >/dev/null
+  taskset -c 1 "$BIN/control-plane" --admin-listen 127.0.0.1:0 --xds-listen 127.0.0.1:0 \
+    --database-url "sqlite://$WORK/sham.db?mode=rwc" --admin-token "$TOKEN" \
+    >"$WORK/sham.out" 2>"$WORK/sham.log" &
+  pids+=($!)
+  SHAM_ADMIN=$(value_of "$WORK/sham.out" admin_url)
+  routes=${CHURN_ROUTES:-5000} rate=${CHURN_RATE:-20}
+  curl -sf "$ADMIN/api/v1/config" "${auth[@]}" | python3 -c '
+import json, sys
+config = json.load(sys.stdin)
+config.setdefault("routes", []).extend(
+    {"id": f"churn-{i}", "paths": [f"/churn/{i}/items/:id"], "methods": ["GET"], "upstream_id": "catalog"}
+    for i in range(int(sys.argv[1])))
+json.dump(config, sys.stdout)' "$routes" >"$WORK/churn-config.json"
+  version=$(curl -sf -D - -o /dev/null -X PUT "$ADMIN/api/v1/config" "${auth[@]}" --data-binary "@$WORK/churn-config.json" \
+    | tr -d '\r' | awk -F': ' 'tolower($1)=="x-config-version"{print $2}')
+  [ -n "$version" ] || die "loading $routes routes failed"
+  curl -sf -o /dev/null -X PUT "$SHAM_ADMIN/api/v1/config" "${auth[@]}" --data-binary "@$WORK/churn-config.json" \
+    || die "loading $routes routes into the sham control plane failed"
+  wait_applied "$version"
+  "$PEERBENCH" up
+  trap '"$PEERBENCH" down; cleanup' EXIT
+  # The writer: CHURN_RATE writes per second on a fixed schedule, each to a path not used
+  # before (a write that changes nothing makes no version); it stops when its time is up.
+  churn() {
+    taskset -c 1 python3 - "$1" "$TOKEN" "$routes" "$rate" "$2" "${DURATION:-10}" <<'PY'
+import sys, time, urllib.request
+admin, token, routes, rate, tag, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], float(sys.argv[6])
+start = time.monotonic()
+n = 0
+while time.monotonic() - start < seconds:
+    body = ('{"paths": ["/churn/%s-%d/moved/:id"], "methods": ["GET"], "upstream_id": "catalog"}' % (tag, n)).encode()
+    request = urllib.request.Request(f"{admin}/api/v1/routes/churn-{n % routes}", data=body, method="PUT",
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(request).read()
+    except OSError as error:
+        print(f"churn write failed: {error}", file=sys.stderr)
+    n += 1
+    time.sleep(max(0.0, start + n / rate - time.monotonic()))
+PY
+  }
+  ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+  printf 'round\tmode\treq_s\tp50\tp99\tversions\tdp_ticks\tcp_ticks\n' >"$WORK/churn.tsv"
+  for round in $(seq "${ROUNDS:-3}"); do
+    for mode in quiet sham churn; do
+      taskset -c 1 wrk -t1 -c"${CONNECTIONS:-32}" -d"${WARMUP:-2}"s "$URL" >/dev/null
+      before=$(curl -sf "$STATUS/readyz" | sed -n 's/.*"version":\([0-9]*\).*/\1/p')
+      dp_before=$(ticks "$DP_PID") cp_before=$(ticks "$CP_PID")
+      churn_pid=
+      case $mode in
+        churn) churn "$ADMIN" "$round" & churn_pid=$! ;;
+        sham) churn "$SHAM_ADMIN" "$round" & churn_pid=$! ;;
+      esac
+      out=$(taskset -c 1 wrk -t1 -c"${CONNECTIONS:-32}" -d"${DURATION:-10}"s --latency "$URL")
+      [ -z "$churn_pid" ] || wait "$churn_pid" || true
+      after=$(curl -sf "$STATUS/readyz" | sed -n 's/.*"version":\([0-9]*\).*/\1/p')
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$mode" "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" \
+        "$(awk '$1 == "50%" {print $2}' <<<"$out")" "$(awk '$1 == "99%" {print $2}' <<<"$out")" \
+        $((after - before)) $(($(ticks "$DP_PID") - dp_before)) $(($(ticks "$CP_PID") - cp_before)) >>"$WORK/churn.tsv"
+      echo "peers: round $round $mode done" >&2
+    done
+  done
+  python3 - "$WORK/churn.tsv" "$routes" "$rate" "${DURATION:-10}" "$(getconf CLK_TCK)" <<'PY' | tee "$WORK/churn.txt"
+import csv, re, statistics as st, sys
+def us(text):
+    value, unit = re.fullmatch(r"([0-9.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+med = lambda mode, key, f=float: st.median(f(r[key]) for r in rows if r["mode"] == mode)
+print(f"P8: {sys.argv[2]} extra routes, {sys.argv[3]} writes/s during churn, {sys.argv[4]} s per round")
+print(f"{'mode':<7}{'req/s':>9}{'p50 us':>9}{'p99 us':>9}{'versions':>10}{'DP cpu %':>10}{'CP cpu %':>10}")
+for mode in ("quiet", "sham", "churn"):
+    cpu = lambda key: med(mode, key) / float(sys.argv[5]) / float(sys.argv[4]) * 100
+    print(f"{mode:<7}{med(mode, 'req_s'):>9.0f}{med(mode, 'p50', us):>9.0f}{med(mode, 'p99', us):>9.0f}"
+          f"{med(mode, 'versions'):>10.0f}{cpu('dp_ticks'):>10.0f}{cpu('cp_ticks'):>10.0f}")
+print(f"p99 churn / quiet: {med('churn', 'p99', us) / med('quiet', 'p99', us):.2f}x, churn / sham: "
+      f"{med('churn', 'p99', us) / med('sham', 'p99', us):.2f}x (target <= 1.5x; medians of rounds)")
 PY
   exit 0
 fi
