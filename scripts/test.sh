@@ -18,8 +18,13 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 # builds against the data plane's fuzz entries, which exist only under `--cfg fuzzing`.
 echo "== tests/fuzz compiles"
 cargo fmt --check --manifest-path tests/fuzz/Cargo.toml
+# Its lock file must follow the workspace's: after a dependency change, refresh it with
+# `cargo check --manifest-path tests/fuzz/Cargo.toml` (without --locked) and commit it.
 RUSTFLAGS="--cfg fuzzing" CARGO_TARGET_DIR=target/fuzz-check \
-  cargo check --quiet --locked --manifest-path tests/fuzz/Cargo.toml
+  cargo check --quiet --locked --manifest-path tests/fuzz/Cargo.toml \
+  || { echo "tests/fuzz/Cargo.lock is stale or the harness does not build (see above)" >&2; exit 1; }
+echo "== cargo doc (links resolve)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 echo "== build the binaries the end-to-end tests spawn"
 cargo build --workspace --bins --quiet
 echo "== tests"

@@ -3,9 +3,12 @@
 //! - [`config`]: command-line flags.
 //! - [`xds`]: the config-stream client; compiles each snapshot into a [`runtime::Runtime`],
 //!   swaps it in, ACKs or NACKs.
-//! - [`runtime`]: a snapshot compiled for the request path; [`router`] and [`balance`] are
-//!   parts of it.
-//! - [`proxy`]: the client-traffic listener and the upstream client.
+//! - [`runtime`]: a snapshot compiled for the request path; [`runtime::router`] and
+//!   [`runtime::balance`] are parts of it.
+//! - [`transport`]: HTTP on the wire (the HTTP/1.1 client, hyper's glue, the accept loop).
+//! - [`plugins`]: the plugin trait, its phase API, and the plugins.
+//! - [`proxy`]: the request path, from a parsed request to the answer.
+//! - [`background`]: the low-priority thread that applies config versions.
 //! - [`status`]: `/healthz`, `/readyz` and `/metrics` ([`metrics`]).
 //! - [`error`]: the request path's one error type and its JSON responses.
 //! - [`clock`]: cheap millisecond and second readings for the request path's bookkeeping.

@@ -72,7 +72,7 @@ impl Proxy {
 
     /// Handles one client request; never fails: errors become JSON responses here. With
     /// [`HeadForm::Passed`] a proxied answer may carry its headers in its body (see
-    /// [`h1::ResponseBody::take_passed_head`]) rather than in the map: only for a caller that
+    /// [`crate::transport::h1::ResponseBody::take_passed_head`]) rather than in the map: only for a caller that
     /// writes the response to an HTTP/1.1 client itself.
     ///
     /// A route without plugins is sent from here, without further `async fn` layers: each

@@ -88,7 +88,7 @@ impl NodeLoad {
     }
 
     /// Feeds a failed attempt that took `latency` into the peak-EWMA: it counts as twice the
-    /// node's estimate, between [`MIN_FAILURE_LATENCY`] and [`MAX_FAILURE_PENALTY`], or as its
+    /// node's estimate, between `MIN_FAILURE_LATENCY` and `MAX_FAILURE_PENALTY`, or as its
     /// own latency if that is longer. So each failure in a row doubles the node's cost, and a
     /// single failure on a node that keeps answering well is forgotten within seconds rather
     /// than starving it.

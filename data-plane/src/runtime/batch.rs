@@ -61,8 +61,8 @@ pub struct CompiledSubRequest {
     pub group: Option<String>,
     /// Indices of the sub-requests whose answers it reads.
     pub deps: Vec<usize>,
-    /// Whether its answer is kept as the node's bytes ([`Answer::Raw`]): no other sub-request
-    /// reads it and the merge is not `deep`.
+    /// Whether its answer is kept as the node's bytes (the request path's `Answer::Raw`): no
+    /// other sub-request reads it and the merge is not `deep`.
     pub keep_raw: bool,
 }
 

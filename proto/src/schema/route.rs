@@ -198,7 +198,7 @@ pub fn check_path(path: &str) -> Result<(), String> {
 }
 
 /// Compiles the pattern of a `regex` condition, exactly as the data plane does: an unanchored
-/// search over the value's bytes (`^…$` anchors it), at most [`REGEX_SIZE_LIMIT`] compiled.
+/// search over the value's bytes (`^…$` anchors it), at most `REGEX_SIZE_LIMIT` compiled.
 pub fn compile_regex(pattern: &str) -> Result<regex::bytes::Regex, String> {
     regex::bytes::RegexBuilder::new(pattern)
         .size_limit(REGEX_SIZE_LIMIT)

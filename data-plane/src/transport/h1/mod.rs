@@ -17,8 +17,8 @@
 //! first response byte (the node closed it between our check and our write) is replaced by the
 //! next idle one or a new one, when the request has no body and an idempotent method.
 //!
-//! By concern: [`codec`] (heads and chunks on the wire), [`exchange`] (one request and its
-//! answer's head, within the deadlines), [`pool`] (idle connections per node) and [`body`] (the
+//! By concern: `codec` (heads and chunks on the wire), `exchange` (one request and its
+//! answer's head, within the deadlines), `pool` (idle connections per node) and `body` (the
 //! response body, read from the socket as it is polled).
 
 mod body;
