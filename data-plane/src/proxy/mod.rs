@@ -112,12 +112,15 @@ impl Proxy {
                         .await
                 }
                 RouteTarget::Batch(batch) => {
-                    let downstream = batch::Downstream {
+                    let dispatch = Dispatcher {
+                        proxy: self,
                         remote,
+                    };
+                    let downstream = batch::Downstream {
                         original_host,
                         params: &params,
                     };
-                    batch::execute(self, &route, batch, downstream, request).await
+                    batch::execute(&dispatch, &route, batch, downstream, request).await
                 }
                 RouteTarget::Endpoint => Err(no_endpoint(&route)),
             },
@@ -212,11 +215,11 @@ impl Proxy {
         chosen: Option<&Arc<UpstreamRuntime>>,
         request: Request<UpstreamBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let dispatch = Dispatcher {
+            proxy: self,
+            remote,
+        };
         if let Some(endpoint) = route.plugins.endpoint.as_deref().and_then(|p| p.endpoint()) {
-            let dispatch = Dispatcher {
-                proxy: self,
-                remote,
-            };
             let request = request.map(|body| body.map_err(std::io::Error::other).boxed_unsync());
             return Ok(endpoint.serve(&dispatch, request).await.map(Either::Right));
         }
@@ -225,11 +228,10 @@ impl Proxy {
             (RouteTarget::Upstream(upstream), None) => upstream,
             (RouteTarget::Batch(batch), None) => {
                 let downstream = batch::Downstream {
-                    remote,
                     original_host,
                     params,
                 };
-                return batch::execute(self, route, batch, downstream, request).await;
+                return batch::execute(&dispatch, route, batch, downstream, request).await;
             }
             (RouteTarget::Endpoint, None) => return Err(no_endpoint(route)),
         };
@@ -258,11 +260,29 @@ fn chosen_upstream<'r>(
     })
 }
 
-/// The capability a plugin that sends requests of its own is lent: requests handled as if the
-/// client at `remote` had sent them.
-struct Dispatcher<'a> {
+/// The capability to send requests on behalf of the client at `remote`. A plugin that sends
+/// requests of its own (`batch-requests`) is lent it as [`Dispatch`]: requests handled as if
+/// the client had sent them. A batch route's plan sends its sub-requests through it too, to
+/// the upstreams the plan names ([`Dispatcher::send_upstream`]).
+pub(crate) struct Dispatcher<'a> {
     proxy: &'a Proxy,
     remote: SocketAddr,
+}
+
+impl Dispatcher<'_> {
+    /// Sends `request` to `upstream` as a request of `route` from this client: the upstream's
+    /// balancer, pool, health state and retry policy, the route's timeouts.
+    pub(crate) fn send_upstream<'a>(
+        &'a self,
+        route: &'a CompiledRoute,
+        upstream: &'a UpstreamRuntime,
+        request: Request<UpstreamBody>,
+        original_host: Option<HeaderValue>,
+        form: HeadForm,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + 'a {
+        self.proxy
+            .send_upstream(route, upstream, request, self.remote, original_host, form)
+    }
 }
 
 impl Dispatch for Dispatcher<'_> {

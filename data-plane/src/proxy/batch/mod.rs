@@ -19,7 +19,6 @@
 pub mod merge;
 pub mod template;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -35,7 +34,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::error::{ProxyError, json_bytes, json_response};
-use crate::proxy::{Proxy, ProxyBody};
+use crate::proxy::{Dispatcher, ProxyBody};
 use crate::runtime::CompiledRoute;
 use crate::runtime::batch::{BodyTemplate, CompiledBatch, CompiledSubRequest};
 use crate::transport::body::UpstreamBody;
@@ -50,8 +49,6 @@ pub static X_GATEWAY_BATCH: HeaderName = HeaderName::from_static("x-gateway-batc
 /// What the proxy hands a batch route: everything about the client's request.
 #[derive(Debug)]
 pub struct Downstream<'a> {
-    /// The client's address.
-    pub remote: SocketAddr,
     /// The host the client asked for.
     pub original_host: Option<HeaderValue>,
     /// Named segments captured by the route path.
@@ -104,8 +101,8 @@ struct Outcome {
 type SharedOutcome<'a> = Shared<BoxFuture<'a, Arc<Outcome>>>;
 
 /// Runs `batch` for one client request and merges the answers.
-pub async fn execute(
-    proxy: &Proxy,
+pub(crate) async fn execute(
+    dispatch: &Dispatcher<'_>,
     route: &CompiledRoute,
     batch: &CompiledBatch,
     downstream: Downstream<'_>,
@@ -147,10 +144,9 @@ pub async fn execute(
     let forwarded = forwarded_headers(&parts.headers);
     let query = parts.uri.query().unwrap_or("");
     let exchange = Exchange {
-        proxy,
+        dispatch,
         route,
         batch,
-        remote: downstream.remote,
         context: Context {
             path: parts.uri.path(),
             query,
@@ -266,10 +262,9 @@ fn forwarded_headers(client: &HeaderMap) -> HeaderMap {
 
 /// One client request's batch in progress.
 struct Exchange<'a> {
-    proxy: &'a Proxy,
+    dispatch: &'a Dispatcher<'a>,
     route: &'a CompiledRoute,
     batch: &'a CompiledBatch,
-    remote: SocketAddr,
     context: Context<'a>,
     method: &'a Method,
     /// The client's headers as sub-requests start from them (see [`forwarded_headers`]).
@@ -425,12 +420,11 @@ impl Exchange<'_> {
         *request.uri_mut() = Uri::from(path_and_query);
         *request.headers_mut() = headers;
         let response = self
-            .proxy
+            .dispatch
             .send_upstream(
                 self.route,
                 &sub.upstream,
                 request,
-                self.remote,
                 self.original_host.clone(),
                 // Only the status and the body go into the merged answer.
                 HeadForm::Ignored,
