@@ -514,6 +514,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_reconnecting_process_keeps_its_rejection_even_if_its_new_row_is_written_first() {
+        // Another replica (a new `Fleet` on the same store) takes the stream of the same
+        // process; its writer may store the new row before `prior` reads it.
+        let store = sqlite_store().await;
+        let before = Fleet::new(store.clone(), "cp-a", Duration::from_secs(3600));
+        let first = before.connected(&hello("dp", "i1", None));
+        before.acked(&first, 10);
+        before.nacked(&first, 11, Some(10), "unknown plugin");
+        before.flush().await.unwrap();
+        let after = Fleet::new(store, "cp-b", Duration::from_secs(3600));
+        let again = after.connected(&hello("dp", "i1", Some(10)));
+        after.flush().await.unwrap();
+        assert_eq!(after.prior(&again).await, Some(11));
+        let nodes = after.list().await.unwrap();
+        assert_eq!(nodes[0].control_plane_id, "cp-b");
+        assert_eq!(nodes[0].last_rejected.as_ref().unwrap().version, 11);
+    }
+
+    #[tokio::test]
     async fn two_live_data_planes_with_one_node_id_are_both_shown_and_flagged() {
         let fleet = fleet().await;
         let a = fleet.connected(&hello("dp", "i1", Some(1)));

@@ -384,16 +384,7 @@ impl DataPlane {
 
     /// The version `/readyz` reports, if ready.
     pub async fn ready_version(&self) -> Option<u64> {
-        let response = self
-            .client
-            .get(format!("{}/readyz", self.status_url))
-            .send()
-            .await
-            .ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        response.json::<Value>().await.ok()?["version"].as_u64()
+        self.readiness().await?["version"].as_u64()
     }
 }
 

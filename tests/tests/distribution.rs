@@ -27,6 +27,29 @@ async fn served_by(dp: &DataPlane, path: &str, upstream: &str) {
     .await
 }
 
+/// Writes a version and waits until `good` (node `good_id`) serves it and the fleet view
+/// shows it; by then each of `refused`, started with it, has received nothing.
+async fn only_the_good_one_is_served(
+    cp: &ControlPlane,
+    good: &DataPlane,
+    good_id: &str,
+    refused: &[&DataPlane],
+) {
+    let v = cp
+        .write(
+            "PUT",
+            "/api/v1/upstreams/u",
+            Some(json!({"nodes": [{"host": "127.0.0.1", "port": 9}]})),
+        )
+        .await;
+    good.applied(v).await;
+    cp.fleet_shows(good_id, v).await;
+    for dp in refused {
+        assert_eq!(dp.metric("gateway_config_responses_total").await, Some(0.0));
+        assert!(dp.readiness().await.is_none());
+    }
+}
+
 fn route(path: &str, upstream: &str) -> Value {
     json!({"paths": [path], "upstream_id": upstream})
 }
@@ -201,23 +224,8 @@ async fn the_stream_serves_only_peers_with_the_token() {
     let good = DataPlane::start_with(&cp.xds_url, "dp-token", &["--cp-token", "s3cret-dp-token"]);
     let wrong = DataPlane::start_with(&cp.xds_url, "dp-wrong", &["--cp-token", "guess"]);
     let none = DataPlane::start(&cp.xds_url, "dp-none");
-    let v = cp
-        .write(
-            "PUT",
-            "/api/v1/upstreams/u",
-            Some(json!({"nodes": [{"host": "127.0.0.1", "port": 9}]})),
-        )
-        .await;
-    good.applied(v).await;
-    cp.fleet_shows("dp-token", v).await;
     // Started with the good one, they tried at least as long as it took to converge.
-    for refused in [&wrong, &none] {
-        assert_eq!(
-            refused.metric("gateway_config_responses_total").await,
-            Some(0.0)
-        );
-        assert!(refused.readiness().await.is_none());
-    }
+    only_the_good_one_is_served(&cp, &good, "dp-token", &[&wrong, &none]).await;
     let names: Vec<Value> = cp
         .data_planes()
         .await
@@ -287,22 +295,7 @@ async fn the_stream_over_mtls_serves_only_peers_with_a_certificate_from_its_ca()
             &file(&other, "data-plane.key"),
         ],
     );
-    let v = cp
-        .write(
-            "PUT",
-            "/api/v1/upstreams/u",
-            Some(json!({"nodes": [{"host": "127.0.0.1", "port": 9}]})),
-        )
-        .await;
-    good.applied(v).await;
-    cp.fleet_shows("dp-mtls", v).await;
-    for refused in [&no_cert, &foreign] {
-        assert_eq!(
-            refused.metric("gateway_config_responses_total").await,
-            Some(0.0)
-        );
-        assert!(refused.readiness().await.is_none());
-    }
+    only_the_good_one_is_served(&cp, &good, "dp-mtls", &[&no_cert, &foreign]).await;
     assert_eq!(cp.data_planes().await.len(), 1);
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(other);

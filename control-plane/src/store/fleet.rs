@@ -54,7 +54,9 @@ const COLUMNS: &str = "node_id, instance_id, stream_id, address, build_version, 
 
 impl Store {
     /// Writes a data plane's row. A newer stream of the same process is never overwritten by
-    /// an older one (a replica that lost the stream but has not noticed yet).
+    /// an older one (a replica that lost the stream but has not noticed yet). A rejection is
+    /// never erased: a process that reconnects is first written knowing none, and the version
+    /// it rejected must still not be sent to it again.
     pub async fn put_data_plane(&self, record: &DataPlaneRecord) -> Result<()> {
         let rejected = record.rejected.as_ref();
         sqlx::query(&format!(
@@ -67,8 +69,9 @@ impl Store {
                connected = excluded.connected, connected_at = excluded.connected_at, \
                last_seen = excluded.last_seen, applied_version = excluded.applied_version, \
                config_source = excluded.config_source, \
-               rejected_version = excluded.rejected_version, \
-               rejected_error = excluded.rejected_error, rejected_at = excluded.rejected_at \
+               rejected_version = COALESCE(excluded.rejected_version, data_planes.rejected_version), \
+               rejected_error = COALESCE(excluded.rejected_error, data_planes.rejected_error), \
+               rejected_at = COALESCE(excluded.rejected_at, data_planes.rejected_at) \
              WHERE data_planes.stream_id = excluded.stream_id \
                 OR data_planes.connected_at <= excluded.connected_at"
         ))
