@@ -163,3 +163,40 @@ impl ConfigSource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Weak;
+
+    /// Waits up to two seconds for `runtime` to be freed.
+    fn freed(runtime: &Weak<Runtime>) -> bool {
+        for _ in 0..200 {
+            if runtime.upgrade().is_none() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[test]
+    fn a_replaced_runtime_is_freed_once_no_request_holds_it() {
+        let state = State::new();
+        state.install(Runtime::empty());
+        let in_flight = state.runtime();
+        let replaced = Arc::downgrade(&in_flight);
+        state.install(Runtime::empty());
+        // A request still uses it: it stays, whatever the reaper sees meanwhile.
+        std::thread::sleep(REAP_EVERY * 3);
+        assert!(replaced.upgrade().is_some());
+        // The request ends; its drop is not the last one, the reaper's is.
+        drop(in_flight);
+        assert!(freed(&replaced));
+
+        // Nobody held the next one: it goes at the next look.
+        let unused = Arc::downgrade(&state.runtime());
+        state.install(Runtime::empty());
+        assert!(freed(&unused));
+    }
+}
