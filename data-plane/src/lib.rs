@@ -222,11 +222,12 @@ impl DataPlane {
         // WebSocket tunnel or a client that never finishes its request must not hold the
         // process forever: past the drain timeout, what is left is dropped.
         let drain_timeout = std::time::Duration::from_secs(config.drain_timeout);
-        let drained = tokio::time::timeout(drain_timeout, async {
-            let _ = (&mut proxy).await;
-            let _ = (&mut status).await;
-        })
-        .await;
+        let drained =
+            transport::deadline::within(transport::deadline::after(drain_timeout), async {
+                let _ = (&mut proxy).await;
+                let _ = (&mut status).await;
+            })
+            .await;
         if drained.is_err() {
             warn!(
                 after = ?drain_timeout,

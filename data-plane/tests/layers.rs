@@ -193,3 +193,38 @@ fn the_checker_reads_paths_and_skips_comments_and_tests() {
     let kept: Vec<&str> = code_lines(source).into_iter().map(|(_, l)| l).collect();
     assert_eq!(kept, ["use crate::a;", "#[cfg(test)]", "use crate::d;"]);
 }
+
+/// Every deadline armed outside `transport/deadline.rs`, as `file:line`.
+fn deadlines_elsewhere(src: &Path) -> Vec<String> {
+    const ARMING: &[&str] = &["time::timeout(", "time::timeout_at(", "time::sleep_until("];
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    let mut found = Vec::new();
+    for path in files {
+        let relative = path.strip_prefix(src).expect("under src/");
+        if relative == Path::new("transport/deadline.rs") || exempt(relative) {
+            continue;
+        }
+        let source = fs::read_to_string(&path).expect("a readable source file");
+        for (number, line) in code_lines(&source) {
+            if ARMING.iter().any(|arming| line.contains(arming)) {
+                found.push(format!("{}:{number}: {}", relative.display(), line.trim()));
+            }
+        }
+    }
+    found
+}
+
+/// One deadline mechanism: time limits are instants armed through `transport::deadline`
+/// (`within`, `timer`, `timer_by`). A pause (a probe interval, a backoff) is a plain sleep and
+/// bounds nothing.
+#[test]
+fn every_deadline_goes_through_the_deadline_module() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let found = deadlines_elsewhere(&src);
+    assert!(
+        found.is_empty(),
+        "deadlines armed outside transport/deadline.rs:\n{}",
+        found.join("\n")
+    );
+}

@@ -29,7 +29,7 @@ use serde_json::{Map, Value, json};
 
 use super::{Dispatch, DispatchBody, Endpoint, Plugin, Reject};
 use crate::error::{json_body, json_response};
-use crate::transport::headers;
+use crate::transport::{deadline, headers};
 
 /// The compiled plugin.
 #[derive(Debug)]
@@ -63,7 +63,7 @@ impl BatchRequests {
         // Bounded in time as well as in size, as a batch route's body is: a client that
         // trickles its body, or stops, must not hold the request open for ever.
         let limit = Duration::from_millis(self.config.timeout_ms);
-        let read = tokio::time::timeout(limit, Limited::new(body, max).collect());
+        let read = deadline::within(deadline::after(limit), Limited::new(body, max).collect());
         let bytes = match read.await {
             Err(_) => {
                 return refuse(
@@ -152,13 +152,13 @@ impl BatchRequests {
             .timeout_ms
             .unwrap_or(self.config.timeout_ms)
             .min(self.config.timeout_ms);
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        let until = deadline::after(Duration::from_millis(timeout_ms));
         let answers = join_all(items.into_iter().map(|request| async move {
             let answer = async {
                 let response = dispatch.dispatch(request).await;
                 self.answer(response).await
             };
-            tokio::time::timeout_at(deadline, answer)
+            deadline::within(until, answer)
                 .await
                 .unwrap_or_else(|_| {
                     json!({

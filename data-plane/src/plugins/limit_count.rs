@@ -22,6 +22,7 @@ use tokio::sync::OnceCell;
 use super::expiring::{ExpiringMap, bounded_key};
 use super::key_source::KeySource;
 use super::{Access, BuildEnv, Plugin, Reject, RequestCtx, reject};
+use crate::transport::deadline;
 use gateway_proto::plugins::limit_count::Config;
 
 const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
@@ -97,7 +98,7 @@ impl RedisCounters {
                 .await
                 .map_err(|e| e.to_string())
         };
-        match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+        match deadline::within(deadline::after(REDIS_TIMEOUT), call).await {
             Ok(result) => result,
             Err(_) => Err("timed out".into()),
         }

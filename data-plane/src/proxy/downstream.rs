@@ -46,6 +46,7 @@ use tracing::debug;
 use super::{Proxy, ProxyBody};
 use crate::error::json_response;
 use crate::transport::body::empty_body;
+use crate::transport::deadline;
 use crate::transport::h1::{HeadForm, PassedHead};
 use crate::transport::headers::put_header;
 use crate::transport::server::{HEADER_READ_TIMEOUT, Stop, serve_hyper};
@@ -95,7 +96,7 @@ pub async fn serve_connection(
         write: Vec::with_capacity(READ_SIZE),
         spans: Vec::new(),
         deadline_ms: 0,
-        timer: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)),
+        timer: Box::pin(deadline::timer(deadline::after(HEADER_READ_TIMEOUT))),
     };
     loop {
         match conn.read_head(stopping.as_mut()).await {
@@ -323,7 +324,7 @@ impl Connection {
         }
         let mut drained = 0;
         let mut sink = [0u8; 4096];
-        let _ = tokio::time::timeout(LINGER_TIME, async {
+        let _ = deadline::within(deadline::after(LINGER_TIME), async {
             while drained < LINGER_BYTES {
                 match self.stream.read(&mut sink).await {
                     Ok(0) | Err(_) => break,
@@ -368,7 +369,8 @@ fn send_deadline<T>(
         *stall = None;
         return poll;
     }
-    let timer = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(SEND_TIMEOUT)));
+    let timer =
+        stall.get_or_insert_with(|| Box::pin(deadline::timer(deadline::after(SEND_TIMEOUT))));
     match timer.as_mut().poll(cx) {
         Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,

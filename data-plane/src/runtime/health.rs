@@ -27,6 +27,7 @@ use tracing::{info, warn};
 
 use crate::runtime::Runtime;
 use crate::runtime::upstream::UpstreamRuntime;
+use crate::transport::deadline;
 
 /// Milliseconds on a monotonic clock, at tick resolution (see [`crate::clock`]); never 0, so
 /// that 0 means "never". Ejections last seconds: a few milliseconds of lag do not matter.
@@ -314,7 +315,7 @@ async fn probe(
         timeout.min(upstream.connect_timeout),
         timeout,
     );
-    match tokio::time::timeout(timeout, exchange).await {
+    match deadline::within(deadline::after(timeout), exchange).await {
         Ok(Ok(response)) => {
             let status = response.status();
             status.is_success() || status.is_redirection() || status == StatusCode::NOT_MODIFIED

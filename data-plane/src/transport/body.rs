@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use super::Hold;
+use super::deadline;
 use super::h1;
 
 /// The body of a request sent upstream: the client's body streamed through, or one the gateway
@@ -43,7 +44,7 @@ pub fn hold_in_flight(body: &mut UpstreamResponseBody, in_flight: Hold) {
 #[derive(Debug)]
 pub struct HyperBody {
     inner: Incoming,
-    idle: h1::IdleDeadline,
+    idle: deadline::IdleDeadline,
     timer: Option<Pin<Box<Sleep>>>,
     in_flight: Option<Hold>,
 }
@@ -52,7 +53,7 @@ impl HyperBody {
     pub(super) fn new(inner: Incoming, read_timeout: Duration) -> HyperBody {
         HyperBody {
             inner,
-            idle: h1::IdleDeadline::new(read_timeout),
+            idle: deadline::IdleDeadline::new(read_timeout),
             timer: None,
             in_flight: None,
         }

@@ -30,6 +30,7 @@ use super::body::{HyperBody, UpstreamBody, UpstreamResponseBody};
 use super::headers::HopHeaders;
 use super::{TCP_KEEPALIVE, h1};
 use crate::error::{ProxyError, TimeoutPhase};
+use crate::transport::deadline;
 
 /// The transport settings that decide which client an upstream uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -239,7 +240,7 @@ impl Hyper<'_> {
         });
         // One timer for both deadlines, moved rather than replaced when the connection is up:
         // a timer registration per request is a measurable share of a proxied request's cost.
-        let mut deadline = pin!(tokio::time::sleep(connect_timeout));
+        let mut timer = pin!(deadline::timer(deadline::after(connect_timeout)));
         tokio::select! {
             // Poll the exchange first: when it is already done, its own result is the truth.
             biased;
@@ -247,7 +248,7 @@ impl Hyper<'_> {
                 return result.map_err(|e| ProxyError::from_upstream(node, e));
             }
             _ = connection.wait_for_connection_metadata() => {}
-            () = &mut deadline => {
+            () = &mut timer => {
                 return Err(ProxyError::UpstreamTimeout {
                     node: node.to_owned(),
                     phase: TimeoutPhase::Connect,
@@ -255,13 +256,11 @@ impl Hyper<'_> {
                 });
             }
         }
-        deadline
-            .as_mut()
-            .reset(tokio::time::Instant::now() + read_timeout);
+        timer.as_mut().reset(deadline::after(read_timeout));
         tokio::select! {
             biased;
             result = &mut response => result.map_err(|e| ProxyError::from_upstream(node, e)),
-            () = &mut deadline => Err(ProxyError::UpstreamTimeout {
+            () = &mut timer => Err(ProxyError::UpstreamTimeout {
                 node: node.to_owned(),
                 phase: TimeoutPhase::ResponseHeaders,
                 after: read_timeout,

@@ -11,12 +11,14 @@
 //! - [`server`]: the accept loop with graceful drain, and hyper's server for what the proxy's
 //!   own HTTP/1.1 loop hands over.
 //! - [`query`]: query-component decoding.
+//! - [`deadline`]: every time limit, as an instant armed on tokio's timer.
 //!
 //! It knows no route, plugin or balancer: it is handed a node's address and pool, deadlines,
 //! and a [`Hold`] to keep until a response body ends (a node's in-flight count, to the caller).
 
 pub mod body;
 pub mod client;
+pub mod deadline;
 pub mod h1;
 pub mod headers;
 pub mod query;

@@ -30,7 +30,6 @@ use http_body::Body;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use serde_json::Value;
 use tokio::sync::Semaphore;
-use tokio::time::Instant;
 use tracing::debug;
 
 use crate::error::{ProxyError, json_bytes, json_response};
@@ -38,6 +37,7 @@ use crate::proxy::{Dispatcher, ProxyBody};
 use crate::runtime::CompiledRoute;
 use crate::runtime::batch::{BodyTemplate, CompiledBatch, CompiledSubRequest};
 use crate::transport::body::UpstreamBody;
+use crate::transport::deadline::{self, Elapsed, Instant};
 use crate::transport::h1::HeadForm;
 use crate::transport::headers::remove_hop_by_hop;
 use merge::{Answer, Part, error_value};
@@ -108,12 +108,11 @@ pub(crate) async fn execute(
     downstream: Downstream<'_>,
     request: Request<UpstreamBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let deadline = Instant::now() + batch.timeout;
+    let until = deadline::after(batch.timeout);
     let (parts, body) = request.into_parts();
     // The client's body may go to every sub-request, so it is read once, within the cap and
     // the batch's deadline (a client trickling its body must not hold the batch open).
-    let read =
-        tokio::time::timeout_at(deadline, Limited::new(body, batch.max_body_bytes).collect());
+    let read = deadline::within(until, Limited::new(body, batch.max_body_bytes).collect());
     let body = match read.await {
         Err(_) => {
             return Ok(json_response(
@@ -157,7 +156,7 @@ pub(crate) async fn execute(
         headers: forwarded,
         body,
         original_host: downstream.original_host.clone(),
-        deadline,
+        deadline: until,
         permits: Semaphore::new(batch.max_concurrency),
     };
 
@@ -314,25 +313,31 @@ impl Exchange<'_> {
         };
         let uri = prepared.path_and_query.as_str().to_owned();
         let exchange = async {
-            // The semaphore is never closed; waiting for a permit is bounded by the deadline.
-            let Ok(_permit) = self.permits.acquire().await else {
-                return Err(Failure::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error",
-                ));
+            // Waiting for a permit is bounded by the batch's deadline; the exchange by the
+            // earlier of that and the sub-request's own timeout, folded into one timer.
+            let _permit = match deadline::within(self.deadline, self.permits.acquire()).await {
+                Ok(Ok(permit)) => permit,
+                Err(Elapsed) => return Err(Failure::timeout("the batch timed out")),
+                // The semaphore is never closed.
+                Ok(Err(_)) => {
+                    return Err(Failure::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error",
+                    ));
+                }
             };
-            // Boxed: the exchange's state is large, and is moved into the timeouts below.
+            let own = sub.timeout.map(deadline::after);
+            // Boxed: the exchange's state is large, and is moved into the deadline's future.
             let send = Box::pin(self.send(sub, prepared));
-            match sub.timeout {
-                Some(timeout) => tokio::time::timeout(timeout, send)
-                    .await
-                    .unwrap_or_else(|_| Err(Failure::timeout("the upstream timed out"))),
-                None => send.await,
+            match deadline::within(deadline::earliest(self.deadline, own), send).await {
+                Ok(result) => result,
+                Err(Elapsed) if own.is_some_and(|own| own < self.deadline) => {
+                    Err(Failure::timeout("the upstream timed out"))
+                }
+                Err(Elapsed) => Err(Failure::timeout("the batch timed out")),
             }
         };
-        let result = tokio::time::timeout_at(self.deadline, exchange)
-            .await
-            .unwrap_or_else(|_| Err(Failure::timeout("the batch timed out")));
+        let result = exchange.await;
         Outcome { uri, result }
     }
 

@@ -4,81 +4,13 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::time::Sleep;
 
 use super::codec::{Decoded, Framing, PassedHead};
 use super::pool::{Conn, Pool, PoolLimits};
 use crate::transport::Hold;
-
-/// A connection's timer, set to fire no later than `deadline`: a timer that would fire earlier
-/// is kept as it is (moved when it fires), which spares a timer registration per request.
-pub(super) fn timer_by(
-    timer: Option<Pin<Box<Sleep>>>,
-    deadline: tokio::time::Instant,
-) -> Pin<Box<Sleep>> {
-    match timer {
-        Some(mut timer) => {
-            if timer.deadline() > deadline {
-                timer.as_mut().reset(deadline);
-            }
-            timer
-        }
-        None => Box::pin(tokio::time::sleep_until(deadline)),
-    }
-}
-
-/// nginx's `proxy_read_timeout` for a response body: the node must send something at least
-/// every `read_timeout`, or the body fails (the client's connection is then cut, as the head
-/// has gone out). Costs nothing for a body that arrives with its head: the clock is read only
-/// once the body has had to wait.
-#[derive(Debug)]
-pub(crate) struct IdleDeadline {
-    pub(super) read_timeout: Duration,
-    /// When the body last made progress; `None` until it first has to wait.
-    pub(super) since: Option<tokio::time::Instant>,
-}
-
-impl IdleDeadline {
-    pub(crate) fn new(read_timeout: Duration) -> IdleDeadline {
-        IdleDeadline {
-            read_timeout,
-            since: None,
-        }
-    }
-
-    /// Some of the body arrived.
-    pub(crate) fn progressed(&mut self) {
-        if let Some(since) = &mut self.since {
-            *since = tokio::time::Instant::now();
-        }
-    }
-
-    /// Called when the body has to wait: ready once it has waited `read_timeout` since its
-    /// last progress. `timer` is reused (moved only when it fires early, or is later than this
-    /// deadline), for the reason [`Conn::timer`] gives.
-    pub(crate) fn poll_expired(
-        &mut self,
-        timer: &mut Option<Pin<Box<Sleep>>>,
-        cx: &mut Context<'_>,
-    ) -> Poll<()> {
-        let since = *self.since.get_or_insert_with(tokio::time::Instant::now);
-        let deadline = since + self.read_timeout;
-        let armed = timer_by(timer.take(), deadline);
-        let timer = timer.insert(armed);
-        loop {
-            ready!(timer.as_mut().poll(cx));
-            if tokio::time::Instant::now() >= deadline {
-                return Poll::Ready(());
-            }
-            // An earlier exchange's deadline: move to this one and wait again.
-            timer.as_mut().reset(deadline);
-        }
-    }
-}
 
 /// A response body read straight from the node's connection.
 #[derive(Debug)]

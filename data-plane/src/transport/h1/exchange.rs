@@ -16,13 +16,14 @@ use http_body_util::BodyExt as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use super::body::{IdleDeadline, ResponseBody, timer_by};
+use super::body::ResponseBody;
 use super::codec::{
     BodyFraming, Framing, Head, HeadForm, MAX_HEAD_BYTES, Span, encode_head, parse_head,
 };
 use super::pool::{Conn, Pool, PoolLimits, poll_fill};
 use crate::error::{BoxError, ProxyError, TimeoutPhase};
 use crate::transport::body::UpstreamBody;
+use crate::transport::deadline::{self, IdleDeadline, timer_by};
 use crate::transport::headers::HopHeaders;
 use crate::transport::is_idempotent;
 
@@ -70,19 +71,23 @@ pub fn send<'a>(
         loop {
             let mut conn = match pool.checkout(limits) {
                 Some(conn) => conn,
-                None => match tokio::time::timeout(connect_timeout, Conn::connect(address)).await {
-                    Ok(connected) => connected.map_err(|e| ProxyError::UpstreamConnect {
-                        node: address.to_owned(),
-                        source: Box::new(e),
-                    })?,
-                    Err(_) => {
-                        return Err(ProxyError::UpstreamTimeout {
+                None => {
+                    match deadline::within(deadline::after(connect_timeout), Conn::connect(address))
+                        .await
+                    {
+                        Ok(connected) => connected.map_err(|e| ProxyError::UpstreamConnect {
                             node: address.to_owned(),
-                            phase: TimeoutPhase::Connect,
-                            after: connect_timeout,
-                        });
+                            source: Box::new(e),
+                        })?,
+                        Err(_) => {
+                            return Err(ProxyError::UpstreamTimeout {
+                                node: address.to_owned(),
+                                phase: TimeoutPhase::Connect,
+                                after: connect_timeout,
+                            });
+                        }
                     }
-                },
+                }
             };
             let progress = Progress::new(read_timeout);
             let deadline = progress.deadline();

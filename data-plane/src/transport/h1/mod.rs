@@ -26,7 +26,6 @@ mod codec;
 mod exchange;
 mod pool;
 
-pub(crate) use body::IdleDeadline;
 pub use body::ResponseBody;
 #[cfg(any(test, fuzzing))]
 pub(crate) use codec::{BodyFraming, encode_head};

@@ -11,8 +11,8 @@ use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use super::body::IdleDeadline;
 use super::codec::Span;
+use crate::transport::deadline::IdleDeadline;
 use crate::transport::{Hold, TCP_KEEPALIVE};
 
 /// Bytes asked of the socket per read: a small API answer, head and body, fits in one.
