@@ -4,7 +4,8 @@
 //! list. The first request names this node (and this process's instance id), the version it
 //! serves and the store that version came from. A response is a whole snapshot or a delta from
 //! the version served (the changed resources and the removed ids); either is validated and
-//! compiled on a blocking thread (so a large config never stalls request-serving threads),
+//! compiled on the low-priority config thread ([`crate::background`]: a large config never
+//! stalls request-serving threads, and on a saturated core requests run first),
 //! swapped in, and ACKed with its version. A response that fails is NACKed with the reason and
 //! the version still served, and the previous runtime stays; a delta whose base is not the
 //! version served is answered with FAILED_PRECONDITION, and the control plane sends the whole
@@ -559,7 +560,7 @@ impl std::fmt::Display for ErrorChain<'_> {
 }
 
 /// Applies a whole snapshot or a delta to what is served (`applied`), and compiles the
-/// result; runs on a blocking thread. On any error `applied` is left as it was.
+/// result; runs on the config thread. On any error `applied` is left as it was.
 fn apply_response(
     applied: &mut Option<Applied>,
     response: &pb::DiscoveryResponse,

@@ -8,7 +8,7 @@
 //!
 //! It knows no request path: what it holds of the transport is a node's pool and a client.
 //!
-//! A [`Runtime`] is built off the request path (on a blocking thread, see [`crate::xds`]),
+//! A [`Runtime`] is built off the request path (on the config thread, see [`crate::xds`]),
 //! never mutated afterwards, and published whole through one `ArcSwap` in
 //! [`crate::state::State`]. A request loads it once and keeps that `Arc` to the end, so it never
 //! sees two config versions.

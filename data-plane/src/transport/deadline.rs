@@ -2,11 +2,11 @@
 //! through this module on tokio's timer:
 //!
 //! - [`within`]: a future bounded by a deadline (connects, probes, a batch, a drain);
-//! - [`timer_by`]: a timer kept across a connection's exchanges and moved rather than
+//! - `timer_by`: a timer kept across a connection's exchanges and moved rather than
 //!   registered again (the HTTP/1.1 client's read deadlines, the downstream header-read and
 //!   send deadlines), since a timer registration per request is a measurable share of a
 //!   proxied request's cost;
-//! - [`IdleDeadline`]: nginx's `proxy_read_timeout` on a body, on such a timer.
+//! - `IdleDeadline`: nginx's `proxy_read_timeout` on a body, on such a timer.
 //!
 //! A limit given as a duration becomes a deadline once, with [`after`], where it starts; limits
 //! that apply together are folded into one deadline with [`earliest`], so one timer runs. A

@@ -2,7 +2,7 @@
 //! their answers merged into one JSON document.
 //!
 //! A batch is compiled once per snapshot ([`CompiledBatch::compile`], in the runtime). Per
-//! request ([`execute`]) every
+//! request (`execute`) every
 //! sub-request is one future; a sub-request that reads another's answer (`{resp.NAME…}`)
 //! awaits that one's shared outcome, so independent branches run in parallel and dependents
 //! start as soon as their inputs are in. A semaphore bounds how many are in flight, every
