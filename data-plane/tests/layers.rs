@@ -120,16 +120,24 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Every import of a layer above the importing module's, as `file:line: message`.
-fn violations(src: &Path) -> Vec<String> {
+/// The data plane's own source files (not [`exempt`]), each as its path under `src` and text.
+fn own_sources(src: &Path) -> Vec<(PathBuf, String)> {
     let mut files = Vec::new();
     rust_files(src, &mut files);
+    files
+        .into_iter()
+        .filter_map(|path| {
+            let relative = path.strip_prefix(src).expect("under src/").to_path_buf();
+            let source = fs::read_to_string(&path).expect("a readable source file");
+            (!exempt(&relative)).then_some((relative, source))
+        })
+        .collect()
+}
+
+/// Every import of a layer above the importing module's, as `file:line: message`.
+fn violations(src: &Path) -> Vec<String> {
     let mut found = Vec::new();
-    for path in files {
-        let relative = path.strip_prefix(src).expect("under src/");
-        if exempt(relative) {
-            continue;
-        }
+    for (relative, source) in own_sources(src) {
         let top = relative
             .components()
             .next()
@@ -144,7 +152,6 @@ fn violations(src: &Path) -> Vec<String> {
             ));
             continue;
         };
-        let source = fs::read_to_string(&path).expect("a readable source file");
         for (number, line) in code_lines(&source) {
             for module in crate_paths(line) {
                 if module == top {
@@ -197,15 +204,11 @@ fn the_checker_reads_paths_and_skips_comments_and_tests() {
 /// Every deadline armed outside `transport/deadline.rs`, as `file:line`.
 fn deadlines_elsewhere(src: &Path) -> Vec<String> {
     const ARMING: &[&str] = &["time::timeout(", "time::timeout_at(", "time::sleep_until("];
-    let mut files = Vec::new();
-    rust_files(src, &mut files);
     let mut found = Vec::new();
-    for path in files {
-        let relative = path.strip_prefix(src).expect("under src/");
-        if relative == Path::new("transport/deadline.rs") || exempt(relative) {
+    for (relative, source) in own_sources(src) {
+        if relative == Path::new("transport/deadline.rs") {
             continue;
         }
-        let source = fs::read_to_string(&path).expect("a readable source file");
         for (number, line) in code_lines(&source) {
             if ARMING.iter().any(|arming| line.contains(arming)) {
                 found.push(format!("{}:{number}: {}", relative.display(), line.trim()));
