@@ -78,6 +78,7 @@ pub fn compiled_route(id: &str, revision: u64, spec: Value) -> Arc<CompiledRoute
             UpstreamRuntime::compile("dummy", &upstream).unwrap(),
         )),
         plugins: Default::default(),
+        matcher: Default::default(),
     })
 }
 

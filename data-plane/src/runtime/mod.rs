@@ -22,7 +22,7 @@ pub mod upstream;
 use gateway_proto::Snapshot;
 use gateway_proto::model::{Route, Upstream};
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use thiserror::Error;
 
 use crate::plugins::{BuildEnv, CompiledPlugins, PluginChain, PluginError};
@@ -239,6 +239,7 @@ impl Runtime {
                 spec: route.clone(),
                 target,
                 plugins: chain?,
+                matcher: OnceLock::new(),
             }));
         }
 
@@ -295,6 +296,9 @@ pub struct CompiledRoute {
     pub spec: Route,
     /// Where matching requests go.
     pub target: RouteTarget,
+    /// Its conditions and paths as the router compiled them (on first use; a route shared with
+    /// the next runtime keeps them).
+    pub matcher: OnceLock<Arc<router::RouteMatcher>>,
     /// The plugins that run on its requests (global rules overlaid by its own).
     pub plugins: Arc<PluginChain>,
 }

@@ -51,6 +51,7 @@ pub fn route(data: &[u8]) {
             spec: serde_json::from_value(spec).ok()?,
             target: RouteTarget::Endpoint,
             plugins: Default::default(),
+            matcher: Default::default(),
         }))
     });
     let Ok(router) = Router::build(routes) else {

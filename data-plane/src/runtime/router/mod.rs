@@ -161,9 +161,54 @@ struct Leaf {
 #[derive(Debug)]
 struct Entry {
     route: Arc<CompiledRoute>,
-    /// The names of the path's named segments, in order.
-    names: Box<[Box<str>]>,
-    conditions: Arc<Conditions>,
+    /// The route's compiled conditions and paths.
+    matcher: Arc<RouteMatcher>,
+    /// Which of its paths this entry is.
+    path: usize,
+}
+
+/// What the router compiles of one route: its conditions, hosts and path patterns. Kept with
+/// the route ([`CompiledRoute::matcher`]), so a route shared with the next runtime is not
+/// compiled again when the next router is built.
+#[derive(Debug)]
+pub struct RouteMatcher {
+    conditions: Conditions,
+    hosts: Box<[HostPattern]>,
+    /// One per path, in the route's order.
+    patterns: Vec<Pattern>,
+}
+
+impl RouteMatcher {
+    fn compile(route: &CompiledRoute) -> Result<RouteMatcher, CompileError> {
+        let (conditions, hosts) = Conditions::compile(route)?;
+        let patterns = route
+            .spec
+            .paths
+            .iter()
+            .map(|path| {
+                Pattern::parse(path).map_err(|reason| CompileError::InvalidPath {
+                    route: route.id.clone(),
+                    path: path.clone(),
+                    reason,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(RouteMatcher {
+            conditions,
+            hosts: hosts.into(),
+            patterns,
+        })
+    }
+
+    /// The route's matcher, compiled on first use and kept with it.
+    fn of(route: &CompiledRoute) -> Result<Arc<RouteMatcher>, CompileError> {
+        if let Some(matcher) = route.matcher.get() {
+            return Ok(Arc::clone(matcher));
+        }
+        let matcher = Arc::new(RouteMatcher::compile(route)?);
+        // Another build racing on the same route compiled the same thing: either is right.
+        Ok(Arc::clone(route.matcher.get_or_init(|| matcher)))
+    }
 }
 
 impl Router {
@@ -173,30 +218,20 @@ impl Router {
     ) -> Result<Router, CompileError> {
         struct Pending {
             route: Arc<CompiledRoute>,
+            matcher: Arc<RouteMatcher>,
             index: usize,
-            pattern: Pattern,
-            conditions: Arc<Conditions>,
-            hosts: Arc<[HostPattern]>,
         }
         let mut pending = Vec::new();
         for route in routes {
             if !route.spec.enabled {
                 continue;
             }
-            let (conditions, hosts) = Conditions::compile(&route)?;
-            let (conditions, hosts) = (Arc::new(conditions), Arc::<[HostPattern]>::from(hosts));
-            for (index, path) in route.spec.paths.iter().enumerate() {
-                let pattern = Pattern::parse(path).map_err(|reason| CompileError::InvalidPath {
-                    route: route.id.clone(),
-                    path: path.clone(),
-                    reason,
-                })?;
+            let matcher = RouteMatcher::of(&route)?;
+            for index in 0..matcher.patterns.len() {
                 pending.push(Pending {
                     route: Arc::clone(&route),
+                    matcher: Arc::clone(&matcher),
                     index,
-                    pattern,
-                    conditions: Arc::clone(&conditions),
-                    hosts: Arc::clone(&hosts),
                 });
             }
         }
@@ -211,10 +246,11 @@ impl Router {
                 path: String::new(),
                 reason: "more than 2^32 route paths".to_owned(),
             })?;
-            let leaf = router.tree.insert(&item.pattern) as usize;
+            let pattern = &item.matcher.patterns[item.index];
+            let leaf = router.tree.insert(pattern) as usize;
             if leaf == router.leaves.len() {
                 router.leaves.push(Leaf {
-                    specificity: item.pattern.specificity,
+                    specificity: pattern.specificity,
                     exact_hosts: ConfigMap::default(),
                     wildcard_hosts: ConfigMap::default(),
                     any_host: Vec::new(),
@@ -227,11 +263,11 @@ impl Router {
                 continue;
             };
             // INVARIANT: a leaf holds patterns of one shape, hence of one specificity.
-            debug_assert_eq!(slot.specificity, item.pattern.specificity);
-            if item.hosts.is_empty() {
+            debug_assert_eq!(slot.specificity, pattern.specificity);
+            if item.matcher.hosts.is_empty() {
                 slot.any_host.push(id);
             }
-            for host in item.hosts.iter() {
+            for host in item.matcher.hosts.iter() {
                 let list = match host {
                     HostPattern::Exact(name) => slot.exact_hosts.entry(name.clone()).or_default(),
                     HostPattern::Wildcard(suffix) => {
@@ -245,8 +281,8 @@ impl Router {
             }
             router.entries.push(Entry {
                 route: item.route,
-                names: item.pattern.names.into(),
-                conditions: item.conditions,
+                matcher: item.matcher,
+                path: item.index,
             });
         }
         debug_assert_eq!(router.tree.leaves(), router.leaves.len());
@@ -423,18 +459,19 @@ impl Lookup<'_> {
         allow: &mut Vec<Method>,
     ) -> Option<RouteMatch> {
         let entry = self.router.entries.get(entry as usize)?;
-        if !entry.conditions.matches(cx) {
+        let conditions = &entry.matcher.conditions;
+        if !conditions.matches(cx) {
             return None;
         }
-        if !entry.conditions.allows(method) {
-            allow.extend(entry.conditions.methods.iter().cloned());
+        if !conditions.allows(method) {
+            allow.extend(conditions.methods.iter().cloned());
             return None;
         }
         let values = self.values.get(hit.start..hit.start + hit.len)?;
+        let names = &entry.matcher.patterns.get(entry.path)?.names;
         // INVARIANT: a pattern set's shape fixes how many segments it captures.
-        debug_assert_eq!(values.len(), entry.names.len());
-        let params = entry
-            .names
+        debug_assert_eq!(values.len(), names.len());
+        let params = names
             .iter()
             .zip(values)
             .map(|(name, value)| (name.to_string(), (*value).to_owned()))
