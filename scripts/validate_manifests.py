@@ -1,20 +1,126 @@
 #!/usr/bin/env python3
-"""Validates every Kubernetes manifest under a folder against the Kubernetes API schemas
-(kubernetes-validate, strict: unknown fields are errors) and checks that each kustomization
-lists only files that exist. Exits non-zero on the first folder with a problem."""
+"""Validates the Kubernetes manifests under a folder against the Kubernetes API schemas
+(kubernetes-validate, strict: unknown fields are errors, for a pinned Kubernetes version):
+every manifest file as it is, and every kustomization rendered by `kubectl kustomize` (the
+objects `kubectl apply -k` would send, patches and generated Secrets included). Checks that
+each kustomization lists only files that exist. Exits non-zero if anything fails."""
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import yaml
+
+# The oldest Kubernetes the manifests support (the preStop `sleep` action is on by default
+# from 1.30; 1.32 is the oldest release still maintained upstream).
+KUBERNETES_VERSION = "1.32.0"
+
+# Where the binaries whose flags, ports and probe paths the manifests must match are built.
+BINARIES = "target/debug"
+
+
+def validate(files: list[str]) -> bool:
+    result = subprocess.run(
+        ["kubernetes-validate", "--strict", "--quiet", "-k", KUBERNETES_VERSION, *files]
+    )
+    return result.returncode == 0
+
+
+def served_paths(binary: pathlib.Path, args: list[str], key: str, paths: set[str]) -> dict:
+    """Starts `binary` on ephemeral loopback ports and answers, for each path, the status its
+    listener printed as `key=` gives (404 means it does not serve it)."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    with tempfile.TemporaryDirectory() as work:
+        args = [a.replace("{work}", work) for a in args]
+        process = subprocess.Popen(
+            [str(binary), *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        try:
+            base = None
+            for line in process.stdout:
+                if line.startswith(f"{key}="):
+                    base = line.strip().split("=", 1)[1]
+                    break
+            if base is None:
+                return {path: None for path in paths}
+            statuses = {}
+            for path in paths:
+                for _ in range(50):
+                    try:
+                        with urllib.request.urlopen(base + path, timeout=2) as answer:
+                            statuses[path] = answer.status
+                    except urllib.error.HTTPError as error:
+                        statuses[path] = error.code
+                    except OSError:
+                        time.sleep(0.1)
+                        continue
+                    break
+            return statuses
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def check_against_binaries(rendered: list[str], binaries: pathlib.Path) -> list[str]:
+    """What the manifests ask of the binaries that they do not offer: an environment variable
+    their `--help` does not list, a container port that is not the one its listener's address
+    names, a probe path the listener behind its port does not serve."""
+    problems = []
+    helps = {}
+    # How each binary is started for the probe check, and which printed URL serves which port.
+    starts = {
+        "data-plane": (["--listen", "127.0.0.1:0", "--status-listen", "127.0.0.1:0",
+                        "--control-plane", "http://127.0.0.1:9"], {"status": "status_url"}),
+        "control-plane": (["--admin-listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0",
+                           "--database-url", "sqlite://{work}/probe.db?mode=rwc",
+                           "--admin-token", "probe-check-token"], {"admin": "admin_url"}),
+    }
+    for path in rendered:
+        for doc in yaml.safe_load_all(pathlib.Path(path).read_text()):
+            if not doc or doc.get("kind") != "Deployment":
+                continue
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                name = container["command"][0]
+                binary = binaries / name
+                if name not in helps:
+                    out = subprocess.run([str(binary), "--help"], capture_output=True, text=True)
+                    helps[name] = out.stdout
+                env = {e["name"]: e.get("value") for e in container.get("env", [])}
+                for var in env:
+                    if f"env: {var}=" not in helps[name] and f"env: {var}]" not in helps[name]:
+                        problems.append(f"{name}: {var} is not an environment variable it reads")
+                ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+                listens = {k: v for k, v in env.items() if k.endswith("_LISTEN") and v}
+                for port_name, number in ports.items():
+                    if not any(v.endswith(f":{number}") for v in listens.values()):
+                        problems.append(f"{name}: port {port_name} ({number}) is no listener's")
+                probes = {}
+                for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+                    get = container.get(kind, {}).get("httpGet")
+                    if get:
+                        probes.setdefault(get["port"], set()).add(get["path"])
+                args, urls = starts[name]
+                for port_name, paths in probes.items():
+                    if port_name not in urls:
+                        problems.append(f"{name}: probes port {port_name}, which has no HTTP checks here")
+                        continue
+                    for probe, status in served_paths(binary, args, urls[port_name], paths).items():
+                        if status is None or status == 404:
+                            problems.append(f"{name}: probe {probe} on {port_name} is not served ({status})")
+    return sorted(set(problems))
 
 
 def main(root: str) -> int:
     failed = False
     manifests = []
+    kustomizations = []
     for path in sorted(pathlib.Path(root).rglob("*.yaml")):
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
         if path.name == "kustomization.yaml":
+            kustomizations.append(path.parent)
             for doc in docs:
                 for resource in doc.get("resources", []):
                     if not (path.parent / resource).exists():
@@ -25,9 +131,34 @@ def main(root: str) -> int:
     if not manifests:
         print(f"no manifests under {root}")
         return 1
-    result = subprocess.run(["kubernetes-validate", "--strict", "--quiet", *manifests])
-    failed |= result.returncode != 0
-    print(f"{len(manifests)} manifest file(s): {'FAILED' if failed else 'valid'}")
+    failed |= not validate(manifests)
+    with tempfile.TemporaryDirectory() as out:
+        rendered = []
+        for folder in kustomizations:
+            result = subprocess.run(
+                ["kubectl", "kustomize", str(folder)], capture_output=True, text=True
+            )
+            if result.returncode != 0:
+                print(f"{folder}: kubectl kustomize failed:\n{result.stderr}")
+                failed = True
+                continue
+            target = pathlib.Path(out) / (str(folder).replace("/", "_") + ".yaml")
+            target.write_text(result.stdout)
+            rendered.append(str(target))
+        if rendered:
+            failed |= not validate(rendered)
+            binaries = pathlib.Path(BINARIES)
+            if (binaries / "data-plane").exists() and (binaries / "control-plane").exists():
+                for problem in check_against_binaries(rendered, binaries):
+                    print(f"deploy/ asks what the binaries do not offer: {problem}")
+                    failed = True
+            else:
+                print(f"no binaries in {binaries}: flags, ports and probes not checked")
+                failed = True
+    print(
+        f"{len(manifests)} manifest file(s), {len(kustomizations)} kustomization(s) rendered, "
+        f"Kubernetes {KUBERNETES_VERSION}: {'FAILED' if failed else 'valid'}"
+    )
     return 1 if failed else 0
 
 
