@@ -7,7 +7,7 @@
 //! requests a bounded share of the core instead of one compile per version.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc;
+use std::sync::{OnceLock, mpsc};
 
 use tokio::sync::oneshot;
 
@@ -33,33 +33,46 @@ pub fn lower_priority() {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// One low-priority thread that runs jobs in order.
+/// One low-priority thread that runs jobs in order, started by the first job.
 #[derive(Debug)]
 pub struct Worker {
-    /// `None` when the thread could not be started: jobs then run on tokio's blocking pool.
-    jobs: Option<mpsc::Sender<Job>>,
+    name: &'static str,
+    /// `None` inside when the thread could not be started: jobs then run on tokio's blocking
+    /// pool.
+    jobs: OnceLock<Option<mpsc::Sender<Job>>>,
 }
 
 impl Worker {
-    /// Starts the thread, named `name`.
-    pub fn start(name: &str) -> Worker {
-        let (jobs, receive) = mpsc::channel::<Job>();
-        let spawned = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || {
-                lower_priority();
-                // Ends when the worker is dropped.
-                while let Ok(job) = receive.recv() {
-                    job();
-                }
-            });
-        match spawned {
-            Ok(_) => Worker { jobs: Some(jobs) },
-            Err(error) => {
-                tracing::warn!(%error, "cannot start a background thread; config work shares tokio's blocking pool");
-                Worker { jobs: None }
-            }
+    /// A worker whose thread, named `name`, starts with its first job.
+    pub fn start(name: &'static str) -> Worker {
+        Worker {
+            name,
+            jobs: OnceLock::new(),
         }
+    }
+
+    fn jobs(&self) -> Option<&mpsc::Sender<Job>> {
+        self.jobs
+            .get_or_init(|| {
+                let (jobs, receive) = mpsc::channel::<Job>();
+                let spawned = std::thread::Builder::new()
+                    .name(self.name.to_owned())
+                    .spawn(move || {
+                        lower_priority();
+                        // Ends when the worker is dropped.
+                        while let Ok(job) = receive.recv() {
+                            job();
+                        }
+                    });
+                match spawned {
+                    Ok(_) => Some(jobs),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot start a background thread; config work shares tokio's blocking pool");
+                        None
+                    }
+                }
+            })
+            .as_ref()
     }
 
     /// Runs `work` on the thread and returns its result, or the message of its panic.
@@ -73,7 +86,7 @@ impl Worker {
             // The caller may have gone (its stream closed): the result is of no use then.
             let _ = send.send(result);
         });
-        match &self.jobs {
+        match self.jobs() {
             Some(jobs) => {
                 jobs.send(job)
                     .map_err(|_| "the background thread is gone".to_owned())?;

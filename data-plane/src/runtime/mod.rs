@@ -261,27 +261,20 @@ struct ChainBasis {
     global_rules: Vec<(String, u64)>,
 }
 
-/// Whether a route compiled for the previous runtime still targets what `route` would in this
-/// one: the very same upstream (named, or its inline one reused unchanged), or a plugin
-/// endpoint. A batch plan holds its upstreams, so a batch route is always compiled afresh.
+/// Whether a route compiled for the previous runtime, whose spec equals `route`, still targets
+/// what `route` would in this one. Equal specs mean an equal inline upstream (reused unchanged)
+/// or the same plugin endpoint; a named upstream must be the very same one; a batch plan holds
+/// its upstreams, so a batch route is always compiled afresh.
 fn same_target(
     previous: &CompiledRoute,
     route: &Route,
     upstreams: &HashMap<String, Arc<UpstreamRuntime>>,
 ) -> bool {
-    match (
-        &previous.target,
-        &route.upstream_id,
-        &route.upstream,
-        &route.batch,
-    ) {
-        (RouteTarget::Upstream(before), Some(id), _, _) => upstreams
+    match (&previous.target, &route.upstream_id) {
+        (RouteTarget::Upstream(before), Some(id)) => upstreams
             .get(id)
             .is_some_and(|now| Arc::ptr_eq(before, now)),
-        // The inline upstream is compared by its definition: equal means reused.
-        (RouteTarget::Upstream(before), None, Some(spec), _) => before.spec == *spec,
-        (RouteTarget::Endpoint, None, None, None) => true,
-        _ => false,
+        (_, _) => route.batch.is_none(),
     }
 }
 

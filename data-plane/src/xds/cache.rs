@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::sync::watch;
 
+use crate::background;
 use crate::state::State;
 
 /// The cache file's name inside `--cache-dir`.
@@ -129,18 +130,20 @@ pub struct CacheWriter {
 }
 
 impl CacheWriter {
-    /// Starts the writer task for `dir`.
+    /// Starts the writer task for `dir`. Encoding, hashing and fsyncing run on a low-priority
+    /// thread of their own, as applying a version does.
     pub fn spawn(dir: PathBuf, state: Arc<State>) -> CacheWriter {
         let (latest, mut pending) = watch::channel(None::<Arc<pb::DiscoveryResponse>>);
+        let worker = background::Worker::start("config-cache");
         tokio::spawn(async move {
             while pending.changed().await.is_ok() {
                 let Some(config) = pending.borrow_and_update().clone() else {
                     continue;
                 };
                 let dir = dir.clone();
-                let written =
-                    tokio::task::spawn_blocking(move || write(&dir, &config).map(|()| config))
-                        .await;
+                let written = worker
+                    .run(move || write(&dir, &config).map(|()| config))
+                    .await;
                 match written {
                     Ok(Ok(config)) => {
                         tracing::debug!(version = %config.version_info, "config cached on disk");
