@@ -70,6 +70,8 @@ def check_against_binaries(rendered: list[str], binaries: pathlib.Path) -> list[
     names, a probe path the listener behind its port does not serve."""
     problems = []
     helps = {}
+    # The same Deployment renders in every overlay: each (binary, port, paths) is probed once.
+    probed = {}
     # How each binary is started for the probe check, and which printed URL serves which port.
     starts = {
         "data-plane": (["--listen", "127.0.0.1:0", "--status-listen", "127.0.0.1:0",
@@ -107,7 +109,10 @@ def check_against_binaries(rendered: list[str], binaries: pathlib.Path) -> list[
                     if port_name not in urls:
                         problems.append(f"{name}: probes port {port_name}, which has no HTTP checks here")
                         continue
-                    for probe, status in served_paths(binary, args, urls[port_name], paths).items():
+                    key = (name, port_name, frozenset(paths))
+                    if key not in probed:
+                        probed[key] = served_paths(binary, args, urls[port_name], paths)
+                    for probe, status in probed[key].items():
                         if status is None or status == 404:
                             problems.append(f"{name}: probe {probe} on {port_name} is not served ({status})")
     return sorted(set(problems))

@@ -350,7 +350,7 @@ impl ConfigService {
 
     /// Brings the config in memory up to the store's head: versions other replicas committed,
     /// or that were missed while the store was away. Costs what changed since.
-    pub async fn catch_up(&self) -> Result<u64, WriteError> {
+    async fn catch_up(&self) -> Result<u64, WriteError> {
         let _guard = self.write_lock.lock().await;
         self.catch_up_locked().await
     }
@@ -417,6 +417,8 @@ impl ConfigService {
             self.catch_up_logged().await;
             loop {
                 match tokio::time::timeout(HEAD_POLL, listener.next()).await {
+                    // Its own commits, and versions a catch-up already read: nothing to do.
+                    Ok(Ok(Some(version))) if version != 0 && version <= self.current().version => {}
                     Ok(Ok(Some(_))) | Err(_) => self.catch_up_logged().await,
                     Ok(Ok(None)) => {
                         tracing::warn!("lost the store's notification connection; reconnecting");

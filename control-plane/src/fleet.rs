@@ -4,8 +4,8 @@
 //! A replica records the streams it holds in memory first (the config stream never waits for
 //! the store) and a writer task copies every change to the store's `data_planes` rows, retrying
 //! while the store is away. While a stream is open its replica refreshes the row's `last_seen`
-//! every [`HEARTBEAT`]; a row whose replica stopped refreshing it (killed) counts as
-//! disconnected after [`LIVENESS`]. Rows not seen for the retention window are pruned.
+//! every `HEARTBEAT`; a row whose replica stopped refreshing it (killed) counts as
+//! disconnected after `LIVENESS`. Rows not seen for the retention window are pruned.
 //!
 //! A data plane is one process: its node id (`--node-id`) plus an instance id it draws at
 //! start. A restarted process replaces the rows of its node id that are no longer live; two
@@ -22,9 +22,9 @@ use tokio::sync::Notify;
 use crate::store::{DataPlaneRecord, RejectionRecord, Store, StoreError, now_ms};
 
 /// How often a replica marks its open streams alive in the store.
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
+const HEARTBEAT: Duration = Duration::from_secs(5);
 /// A row not refreshed for this long counts as disconnected (its replica is gone).
-pub const LIVENESS: Duration = Duration::from_secs(15);
+const LIVENESS: Duration = Duration::from_secs(15);
 /// How long a replica waits for the store when a data plane connects before it goes on
 /// without the data plane's history.
 const PRIOR_TIMEOUT: Duration = Duration::from_secs(1);
