@@ -45,7 +45,9 @@ impl Rotation {
     fn pick(&self) -> Option<String> {
         let backends = self.backends.lock().unwrap();
         let i = self.next.fetch_add(1, Ordering::Relaxed) as usize;
-        backends.get(i % backends.len().max(1)).map(|(_, url)| url.clone())
+        backends
+            .get(i % backends.len().max(1))
+            .map(|(_, url)| url.clone())
     }
 }
 
@@ -81,10 +83,9 @@ impl Load {
                                 .lock()
                                 .unwrap()
                                 .push(format!("{url}: {}", response.status())),
-                            Err(error) => failures
-                                .lock()
-                                .unwrap()
-                                .push(format!("{url}: {error:?}")),
+                            Err(error) => {
+                                failures.lock().unwrap().push(format!("{url}: {error:?}"))
+                            }
                         }
                     }
                 })
@@ -131,9 +132,7 @@ async fn all_applied(fleet: &[(String, DataPlane)], version: u64) -> Duration {
 }
 
 #[sqlx::test(migrations = false)]
-async fn the_fleet_scales_out_fails_over_and_restarts_without_a_failed_request(
-    pool: sqlx::PgPool,
-) {
+async fn the_fleet_scales_out_fails_over_and_restarts_without_a_failed_request(pool: sqlx::PgPool) {
     let url = pool.connect_options().to_url_lossy().to_string();
     pool.close().await;
     let upstream = FakeUpstream::start("svc").await;
@@ -188,7 +187,10 @@ async fn the_fleet_scales_out_fails_over_and_restarts_without_a_failed_request(
         (on_b == fleet.len()).then_some(())
     })
     .await;
-    eprintln!("failover: all 5 on cp-b {:?} after cp-a was killed", killed.elapsed());
+    eprintln!(
+        "failover: all 5 on cp-b {:?} after cp-a was killed",
+        killed.elapsed()
+    );
     traffic_flows(&load, 50).await;
 
     // A change and its rollback reach all five.
