@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Validates the Kubernetes manifests under a folder against the Kubernetes API schemas
-(kubernetes-validate, strict: unknown fields are errors, for a pinned Kubernetes version):
-every manifest file as it is, and every kustomization rendered by `kubectl kustomize` (the
-objects `kubectl apply -k` would send, patches and generated Secrets included). Checks that
-each kustomization lists only files that exist. Exits non-zero if anything fails."""
+"""Validates what deploy/ ships. The Kubernetes manifests under deploy/kubernetes against the
+Kubernetes API schemas (kubernetes-validate, strict: unknown fields are errors, for a pinned
+Kubernetes version): every manifest file as it is, and every kustomization rendered by
+`kubectl kustomize` (the objects `kubectl apply -k` would send, patches and generated Secrets
+included); each kustomization lists only files that exist. For the Kubernetes Deployments and
+the compose file's services alike: every environment variable is one the binary reads, every
+container port is a listener's, every probe path is served. The Dockerfile ships every binary
+of the workspace. Exits non-zero if anything fails."""
 import pathlib
 import subprocess
 import sys
@@ -64,6 +67,53 @@ def served_paths(binary: pathlib.Path, args: list[str], key: str, paths: set[str
             process.wait(timeout=30)
 
 
+def env_and_port_problems(name: str, help_text: str, env: dict, ports: dict) -> list[str]:
+    """An environment variable `name --help` does not list, or a container port (by name)
+    that no `*_LISTEN` variable's address names."""
+    problems = []
+    for var in env:
+        if f"env: {var}=" not in help_text and f"env: {var}]" not in help_text:
+            problems.append(f"{name}: {var} is not an environment variable it reads")
+    listens = {k: v for k, v in env.items() if k.endswith("_LISTEN") and v}
+    for port_name, number in ports.items():
+        if not any(str(v).endswith(f":{number}") for v in listens.values()):
+            problems.append(f"{name}: port {port_name} ({number}) is no listener's")
+    return problems
+
+
+def help_of(binaries: pathlib.Path, name: str) -> str:
+    return subprocess.run([str(binaries / name), "--help"], capture_output=True, text=True).stdout
+
+
+def check_compose(path: pathlib.Path, binaries: pathlib.Path) -> list[str]:
+    """The compose file's gateway services, checked like the Deployments: the command is a
+    workspace binary, its environment variables exist, its container ports are listeners'."""
+    problems = []
+    compose = yaml.safe_load(path.read_text())
+    for service_name, service in compose.get("services", {}).items():
+        if not str(service.get("image", "")).startswith("gateway:"):
+            continue
+        name = service["command"][0]
+        if not (binaries / name).exists():
+            problems.append(f"compose {service_name}: {name} is not a workspace binary")
+            continue
+        env = service.get("environment", {})
+        # "[host:][host_port:]container_port": the container port is the last field.
+        ports = {p: int(str(p).rsplit(":", 1)[-1]) for p in service.get("ports", [])}
+        problems += env_and_port_problems(f"compose {service_name}", help_of(binaries, name), env, ports)
+    return problems
+
+
+def check_dockerfile(path: pathlib.Path) -> list[str]:
+    """Every binary the workspace builds is copied into the image."""
+    text = path.read_text()
+    return [
+        f"{path}: does not ship {binary}"
+        for binary in ("control-plane", "data-plane", "gatewayctl")
+        if f"target/release/{binary}" not in text
+    ]
+
+
 def check_against_binaries(rendered: list[str], binaries: pathlib.Path) -> list[str]:
     """What the manifests ask of the binaries that they do not offer: an environment variable
     their `--help` does not list, a container port that is not the one its listener's address
@@ -88,17 +138,10 @@ def check_against_binaries(rendered: list[str], binaries: pathlib.Path) -> list[
                 name = container["command"][0]
                 binary = binaries / name
                 if name not in helps:
-                    out = subprocess.run([str(binary), "--help"], capture_output=True, text=True)
-                    helps[name] = out.stdout
+                    helps[name] = help_of(binaries, name)
                 env = {e["name"]: e.get("value") for e in container.get("env", [])}
-                for var in env:
-                    if f"env: {var}=" not in helps[name] and f"env: {var}]" not in helps[name]:
-                        problems.append(f"{name}: {var} is not an environment variable it reads")
                 ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
-                listens = {k: v for k, v in env.items() if k.endswith("_LISTEN") and v}
-                for port_name, number in ports.items():
-                    if not any(v.endswith(f":{number}") for v in listens.values()):
-                        problems.append(f"{name}: port {port_name} ({number}) is no listener's")
+                problems += env_and_port_problems(name, helps[name], env, ports)
                 probes = {}
                 for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
                     get = container.get(kind, {}).get("httpGet")
@@ -122,7 +165,15 @@ def main(root: str) -> int:
     failed = False
     manifests = []
     kustomizations = []
-    for path in sorted(pathlib.Path(root).rglob("*.yaml")):
+    binaries = pathlib.Path(BINARIES)
+    for problem in check_dockerfile(pathlib.Path(root) / "Dockerfile"):
+        print(problem)
+        failed = True
+    compose = pathlib.Path(root) / "compose" / "compose.yaml"
+    for problem in check_compose(compose, binaries) if compose.exists() else ["no compose file"]:
+        print(f"deploy/ asks what the binaries do not offer: {problem}")
+        failed = True
+    for path in sorted((pathlib.Path(root) / "kubernetes").rglob("*.yaml")):
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
         if path.name == "kustomization.yaml":
             kustomizations.append(path.parent)
@@ -152,7 +203,6 @@ def main(root: str) -> int:
             rendered.append(str(target))
         if rendered:
             failed |= not validate(rendered)
-            binaries = pathlib.Path(BINARIES)
             if (binaries / "data-plane").exists() and (binaries / "control-plane").exists():
                 for problem in check_against_binaries(rendered, binaries):
                     print(f"deploy/ asks what the binaries do not offer: {problem}")
