@@ -124,7 +124,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         auth::Bootstrap::FromFlag => tracing::info!("admin token set from --admin-token"),
         auth::Bootstrap::Existing => tracing::info!("using the admin tokens already in the store"),
     }
-    let tokens = Arc::new(auth::Tokens::new(store.tokens().await?));
+    let tokens = Arc::new(auth::Tokens::new(store.clone()));
     let config = Arc::new(ConfigService::load(store.clone()).await?);
 
     let stream_tls = match (&args.xds_tls_cert, &args.xds_tls_key) {

@@ -56,7 +56,7 @@ impl Reply {
 impl Api {
     async fn new(store: Store) -> Api {
         auth::bootstrap(&store, Some(TOKEN)).await.unwrap();
-        let tokens = Arc::new(auth::Tokens::new(store.tokens().await.unwrap()));
+        let tokens = Arc::new(auth::Tokens::new(store.clone()));
         let config = Arc::new(ConfigService::load(store.clone()).await.unwrap());
         let router = api::router(
             AppState {

@@ -1,8 +1,10 @@
-//! Bearer-token authentication. Tokens are stored as SHA-256 digests only; a request's token is
-//! hashed and looked up, so neither the store nor memory holds a usable token.
+//! Bearer-token authentication and roles. Tokens are stored as SHA-256 digests only; a
+//! request's token is hashed and looked up in the store on every call, so a token revoked
+//! through any replica is refused by every replica from the next call on.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{Method, header};
@@ -11,12 +13,19 @@ use axum::response::Response;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
-use crate::store::{Store, StoreError, TokenRecord};
+use crate::store::{Store, StoreError, TokenRecord, now_ms};
 
-/// The role with every permission.
+/// The role with every permission, tokens included.
 pub const ROLE_ADMIN: &str = "admin";
+/// A role that may change config and roll back, but not manage tokens.
+pub const ROLE_EDITOR: &str = "editor";
 /// A role that may only read.
 pub const ROLE_VIEWER: &str = "viewer";
+/// Every role, most powerful first.
+pub const ROLES: [&str; 3] = [ROLE_ADMIN, ROLE_EDITOR, ROLE_VIEWER];
+
+/// How often one replica records a token's `last_used_at`: reads stay reads.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
 /// Who made a request: the token's name, recorded as a version's author.
 #[derive(Clone, Debug)]
@@ -27,33 +36,90 @@ pub struct Caller {
     pub role: String,
 }
 
-/// The known tokens, by digest.
-#[derive(Clone, Debug, Default)]
+/// Token lookup: the store on every call; the last answer per digest only while the store is
+/// unreachable (so reads keep working through an outage, when no token can be revoked).
+#[derive(Debug)]
 pub struct Tokens {
-    by_digest: HashMap<String, Caller>,
+    store: Store,
+    last_known: Mutex<HashMap<String, Known>>,
+}
+
+#[derive(Debug)]
+struct Known {
+    caller: Caller,
+    touched: Instant,
 }
 
 impl Tokens {
-    /// Builds the lookup from stored records.
-    pub fn new(records: Vec<TokenRecord>) -> Tokens {
+    /// Looks tokens up in `store`.
+    pub fn new(store: Store) -> Tokens {
         Tokens {
-            by_digest: records
-                .into_iter()
-                .map(|r| {
-                    (
-                        r.sha256,
-                        Caller {
-                            name: r.name,
-                            role: r.role,
-                        },
-                    )
-                })
-                .collect(),
+            store,
+            last_known: Mutex::new(HashMap::new()),
         }
     }
 
-    fn caller(&self, token: &str) -> Option<&Caller> {
-        self.by_digest.get(&digest(token))
+    async fn caller(&self, token: &str) -> Result<Option<Caller>, ApiError> {
+        let digest = digest(token);
+        let record = match self.store.token_by_digest(&digest).await {
+            Ok(record) => record,
+            Err(StoreError::Unavailable(_)) => {
+                let known = self.last_known.lock().unwrap_or_else(|p| p.into_inner());
+                return Ok(known.get(&digest).map(|k| k.caller.clone()));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let mut known = self.last_known.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(TokenRecord { name, role, .. }) = record else {
+            known.remove(&digest);
+            return Ok(None);
+        };
+        let caller = Caller { name, role };
+        let touch = match known.get_mut(&digest) {
+            Some(entry) => {
+                entry.caller = caller.clone();
+                let due = entry.touched.elapsed() >= TOUCH_EVERY;
+                if due {
+                    entry.touched = Instant::now();
+                }
+                due
+            }
+            None => {
+                known.insert(
+                    digest,
+                    Known {
+                        caller: caller.clone(),
+                        touched: Instant::now(),
+                    },
+                );
+                true
+            }
+        };
+        drop(known);
+        if touch {
+            let (store, name) = (self.store.clone(), caller.name.clone());
+            // Off the request: a slow store delays the record, not the call.
+            tokio::spawn(async move {
+                if let Err(error) = store.touch_token(&name, now_ms()).await {
+                    tracing::debug!(%error, token = %name, "could not record last_used_at");
+                }
+            });
+        }
+        Ok(Some(caller))
+    }
+}
+
+/// Whether `role` may make this call. Tokens are the admin's alone; editors change config;
+/// viewers read (and validate, which writes nothing).
+pub fn permits(role: &str, method: &Method, path: &str) -> bool {
+    let reads = matches!(*method, Method::GET | Method::HEAD);
+    let tokens = path == "/api/v1/tokens" || path.starts_with("/api/v1/tokens/");
+    let validates = *method == Method::POST && path.starts_with("/api/v1/validate/");
+    match role {
+        ROLE_ADMIN => true,
+        ROLE_EDITOR => !tokens,
+        ROLE_VIEWER => !tokens && (reads || validates),
+        _ => false,
     }
 }
 
@@ -84,16 +150,13 @@ pub async fn bootstrap(store: &Store, given: Option<&str>) -> Result<Bootstrap, 
         None => return Ok(Bootstrap::Existing),
     };
     store
-        .put_token(&TokenRecord {
-            name: ROLE_ADMIN.into(),
-            sha256: digest(&token),
-            role: ROLE_ADMIN.into(),
-        })
+        .put_token(&TokenRecord::new(ROLE_ADMIN, digest(&token), ROLE_ADMIN))
         .await?;
     Ok(outcome)
 }
 
-fn generate_token() -> Result<String, StoreError> {
+/// A new random token: `gw_` and 48 hex digits (192 bits).
+pub fn generate_token() -> Result<String, StoreError> {
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes)
         .map_err(|e| StoreError::Unavailable(format!("no randomness for a token: {e}")))?;
@@ -115,13 +178,13 @@ pub async fn require_token(
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         })
         .ok_or(ApiError::Unauthorized)?;
-    let caller = tokens.caller(token).ok_or(ApiError::Unauthorized)?.clone();
-    let reads_only = matches!(*request.method(), Method::GET | Method::HEAD);
-    if caller.role != ROLE_ADMIN && !(caller.role == ROLE_VIEWER && reads_only) {
+    let caller = tokens.caller(token).await?.ok_or(ApiError::Unauthorized)?;
+    if !permits(&caller.role, request.method(), request.uri().path()) {
         return Err(ApiError::Forbidden(format!(
-            "the {:?} role may not {} this resource",
+            "the {:?} role may not {} {}",
             caller.role,
-            request.method()
+            request.method(),
+            request.uri().path()
         )));
     }
     request.extensions_mut().insert(caller);

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod error;
 mod openapi;
+mod tokens;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Reque
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router, middleware};
 use gateway_proto::model::is_valid_id;
 use gateway_proto::plugins;
@@ -75,6 +76,8 @@ pub fn router(state: AppState, tokens: Arc<Tokens>) -> Router {
         .route("/api/v1/schemas/{kind}", get(kind_schema))
         .route("/api/v1/validate/{kind}", post(validate))
         .route("/api/v1/openapi.json", get(openapi::document))
+        .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/api/v1/tokens/{name}", delete(tokens::revoke))
         .route("/api/v1/{kind}", get(list).post(create))
         .route(
             "/api/v1/{kind}/{id}",

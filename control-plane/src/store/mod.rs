@@ -26,9 +26,11 @@ mod fleet;
 mod listen;
 #[cfg(test)]
 pub(crate) mod tests;
+mod tokens;
 
 pub use fleet::{DataPlaneRecord, RejectionRecord};
 pub use listen::VersionListener;
+pub use tokens::{TokenRecord, TokenRemoval};
 
 /// The Postgres channel on which every commit announces its version (sent by the committing
 /// transaction, so a listener hears of a version only once it is visible).
@@ -154,17 +156,6 @@ pub struct StoredResource {
     pub created_at: i64,
     /// When it last changed, unix ms.
     pub updated_at: i64,
-}
-
-/// A stored admin token (its digest only).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TokenRecord {
-    /// The token's name, recorded as the author of its writes.
-    pub name: String,
-    /// SHA-256 of the token, lowercase hex.
-    pub sha256: String,
-    /// What it may do.
-    pub role: String,
 }
 
 /// Rows per multi-row INSERT: well under both backends' bind-parameter limits.
@@ -468,39 +459,6 @@ impl Store {
         .await
         .map_err(StoreError::classify)?;
         row.as_ref().map(decode_version).transpose()
-    }
-
-    /// Every admin token.
-    pub async fn tokens(&self) -> Result<Vec<TokenRecord>> {
-        let rows = sqlx::query("SELECT name, token_sha256, role FROM admin_tokens ORDER BY name")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::classify)?;
-        rows.iter()
-            .map(|row| {
-                Ok(TokenRecord {
-                    name: row.try_get("name")?,
-                    sha256: row.try_get("token_sha256")?,
-                    role: row.try_get("role")?,
-                })
-            })
-            .collect()
-    }
-
-    /// Stores a token (by digest), replacing one of the same name.
-    pub async fn put_token(&self, token: &TokenRecord) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO admin_tokens (name, token_sha256, role, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (name) DO UPDATE SET token_sha256 = excluded.token_sha256, role = excluded.role",
-        )
-        .bind(&token.name)
-        .bind(&token.sha256)
-        .bind(&token.role)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(StoreError::classify)?;
-        Ok(())
     }
 }
 

@@ -61,6 +61,7 @@ both_backends!(
     a_failed_write_leaves_nothing_behind,
     versions_page_newest_first,
     tokens_are_stored_by_digest,
+    tokens_are_created_once_and_the_last_admin_stays,
 );
 
 fn key(kind: Kind, id: &str) -> ResourceKey {
@@ -354,16 +355,61 @@ async fn versions_page_newest_first(store: Store) {
 
 async fn tokens_are_stored_by_digest(store: Store) {
     assert!(store.tokens().await.unwrap().is_empty());
-    let token = TokenRecord {
-        name: "admin".into(),
-        sha256: "ab".repeat(32),
-        role: "admin".into(),
-    };
+    let token = TokenRecord::new("admin", "ab".repeat(32), "admin");
     store.put_token(&token).await.unwrap();
     let rotated = TokenRecord {
         sha256: "cd".repeat(32),
         ..token
     };
     store.put_token(&rotated).await.unwrap();
-    assert_eq!(store.tokens().await.unwrap(), [rotated]);
+    assert_eq!(
+        store.tokens().await.unwrap(),
+        std::slice::from_ref(&rotated)
+    );
+    assert_eq!(
+        store.token_by_digest(&rotated.sha256).await.unwrap(),
+        Some(rotated)
+    );
+    assert_eq!(store.token_by_digest(&"ab".repeat(32)).await.unwrap(), None);
+}
+
+async fn tokens_are_created_once_and_the_last_admin_stays(store: Store) {
+    let admin = TokenRecord::new("root", "01".repeat(32), "admin");
+    let ci = TokenRecord::new("ci", "02".repeat(32), "editor");
+    assert!(store.create_token(&admin).await.unwrap());
+    assert!(store.create_token(&ci).await.unwrap());
+    let taken = TokenRecord::new("ci", "03".repeat(32), "viewer");
+    assert!(
+        !store.create_token(&taken).await.unwrap(),
+        "the name is taken"
+    );
+    assert_eq!(
+        store.token_by_digest(&ci.sha256).await.unwrap(),
+        Some(ci.clone()),
+        "nothing overwritten"
+    );
+
+    store.touch_token("ci", 42).await.unwrap();
+    let touched = store.token_by_digest(&ci.sha256).await.unwrap().unwrap();
+    assert_eq!(touched.last_used_at, Some(42));
+
+    assert_eq!(
+        store.remove_token("root").await.unwrap(),
+        TokenRemoval::LastAdmin
+    );
+    assert_eq!(
+        store.remove_token("ci").await.unwrap(),
+        TokenRemoval::Removed
+    );
+    assert_eq!(
+        store.remove_token("ci").await.unwrap(),
+        TokenRemoval::NotFound
+    );
+    let second = TokenRecord::new("root-2", "04".repeat(32), "admin");
+    assert!(store.create_token(&second).await.unwrap());
+    assert_eq!(
+        store.remove_token("root").await.unwrap(),
+        TokenRemoval::Removed
+    );
+    assert_eq!(store.tokens().await.unwrap(), [second]);
 }
