@@ -161,9 +161,6 @@ pub struct StoredResource {
 /// Rows per multi-row INSERT: well under both backends' bind-parameter limits.
 const INSERT_CHUNK: usize = 500;
 
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
-
 /// The versioned config store.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -225,10 +222,14 @@ impl Store {
             }),
         };
         let pool = options.connect(url).await.map_err(StoreError::classify)?;
-        let migrator = match backend {
-            Backend::Postgres => &POSTGRES_MIGRATIONS,
-            Backend::Sqlite => &SQLITE_MIGRATIONS,
+        let mut migrator = match backend {
+            Backend::Postgres => sqlx::migrate!("../migrations/postgres"),
+            Backend::Sqlite => sqlx::migrate!("../migrations/sqlite"),
         };
+        // Migrations only add (tables, nullable columns), so a replica one release behind
+        // runs on a schema a newer replica migrated: a rolling upgrade (or a rollback of the
+        // binary) does not stop at "applied migration missing".
+        migrator.set_ignore_missing(true);
         migrator.run(&pool).await?;
         let row = sqlx::query("SELECT store_id FROM store_identity WHERE id = 1")
             .fetch_one(&pool)

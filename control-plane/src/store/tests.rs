@@ -62,6 +62,7 @@ both_backends!(
     versions_page_newest_first,
     tokens_are_stored_by_digest,
     tokens_are_created_once_and_the_last_admin_stays,
+    a_schema_migrated_by_a_newer_release_still_opens,
 );
 
 fn key(kind: Kind, id: &str) -> ResourceKey {
@@ -412,4 +413,23 @@ async fn tokens_are_created_once_and_the_last_admin_stays(store: Store) {
         TokenRemoval::Removed
     );
     assert_eq!(store.tokens().await.unwrap(), [second]);
+}
+
+async fn a_schema_migrated_by_a_newer_release_still_opens(store: Store) {
+    let checksum = match store.backend {
+        Backend::Postgres => "'\\x00'::bytea",
+        Backend::Sqlite => "x'00'",
+    };
+    sqlx::query(&format!(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99999, 'from a newer release', TRUE, {checksum}, 0)"
+    ))
+    .execute(&store.pool)
+    .await
+    .unwrap();
+    let reopened = Store::connect(&store.url)
+        .await
+        .expect("an older release opens it");
+    assert_eq!(reopened.store_id(), store.store_id());
+    reopened.close().await;
 }
