@@ -7,8 +7,9 @@
 //! both unchanged.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -20,6 +21,7 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 use tokio::sync::{Mutex, watch};
 
+use crate::metrics::metrics;
 use crate::secrets;
 use crate::store::{Change, ChangeOp, CommitMeta, Store, StoreError, StoredResource, now_ms};
 
@@ -457,6 +459,28 @@ impl ConfigService {
     /// Validates and applies one write as one new version (or, with `dry_run`, reports what it
     /// would change). A write that changes nothing writes no version.
     pub async fn write(
+        &self,
+        op: WriteOp,
+        meta: &CommitMeta,
+        dry_run: bool,
+    ) -> Result<WriteOutcome, WriteError> {
+        let started = Instant::now();
+        let result = self.write_once(op, meta, dry_run).await;
+        let metrics = metrics();
+        match &result {
+            Ok(outcome) if outcome.written => {
+                metrics.versions_written.fetch_add(1, Ordering::Relaxed);
+                metrics.write_duration.observe(started.elapsed());
+            }
+            Ok(_) => {}
+            Err(_) => {
+                metrics.writes_refused.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    async fn write_once(
         &self,
         op: WriteOp,
         meta: &CommitMeta,

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod fleet;
+pub mod metrics;
 pub mod secrets;
 pub mod store;
 pub mod tls;

@@ -16,6 +16,8 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use futures_util::Stream;
 use gateway_proto::pb::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
@@ -28,6 +30,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::{ConfigService, ConfigState};
 use crate::fleet::{Fleet, Hello, StreamHandle};
+use crate::metrics::metrics;
 
 /// `google.rpc.Code.FAILED_PRECONDITION`: in a NACK, "I do not serve the delta's base version,
 /// send the whole snapshot" — a resync, not a rejection of the version.
@@ -166,6 +169,7 @@ impl ConfigDiscovery for XdsServer {
 struct InFlight {
     nonce: u64,
     version: u64,
+    sent: Instant,
 }
 
 /// One data plane's stream.
@@ -197,6 +201,7 @@ impl Session {
         stopping: watch::Receiver<bool>,
     ) {
         let mut stopped = std::pin::pin!(wait_stopped(stopping));
+        let _open = StreamOpen::count();
         self.withheld = self.fleet.prior(&self.handle).await;
         loop {
             if self.in_flight.is_none() {
@@ -264,6 +269,7 @@ impl Session {
         self.in_flight = Some(InFlight {
             nonce: self.nonce,
             version: head.version,
+            sent: Instant::now(),
         });
         let response = DiscoveryResponse {
             version_info: head.version.to_string(),
@@ -329,6 +335,7 @@ impl Session {
         match &request.error_detail {
             None => {
                 if let Some(version) = self.serving {
+                    metrics().push_duration.observe(flight.sent.elapsed());
                     self.fleet.acked(&self.handle, version);
                 }
             }
@@ -348,10 +355,27 @@ impl Session {
                     "data plane rejected a config version; it will not be sent to it again"
                 );
                 self.withheld = Some(flight.version);
+                metrics().nacks.fetch_add(1, Ordering::Relaxed);
                 self.fleet
                     .nacked(&self.handle, flight.version, self.serving, &error.message);
             }
         }
+    }
+}
+
+/// Counts a config stream as open for as long as it lives.
+struct StreamOpen;
+
+impl StreamOpen {
+    fn count() -> StreamOpen {
+        metrics().streams_open.fetch_add(1, Ordering::Relaxed);
+        StreamOpen
+    }
+}
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        metrics().streams_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -30,6 +30,7 @@ use crate::config::{
     ConfigService, ConfigState, IfMatch, WriteOp, WriteOutcome, generate_id, render, render_stored,
 };
 use crate::fleet::Fleet;
+use crate::metrics::{FleetGauges, metrics};
 use crate::store::{ChangeOp, CommitMeta, VersionInfo};
 use auth::{Caller, Tokens, require_token};
 use error::ApiError;
@@ -96,6 +97,9 @@ pub fn router(state: AppState, tokens: Arc<Tokens>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        // Like the health checks, without a token: Prometheus scrapes it, and it tells counts
+        // only. The admin port's NetworkPolicy decides who reaches it.
+        .route("/metrics", get(prometheus))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .merge(api)
@@ -114,6 +118,28 @@ async fn method_not_allowed() -> Response {
 
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
+}
+
+async fn prometheus(State(state): State<AppState>) -> Response {
+    let version = state.config.current().version;
+    let fleet = state
+        .fleet
+        .summary(version)
+        .await
+        .ok()
+        .map(|fleet| FleetGauges {
+            connected: fleet.connected,
+            applied_current: fleet.applied_current,
+            rejected_current: fleet.rejected_current,
+        });
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        metrics().render(version, fleet),
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
