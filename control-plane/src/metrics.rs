@@ -11,7 +11,7 @@ const BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// A Prometheus histogram over [`BUCKETS`]: per-bucket counts (made cumulative when
+/// A Prometheus histogram over fixed buckets (1 ms to 10 s): per-bucket counts (made cumulative when
 /// rendered) and the sum in microseconds.
 #[derive(Debug)]
 pub struct Histogram {
