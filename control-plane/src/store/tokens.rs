@@ -83,26 +83,26 @@ impl Store {
     /// Stores a token, replacing the digest and role of one of the same name (the bootstrap
     /// token given again at startup).
     pub async fn put_token(&self, token: &TokenRecord) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO admin_tokens (name, token_sha256, role, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (name) DO UPDATE SET token_sha256 = excluded.token_sha256, role = excluded.role",
+        self.insert_token(
+            token,
+            "DO UPDATE SET token_sha256 = excluded.token_sha256, role = excluded.role",
         )
-        .bind(&token.name)
-        .bind(&token.sha256)
-        .bind(&token.role)
-        .bind(token.created_at)
-        .execute(&self.pool)
         .await
-        .map_err(StoreError::classify)?;
-        Ok(())
+        .map(drop)
     }
 
     /// Stores a new token; `false` (and nothing written) when the name is taken.
     pub async fn create_token(&self, token: &TokenRecord) -> Result<bool> {
-        let result = sqlx::query(
+        Ok(self.insert_token(token, "DO NOTHING").await? == 1)
+    }
+
+    /// Inserts `token`; `on_conflict` says what a token of the same name becomes. Returns the
+    /// rows written.
+    async fn insert_token(&self, token: &TokenRecord, on_conflict: &str) -> Result<u64> {
+        let result = sqlx::query(&format!(
             "INSERT INTO admin_tokens (name, token_sha256, role, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (name) DO NOTHING",
-        )
+             ON CONFLICT (name) {on_conflict}"
+        ))
         .bind(&token.name)
         .bind(&token.sha256)
         .bind(&token.role)
@@ -110,7 +110,7 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(StoreError::classify)?;
-        Ok(result.rows_affected() == 1)
+        Ok(result.rows_affected())
     }
 
     /// Revokes the token `name`, unless it is the last admin token.
