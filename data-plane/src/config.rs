@@ -75,6 +75,42 @@ pub struct Config {
     /// without it, `limit-count` counts per data plane.
     #[arg(long, env = "GATEWAY_REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// Where to write the access log, one JSON line per client request: `off`, `stdout`, or a
+    /// file path (appended to; reopened on SIGUSR1 or SIGHUP, as nginx reopens its logs on
+    /// USR1, so logrotate can move the file and signal).
+    #[arg(
+        long,
+        env = "GATEWAY_ACCESS_LOG",
+        default_value = "off",
+        value_parser = parse_access_log
+    )]
+    pub access_log: AccessLogTarget,
+
+    /// Answer every request with `X-Gateway-Config-Version: <version>`, the config version
+    /// that served it.
+    #[arg(long, env = "GATEWAY_EXPOSE_CONFIG_VERSION")]
+    pub expose_config_version: bool,
+}
+
+/// Where the access log goes (`--access-log`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// No access log.
+    Off,
+    /// The process's standard output (after the `key=value` start-up lines).
+    Stdout,
+    /// A file, appended to and reopened on a signal.
+    File(PathBuf),
+}
+
+fn parse_access_log(text: &str) -> Result<AccessLogTarget, String> {
+    match text.trim() {
+        "" => Err("empty access-log target (off, stdout or a file path)".to_owned()),
+        "off" => Ok(AccessLogTarget::Off),
+        "stdout" | "-" => Ok(AccessLogTarget::Stdout),
+        path => Ok(AccessLogTarget::File(PathBuf::from(path))),
+    }
 }
 
 impl Config {
@@ -156,6 +192,8 @@ mod tests {
             [Uri::from_static("http://127.0.0.1:9280")]
         );
         assert!(config.cache_dir.is_none());
+        assert_eq!(config.access_log, AccessLogTarget::Off);
+        assert!(!config.expose_config_version);
         assert!(config.worker_threads() >= 1);
         assert!(!config.node_id().is_empty());
     }
@@ -176,6 +214,7 @@ mod tests {
             &["--listen", "nope"],
             &["--worker-threads", "0"],
             &["--node-id", " "],
+            &["--access-log", ""],
         ] {
             assert!(parse(args).is_err(), "{args:?}");
         }
@@ -195,5 +234,21 @@ mod tests {
         assert_eq!(config.node_id(), "dp-1");
         assert_eq!(config.worker_threads(), 3);
         assert_eq!(config.cache_dir, Some(PathBuf::from("/tmp/x")));
+    }
+
+    #[test]
+    fn the_access_log_is_off_stdout_or_a_file() {
+        let target = |value: &str| parse(&["--access-log", value]).unwrap().access_log;
+        assert_eq!(target("off"), AccessLogTarget::Off);
+        assert_eq!(target("stdout"), AccessLogTarget::Stdout);
+        assert_eq!(
+            target("/var/log/gw/access.log"),
+            AccessLogTarget::File(PathBuf::from("/var/log/gw/access.log"))
+        );
+        assert!(
+            parse(&["--expose-config-version"])
+                .unwrap()
+                .expose_config_version
+        );
     }
 }

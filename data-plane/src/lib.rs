@@ -71,6 +71,15 @@ pub enum StartError {
     /// `--redis-url` is not a Redis URL.
     #[error("{0}")]
     Redis(String),
+    /// The `--access-log` file cannot be opened for appending.
+    #[error("cannot open the access log {target:?}: {source}")]
+    AccessLog {
+        /// The flag's value.
+        target: config::AccessLogTarget,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// A TLS file for the config stream could not be read.
     #[error("cannot read {path}: {source}")]
     TlsFile {
@@ -96,7 +105,8 @@ pub struct DataPlane {
     status: TcpListener,
     proxy_addr: SocketAddr,
     status_addr: SocketAddr,
-    plugin_env: plugins::BuildEnv,
+    state: std::sync::Arc<State>,
+    access_log: Option<proxy::access_log::AccessLog>,
     security: xds::StreamSecurity,
 }
 
@@ -132,6 +142,12 @@ impl DataPlane {
             State::new(),
             &security,
         )?;
+        let state = State::with_plugin_env(plugin_env);
+        let access_log = proxy::access_log::AccessLog::open(&config.access_log, state.clone())
+            .map_err(|source| StartError::AccessLog {
+                target: config.access_log.clone(),
+                source,
+            })?;
         let (proxy, proxy_addr) = bind("client traffic", config.listen).await?;
         let (status, status_addr) = bind("status", config.status_listen).await?;
         Ok(DataPlane {
@@ -140,7 +156,8 @@ impl DataPlane {
             status,
             proxy_addr,
             status_addr,
-            plugin_env,
+            state,
+            access_log,
             security,
         })
     }
@@ -155,6 +172,11 @@ impl DataPlane {
         self.status_addr
     }
 
+    /// The access log, if `--access-log` is on (the binary reopens it on a signal).
+    pub fn access_log(&self) -> Option<proxy::access_log::AccessLog> {
+        self.access_log.clone()
+    }
+
     /// Runs until `shutdown` completes: streams config from the control plane and serves
     /// traffic; then stops accepting, reports not-ready, and waits for in-flight requests to
     /// finish.
@@ -165,11 +187,11 @@ impl DataPlane {
             status,
             proxy_addr,
             status_addr,
-            plugin_env,
+            state,
+            access_log,
             security,
         } = self;
 
-        let state = State::with_plugin_env(plugin_env);
         let node_id = config.node_id();
         let control_planes: Vec<String> = config
             .control_planes
@@ -207,9 +229,14 @@ impl DataPlane {
             // An error means the sender is gone, which also means stop.
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        let mut proxy = tokio::spawn(proxy::serve(
+        let options = proxy::Options {
+            access_log: access_log.clone(),
+            expose_config_version: config.expose_config_version,
+        };
+        let handler = proxy::Proxy::with_options(state.clone(), options);
+        let mut proxy = tokio::spawn(proxy::serve_with(
             proxy,
-            state.clone(),
+            handler,
             wait_for_stop(stopped.clone()),
         ));
         let mut status = tokio::spawn(status::serve(status, state.clone(), wait_for_stop(stopped)));
@@ -239,9 +266,18 @@ impl DataPlane {
         if let Some(xds) = xds {
             xds.abort();
         }
+        // The last requests' lines, written before the process ends (unless the disk is stuck).
+        if let Some(log) = &access_log
+            && !log.flush(ACCESS_LOG_FLUSH)
+        {
+            warn!("the access log's last lines could not be written in time");
+        }
         info!("data plane stopped");
     }
 }
+
+/// How long shutdown waits for the access log's last lines.
+const ACCESS_LOG_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn bind(
     what: &'static str,

@@ -3,6 +3,7 @@
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use data_plane::config::AccessLogTarget;
 use data_plane::{Config, DataPlane};
 use tracing_subscriber::EnvFilter;
 
@@ -30,14 +31,51 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
+    let log_file = matches!(config.access_log, AccessLogTarget::File(_));
     runtime.block_on(async {
         let data_plane = DataPlane::bind(config).await?;
+        if let Some(log) = data_plane.access_log().filter(|_| log_file) {
+            // Listening before the addresses are printed: whoever read them may signal at once,
+            // and an unhandled SIGUSR1 would end the process.
+            tokio::spawn(reopen_on_signal(log)?);
+        }
         // Machine-readable lines on stdout: scripts and tests read the bound addresses here.
         println!("proxy_url=http://{}", data_plane.proxy_addr());
         println!("status_url=http://{}", data_plane.status_addr());
         data_plane.run(shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// Reopens the access-log file on SIGUSR1 (what nginx, and Kong through it, reopen logs on)
+/// and on SIGHUP (what many other daemons use), so logrotate can move the file and signal. The
+/// signals are listened for when this returns; the future reopens on each.
+#[cfg(unix)]
+fn reopen_on_signal(
+    log: data_plane::proxy::access_log::AccessLog,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut usr1 = signal(SignalKind::user_defined1()).context("listening for SIGUSR1")?;
+    let mut hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    Ok(async move {
+        loop {
+            tokio::select! {
+                _ = usr1.recv() => {}
+                _ = hup.recv() => {}
+            }
+            tracing::info!("reopening the access log");
+            log.reopen();
+        }
+    })
+}
+
+/// Without Unix signals the access log is never reopened (rotate it with copytruncate).
+#[cfg(not(unix))]
+fn reopen_on_signal(
+    log: data_plane::proxy::access_log::AccessLog,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    drop(log);
+    Ok(std::future::ready(()))
 }
 
 /// Completes on SIGTERM (what orchestrators send) or Ctrl-C.

@@ -1,7 +1,8 @@
 //! Process metrics, kept in atomics and rendered in the Prometheus text format.
 //!
 //! Hand-rolled on purpose: a handful of counters does not justify a metrics framework on the
-//! request path, and every update here is one relaxed atomic add.
+//! request path, and every update here is one relaxed atomic add (a histogram's observation is
+//! two: its bucket and its sum).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -13,13 +14,113 @@ const FIRST_CODE: u16 = 100;
 const LAST_CODE: u16 = 599;
 const CODES: usize = (LAST_CODE - FIRST_CODE + 1) as usize;
 
+/// Upper bounds of the latency buckets, in microseconds: Prometheus's default buckets (5 ms …
+/// 10 s) with 1 ms and 2.5 ms below them, where a proxy's own latencies fall.
+const BUCKETS_MICROS: [u64; 13] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000,
+];
+
+/// A latency histogram: a count per bucket (not cumulative; the last is `+Inf`) and the sum.
+/// The count is the buckets' total, so an observation is two relaxed adds.
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS_MICROS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// Counts one observation of `elapsed`.
+    pub fn observe(&self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let bucket = BUCKETS_MICROS
+            .iter()
+            .position(|&bound| micros <= bound)
+            .unwrap_or(BUCKETS_MICROS.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+
+    /// Appends the histogram as `name` (`_bucket{le=…}` cumulative, `_sum`, `_count`).
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        // Writing to a String cannot fail; the results are ignored for that reason.
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            cumulative += bucket.load(Relaxed);
+            match BUCKETS_MICROS.get(i) {
+                Some(&bound) => {
+                    let le = bound as f64 / 1e6;
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+/// How a batch route's sub-request ended (`gateway_batch_subrequests_total{outcome}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// A 2xx answer, merged.
+    Ok,
+    /// No usable answer: a failed exchange, a non-2xx status, an answer too large, a template
+    /// that could not be rendered.
+    Error,
+    /// Its own or the batch's deadline passed.
+    Timeout,
+    /// Never sent: a sub-request whose answer it needed failed.
+    Skipped,
+}
+
+impl BatchOutcome {
+    const ALL: [BatchOutcome; 4] = [
+        BatchOutcome::Ok,
+        BatchOutcome::Error,
+        BatchOutcome::Timeout,
+        BatchOutcome::Skipped,
+    ];
+
+    /// Its `outcome` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchOutcome::Ok => "ok",
+            BatchOutcome::Error => "error",
+            BatchOutcome::Timeout => "timeout",
+            BatchOutcome::Skipped => "skipped",
+        }
+    }
+}
+
 /// Every metric the data plane exports.
 #[derive(Debug)]
 pub struct Metrics {
     requests_by_code: Box<[AtomicU64; CODES]>,
-    upstream_duration_micros: AtomicU64,
-    upstream_requests: AtomicU64,
+    request_duration: Histogram,
+    upstream_duration: Histogram,
     upstream_retries: AtomicU64,
+    batch_subrequests: [AtomicU64; BatchOutcome::ALL.len()],
+    access_log_dropped: AtomicU64,
     config_version: AtomicU64,
     config_applied: AtomicU64,
     config_rejected: AtomicU64,
@@ -32,9 +133,11 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             requests_by_code: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
-            upstream_duration_micros: AtomicU64::new(0),
-            upstream_requests: AtomicU64::new(0),
+            request_duration: Histogram::default(),
+            upstream_duration: Histogram::default(),
             upstream_retries: AtomicU64::new(0),
+            batch_subrequests: std::array::from_fn(|_| AtomicU64::new(0)),
+            access_log_dropped: AtomicU64::new(0),
             config_version: AtomicU64::new(0),
             config_applied: AtomicU64::new(0),
             config_rejected: AtomicU64::new(0),
@@ -52,11 +155,45 @@ impl Metrics {
         self.requests_by_code[usize::from(code - FIRST_CODE)].fetch_add(1, Relaxed);
     }
 
+    /// Records how long the gateway took over one request, from its head parsed to its
+    /// response head ready to write.
+    pub fn record_request_duration(&self, elapsed: Duration) {
+        self.request_duration.observe(elapsed);
+    }
+
+    /// Requests timed so far.
+    pub fn requests_timed(&self) -> u64 {
+        self.request_duration.count()
+    }
+
     /// Records how long one upstream exchange took until its response headers (or its failure).
     pub fn record_upstream(&self, elapsed: Duration) {
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.upstream_duration_micros.fetch_add(micros, Relaxed);
-        self.upstream_requests.fetch_add(1, Relaxed);
+        self.upstream_duration.observe(elapsed);
+    }
+
+    /// Upstream exchanges timed so far.
+    pub fn upstream_exchanges(&self) -> u64 {
+        self.upstream_duration.count()
+    }
+
+    /// Records how one sub-request of a batch route ended.
+    pub fn record_batch_subrequest(&self, outcome: BatchOutcome) {
+        self.batch_subrequests[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Sub-requests of batch routes that ended with `outcome` so far.
+    pub fn batch_subrequests(&self, outcome: BatchOutcome) -> u64 {
+        self.batch_subrequests[outcome as usize].load(Relaxed)
+    }
+
+    /// Records access-log lines lost: the buffer was full, or the write failed.
+    pub fn record_access_log_dropped(&self, lines: u64) {
+        self.access_log_dropped.fetch_add(lines, Relaxed);
+    }
+
+    /// Access-log lines lost so far.
+    pub fn access_log_dropped(&self) -> u64 {
+        self.access_log_dropped.load(Relaxed)
     }
 
     /// Records a retry of a failed upstream attempt on another node.
@@ -118,21 +255,29 @@ impl Metrics {
             }
         }
 
-        let sum = self.upstream_duration_micros.load(Relaxed) as f64 / 1e6;
-        let count = self.upstream_requests.load(Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP gateway_upstream_request_duration_seconds Time from sending a request upstream to its response headers."
+        self.request_duration.render(
+            "gateway_request_duration_seconds",
+            "Time from a client request's head parsed to its response head ready to write (plugins, routing and the upstream's time to first byte; not the body transfer).",
+            &mut out,
+        );
+        self.upstream_duration.render(
+            "gateway_upstream_duration_seconds",
+            "Time from sending a request upstream to its response headers (or its failure), per exchange: retries and batch sub-requests each count.",
+            &mut out,
         );
         let _ = writeln!(
             out,
-            "# TYPE gateway_upstream_request_duration_seconds summary"
+            "# HELP gateway_batch_subrequests_total Sub-requests of batch routes, by how they ended."
         );
-        let _ = writeln!(out, "gateway_upstream_request_duration_seconds_sum {sum}");
-        let _ = writeln!(
-            out,
-            "gateway_upstream_request_duration_seconds_count {count}"
-        );
+        let _ = writeln!(out, "# TYPE gateway_batch_subrequests_total counter");
+        for outcome in BatchOutcome::ALL {
+            let count = self.batch_subrequests(outcome);
+            let _ = writeln!(
+                out,
+                "gateway_batch_subrequests_total{{outcome=\"{}\"}} {count}",
+                outcome.as_str()
+            );
+        }
 
         let gauges_and_counters = [
             (
@@ -140,6 +285,12 @@ impl Metrics {
                 "counter",
                 "Failed upstream attempts retried on another node.",
                 self.upstream_retries.load(Relaxed),
+            ),
+            (
+                "gateway_access_log_dropped_total",
+                "counter",
+                "Access-log lines lost: the buffer to the writer was full (a slow or blocked disk), or the write failed.",
+                self.access_log_dropped.load(Relaxed),
             ),
             (
                 "gateway_config_version",
@@ -199,14 +350,34 @@ mod tests {
         metrics.record_request(StatusCode::OK);
         metrics.record_request(StatusCode::NOT_FOUND);
         metrics.record_upstream(Duration::from_millis(1500));
+        metrics.record_request_duration(Duration::from_micros(800));
+        metrics.record_request_duration(Duration::from_millis(3));
+        metrics.record_request_duration(Duration::from_secs(11));
+        metrics.record_batch_subrequest(BatchOutcome::Timeout);
+        metrics.record_access_log_dropped(3);
         metrics.record_config_applied(7);
         metrics.record_config_rejected();
         let text = metrics.render();
         for line in [
             "gateway_requests_total{code=\"200\"} 2",
             "gateway_requests_total{code=\"404\"} 1",
-            "gateway_upstream_request_duration_seconds_sum 1.5",
-            "gateway_upstream_request_duration_seconds_count 1",
+            "# TYPE gateway_upstream_duration_seconds histogram",
+            "gateway_upstream_duration_seconds_bucket{le=\"1\"} 0",
+            "gateway_upstream_duration_seconds_bucket{le=\"2.5\"} 1",
+            "gateway_upstream_duration_seconds_bucket{le=\"+Inf\"} 1",
+            "gateway_upstream_duration_seconds_sum 1.5",
+            "gateway_upstream_duration_seconds_count 1",
+            "# TYPE gateway_request_duration_seconds histogram",
+            "gateway_request_duration_seconds_bucket{le=\"0.001\"} 1",
+            "gateway_request_duration_seconds_bucket{le=\"0.0025\"} 1",
+            "gateway_request_duration_seconds_bucket{le=\"0.005\"} 2",
+            "gateway_request_duration_seconds_bucket{le=\"10\"} 2",
+            "gateway_request_duration_seconds_bucket{le=\"+Inf\"} 3",
+            "gateway_request_duration_seconds_sum 11.0038",
+            "gateway_request_duration_seconds_count 3",
+            "gateway_batch_subrequests_total{outcome=\"ok\"} 0",
+            "gateway_batch_subrequests_total{outcome=\"timeout\"} 1",
+            "gateway_access_log_dropped_total 3",
             "gateway_config_version 7",
             "gateway_config_applied_total 1",
             "gateway_config_rejected_total 1",
@@ -218,5 +389,17 @@ mod tests {
             );
         }
         assert!(!text.contains("code=\"500\""));
+    }
+
+    #[test]
+    fn an_observation_on_a_bound_falls_in_that_bucket() {
+        let histogram = Histogram::default();
+        histogram.observe(Duration::from_millis(5));
+        histogram.observe(Duration::from_micros(5_001));
+        let mut text = String::new();
+        histogram.render("h", "help", &mut text);
+        assert!(text.contains("h_bucket{le=\"0.005\"} 1\n"), "{text}");
+        assert!(text.contains("h_bucket{le=\"0.01\"} 2\n"), "{text}");
+        assert_eq!(histogram.count(), 2);
     }
 }

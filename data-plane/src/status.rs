@@ -82,9 +82,15 @@ pub fn respond<B>(state: &State, request: &Request<B>) -> Response<ProxyBody> {
         },
         _ => {
             let mut text = state.metrics.render();
-            crate::runtime::health::render_metrics(&state.runtime(), &mut text);
+            let runtime = state.runtime();
+            crate::runtime::health::render_metrics(&runtime, &mut text);
+            let env = runtime.plugins.env();
+            crate::plugins::limit_count::RedisCounters::render_metrics(
+                env.redis.as_ref(),
+                &mut text,
+            );
             // The `prometheus` plugin's per-route series.
-            state.runtime().plugins.env().prometheus.render(&mut text);
+            env.prometheus.render(&mut text);
             let mut response = Response::new(Either::Right(Full::new(Bytes::from(text))));
             response.headers_mut().insert(
                 CONTENT_TYPE,
@@ -141,6 +147,10 @@ mod tests {
         let (status, metrics) = get(&state, Method::GET, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(metrics.contains("gateway_config_version 12\n"), "{metrics}");
+        assert!(
+            metrics.contains("\ngateway_ratelimit_redis_errors_total 0\n"),
+            "{metrics}"
+        );
         let mut runtime = Runtime::empty();
         runtime.version = 13;
         state.install_from(runtime, crate::state::ConfigSource::Cache);

@@ -83,6 +83,21 @@ impl RedisCounters {
         self.errors.load(Ordering::Relaxed)
     }
 
+    /// Appends `gateway_ratelimit_redis_errors_total` for `redis` (0 without one) in the
+    /// Prometheus text format.
+    pub fn render_metrics(redis: Option<&RedisCounters>, out: &mut String) {
+        use std::fmt::Write as _;
+        let errors = redis.map_or(0, RedisCounters::errors);
+        // Writing to a String cannot fail; the result is ignored for that reason.
+        let _ = write!(
+            out,
+            "# HELP gateway_ratelimit_redis_errors_total Redis calls of limit-count that failed or \
+             timed out (each such request was counted locally instead).\n\
+             # TYPE gateway_ratelimit_redis_errors_total counter\n\
+             gateway_ratelimit_redis_errors_total {errors}\n"
+        );
+    }
+
     async fn incr(&self, key: &str, ttl_s: u64) -> Result<u64, String> {
         let call = async {
             let connection = self
@@ -271,6 +286,62 @@ mod tests {
             6,
             "the sixth attempt of the hour is still counted as the sixth"
         );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_is_counted_and_exported() {
+        // A port nothing listens on: the connection is refused (or the call times out).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let redis = RedisCounters::new(&format!("redis://127.0.0.1:{port}")).unwrap();
+        let mut text = String::new();
+        RedisCounters::render_metrics(Some(&redis), &mut text);
+        assert!(
+            text.contains("\ngateway_ratelimit_redis_errors_total 0\n"),
+            "{text}"
+        );
+
+        let env = BuildEnv {
+            redis: Some(redis.clone()),
+            ..BuildEnv::default()
+        };
+        let config = serde_json::json!({"count": 5, "time_window": 60, "key": "remote_addr", "rejected_code": 429});
+        let plugin = LimitCount::build(1002, &config, "routes/r", &env).unwrap();
+        let route: gateway_proto::model::Route =
+            serde_json::from_value(serde_json::json!({"paths": ["/"], "upstream_id": "u"}))
+                .unwrap();
+        let chain = std::sync::Arc::new(super::super::PluginChain::default());
+        let consumers = super::super::Consumers::default();
+        let mut ctx = RequestCtx::new(
+            super::super::RouteRef {
+                id: "r",
+                spec: &route,
+            },
+            &chain,
+            &[],
+            "127.0.0.1:5000".parse().unwrap(),
+            &consumers,
+        );
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        let Access::Pending(check) = plugin.access(&mut ctx, &mut parts) else {
+            panic!("with Redis the check is asynchronous");
+        };
+        // Counted locally: the request goes on.
+        let headers = check.await.unwrap();
+        assert_eq!(headers["x-ratelimit-remaining"], "4");
+        assert_eq!(redis.errors(), 1);
+        let mut text = String::new();
+        RedisCounters::render_metrics(env.redis.as_ref(), &mut text);
+        assert!(
+            text.contains("\ngateway_ratelimit_redis_errors_total 1\n"),
+            "{text}"
+        );
+        let mut without = String::new();
+        RedisCounters::render_metrics(None, &mut without);
+        assert!(without.ends_with("gateway_ratelimit_redis_errors_total 0\n"));
     }
 
     #[test]

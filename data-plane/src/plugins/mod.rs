@@ -112,6 +112,8 @@ pub struct RequestCtx<'r> {
     pub host_override: Option<HeaderValue>,
     /// Headers to set on the response, whoever produces it (rate-limit counters, ids).
     pub response_headers: HeaderMap,
+    /// The request's id, once `request-id` gave it one (the access log shows it).
+    pub request_id: Option<HeaderValue>,
     /// When the request arrived.
     pub started: Instant,
     /// Whether the answer came from the route's target: an upstream's, or the gateway's own
@@ -140,6 +142,7 @@ impl<'r> RequestCtx<'r> {
             upstream_override: None,
             host_override: None,
             response_headers: HeaderMap::new(),
+            request_id: None,
             started: Instant::now(),
             forwarded: false,
         }

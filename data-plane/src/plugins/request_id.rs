@@ -97,8 +97,9 @@ impl Plugin for RequestId {
         // One value only: a repeated header would make the id ambiguous.
         request.headers.insert(self.header.clone(), id.clone());
         if self.include_in_response {
-            ctx.response_headers.insert(self.header.clone(), id);
+            ctx.response_headers.insert(self.header.clone(), id.clone());
         }
+        ctx.request_id = Some(id);
         Ok(())
     }
 }

@@ -95,6 +95,7 @@ pub async fn serve_connection(
         read: BytesMut::with_capacity(READ_SIZE),
         write: Vec::with_capacity(READ_SIZE),
         spans: Vec::new(),
+        sent: 0,
         deadline_ms: 0,
         timer: Box::pin(deadline::timer(deadline::after(HEADER_READ_TIMEOUT))),
     };
@@ -106,12 +107,15 @@ pub async fn serve_connection(
             } => {
                 let head_request = request.method() == Method::HEAD;
                 let http10 = request.version() == Version::HTTP_10;
-                let response = proxy.handle(remote, request, HeadForm::Passed).await;
+                let (response, logged) = proxy.handle(remote, request, HeadForm::Passed).await;
                 let keep_alive = keep_alive && !stop.is_requested();
-                match conn
+                let responded = conn
                     .respond(response, head_request, http10, keep_alive)
-                    .await
-                {
+                    .await;
+                if let Some(logged) = logged {
+                    logged.finish(conn.sent);
+                }
+                match responded {
                     Ok(true) => {}
                     Ok(false) => return conn.linger().await,
                     Err(error) => {
@@ -163,6 +167,8 @@ struct Connection {
     write: Vec<u8>,
     /// Scratch space for [`parse_request`], kept so a request costs no allocation for it.
     spans: Vec<(HeaderName, usize, usize)>,
+    /// Body bytes of the last response written (so far, if its write failed).
+    sent: u64,
     /// When the head being waited for must be complete ([`crate::clock::coarse_now_ms`]: a
     /// request costs no precise clock read for a deadline of seconds).
     deadline_ms: u64,
@@ -229,6 +235,7 @@ impl Connection {
         http10: bool,
         mut keep_alive: bool,
     ) -> io::Result<bool> {
+        self.sent = 0;
         let (parts, mut body) = response.into_parts();
         let passed = match &mut body {
             Either::Left(Either::Right(upstream)) => upstream.take_passed_head(),
@@ -287,6 +294,7 @@ impl Connection {
                 continue;
             }
             sent += data.len() as u64;
+            self.sent = sent;
             if framing == Framing::Chunked {
                 self.write
                     .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
@@ -589,7 +597,13 @@ async fn hand_off(proxy: Arc<Proxy>, conn: Connection, remote: SocketAddr, stop:
                 ));
             }
             let request = request.map(Either::Left);
-            Ok::<_, Infallible>(proxy.handle(remote, request, HeadForm::Map).await)
+            let (response, logged) = proxy.handle(remote, request, HeadForm::Map).await;
+            // hyper writes the body: a counting body finishes the access-log line.
+            let response = match logged {
+                None => response,
+                Some(logged) => super::access_log::count_body(response, logged),
+            };
+            Ok::<_, Infallible>(response)
         }
     });
     serve_hyper(io, service, remote, stop).await;

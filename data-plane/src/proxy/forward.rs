@@ -21,6 +21,7 @@ use http_body_util::Either;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
+use super::access_log::Notes;
 use super::{Proxy, ProxyBody};
 use crate::error::ProxyError;
 use crate::runtime::balance::hash_bytes;
@@ -42,11 +43,16 @@ struct Prepared {
 impl Proxy {
     /// Sends `request` (already routed to `route`) to a node of `upstream` and returns the
     /// response with its body streaming; retries per the route's or upstream's policy.
-    /// `form`: where the response headers go (see [`HeadForm`]).
+    /// `form`: where the response headers go (see [`HeadForm`]); `notes`: the access log's, told
+    /// each node tried.
     ///
     /// Not an `async fn`: the request is taken apart before the future is built, so the future
     /// holds what the attempts need rather than the request too (an `async fn` keeps its
     /// arguments for its whole life, and its callers move it whole).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "taken apart before the future is built, so each travels on its own"
+    )]
     pub(crate) fn send_upstream<'a>(
         &'a self,
         route: &'a CompiledRoute,
@@ -55,6 +61,7 @@ impl Proxy {
         remote: SocketAddr,
         original_host: Option<HeaderValue>,
         form: HeadForm,
+        notes: Option<&'a Notes>,
     ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + 'a {
         let upgrade = upgrade_protocol(&request);
         let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
@@ -123,6 +130,9 @@ impl Proxy {
                 .await;
                 let elapsed = started.elapsed();
                 self.state.metrics.record_upstream(elapsed);
+                if let Some(notes) = notes {
+                    notes.tried(&node.authority, elapsed);
+                }
                 let failure = failure_of(&result);
                 let node_failed = failure.is_some_and(|f| f != Failure::Client);
                 if node_failed {

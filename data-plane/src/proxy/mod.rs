@@ -11,24 +11,28 @@
 //!    transport and retries; a batch route runs its plan ([`batch`]); an endpoint plugin is
 //!    lent a [`Dispatch`] instead;
 //! 5. response phases: headers, then the body as it streams ([`filtered`]);
-//! 6. log: the plugins' log phase and the request metrics.
+//! 6. log: the plugins' log phase, the request metrics, and the access log ([`access_log`]),
+//!    whose line the caller finishes once the body is written.
 //!
 //! Every failure is a [`ProxyError`], turned into the client's JSON answer in one place
 //! ([`Proxy::handle`]'s exit, through [`crate::error::json_response`]).
 
+pub mod access_log;
 pub mod batch;
 pub mod downstream;
 pub mod filtered;
 mod forward;
 pub mod path;
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::header::{HOST, HeaderValue};
+use http::header::{HOST, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Either, Full};
@@ -48,26 +52,65 @@ use crate::transport::headers;
 /// response body phase), or one the gateway wrote itself (errors, plugins' answers).
 pub type ProxyBody = Either<UpstreamResponseBody, Full<Bytes>>;
 
+/// `X-Gateway-Config-Version`: the config version that served an answer
+/// (`--expose-config-version`).
+pub static X_GATEWAY_CONFIG_VERSION: HeaderName =
+    HeaderName::from_static("x-gateway-config-version");
+
 /// Serves client traffic from `listener` until `shutdown` completes, then lets in-flight
 /// requests finish.
 pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()>) {
-    let proxy = Arc::new(Proxy::new(state));
+    serve_with(listener, Proxy::new(state), shutdown).await;
+}
+
+/// [`serve`] with a handler configured by the caller ([`Proxy::with_options`]).
+pub async fn serve_with(listener: TcpListener, proxy: Proxy, shutdown: impl Future<Output = ()>) {
+    let proxy = Arc::new(proxy);
     let connection = move |stream, remote, stop| {
         downstream::serve_connection(Arc::clone(&proxy), stream, remote, stop)
     };
     crate::transport::server::serve("proxy", listener, connection, shutdown).await;
 }
 
+/// What a [`Proxy`] adds to its answers beyond proxying them.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// Where each client request's line goes (`--access-log`); `None`: off.
+    pub access_log: Option<access_log::AccessLog>,
+    /// Stamp `X-Gateway-Config-Version` on every answer (`--expose-config-version`).
+    pub expose_config_version: bool,
+}
+
 /// The request handler, shared by every connection.
 #[derive(Debug)]
 pub struct Proxy {
     state: Arc<State>,
+    options: Options,
+}
+
+/// A client request's answer, and its access-log line waiting for the body to be written
+/// (`None` when the access log is off).
+pub type Answer = (Response<ProxyBody>, Option<access_log::Pending>);
+
+/// Who a request is handled for.
+#[derive(Clone, Copy)]
+enum Caller<'a> {
+    /// A client: the answer goes on the wire.
+    Client,
+    /// An endpoint plugin (`batch-requests`), on behalf of the client request whose line
+    /// takes these notes, if it is logged.
+    Item(Option<&'a access_log::Notes>),
 }
 
 impl Proxy {
     /// A handler serving whatever runtime `state` holds.
     pub fn new(state: Arc<State>) -> Proxy {
-        Proxy { state }
+        Proxy::with_options(state, Options::default())
+    }
+
+    /// A handler serving whatever runtime `state` holds, with `options`.
+    pub fn with_options(state: Arc<State>, options: Options) -> Proxy {
+        Proxy { state, options }
     }
 
     /// Handles one client request; never fails: errors become JSON responses here. With
@@ -75,46 +118,83 @@ impl Proxy {
     /// [`crate::transport::h1::ResponseBody::take_passed_head`]) rather than in the map: only for a caller that
     /// writes the response to an HTTP/1.1 client itself.
     ///
+    /// With the access log on, the caller finishes the request's line once it has written the
+    /// body ([`access_log::Pending::finish`], or [`access_log::count_body`]).
+    pub fn handle(
+        &self,
+        remote: SocketAddr,
+        request: Request<UpstreamBody>,
+        form: HeadForm,
+    ) -> impl Future<Output = Answer> + '_ {
+        self.serve_request(remote, request, form, Caller::Client)
+    }
+
+    /// [`Proxy::handle`] for `caller`.
+    ///
     /// A route without plugins is sent from here, without further `async fn` layers: each
     /// layer's future is moved whole into its caller's, so every layer copied the whole
     /// exchange's state once more per request (~21 KB per request with three more layers).
-    pub async fn handle(
+    async fn serve_request(
         &self,
         remote: SocketAddr,
         mut request: Request<UpstreamBody>,
         form: HeadForm,
-    ) -> Response<ProxyBody> {
+        caller: Caller<'_>,
+    ) -> Answer {
+        let started = Instant::now();
         // One load per request: the whole exchange sees one config version.
         let runtime = self.state.runtime();
-        let routed = match path::normalize(request.uri().path()) {
+        let normalized = match path::normalize(request.uri().path()) {
             Ok(normal) => {
                 if let Some(normal) = normal {
                     set_path(&mut request, &normal);
                 }
-                route_request(&runtime, remote, &request)
+                Ok(())
             }
             Err(reason) => Err(ProxyError::InvalidPath(reason)),
+        };
+        let mut pending = match (&self.options.access_log, caller) {
+            (Some(log), Caller::Client) => Some(log.begin(&request, remote, started)),
+            _ => None,
+        };
+        let routed = normalized.and_then(|()| route_request(&runtime, remote, &request));
+        if let (Some(pending), Ok(routed)) = (&mut pending, &routed) {
+            pending.routed(&routed.route);
+        }
+        let notes = match caller {
+            Caller::Client => pending.as_ref().and_then(access_log::Pending::notes),
+            Caller::Item(notes) => notes,
         };
         let result = match routed {
             Err(error) => Err(error),
             // Boxed: the plugin path's state (context, request parts) would otherwise widen
             // the future of every request, plugins or not.
-            Ok(routed) if !routed.route.plugins.plugins.is_empty() => {
-                Ok(Box::pin(self.forward_with_plugins(&runtime, routed, remote, request)).await)
-            }
+            Ok(routed) if !routed.route.plugins.plugins.is_empty() => Ok(Box::pin(
+                self.forward_with_plugins(&runtime, routed, remote, request, notes),
+            )
+            .await),
             Ok(Routed {
                 route,
                 params,
                 original_host,
             }) => match &route.target {
                 RouteTarget::Upstream(upstream) => {
-                    self.send_upstream(&route, upstream, request, remote, original_host, form)
-                        .await
+                    self.send_upstream(
+                        &route,
+                        upstream,
+                        request,
+                        remote,
+                        original_host,
+                        form,
+                        notes,
+                    )
+                    .await
                 }
                 RouteTarget::Batch(batch) => {
                     let dispatch = Dispatcher {
                         proxy: self,
                         remote,
+                        notes,
                     };
                     let downstream = batch::Downstream {
                         original_host,
@@ -125,12 +205,25 @@ impl Proxy {
                 RouteTarget::Endpoint => Err(no_endpoint(&route)),
             },
         };
-        let response = match result {
+        let mut response = match result {
             Ok(response) => response,
             Err(error) => self.error_response(remote, error),
         };
         self.state.metrics.record_request(response.status());
-        response
+        self.state
+            .metrics
+            .record_request_duration(started.elapsed());
+        if let Caller::Client = caller
+            && self.options.expose_config_version
+        {
+            response
+                .headers_mut()
+                .insert(&X_GATEWAY_CONFIG_VERSION, version_header(runtime.version));
+        }
+        if let Some(pending) = &mut pending {
+            pending.answered(response.status(), runtime.version);
+        }
+        (response, pending)
     }
 
     /// Logs a failure by where it came from and turns it into the client's JSON answer.
@@ -151,6 +244,7 @@ impl Proxy {
         routed: Routed,
         remote: SocketAddr,
         request: Request<UpstreamBody>,
+        notes: Option<&access_log::Notes>,
     ) -> Response<ProxyBody> {
         let Routed {
             route,
@@ -165,7 +259,11 @@ impl Proxy {
         let mut ctx = RequestCtx::new(spec, &route.plugins, &params, remote, consumers);
         let (mut parts, body) = request.into_parts();
         headers::drop_connection_listed(&mut parts.headers);
-        let mut response = match ctx.run_request_phases(&mut parts).await {
+        let phases = ctx.run_request_phases(&mut parts).await;
+        if let Some(notes) = notes {
+            notes.identified(ctx.consumer.as_ref(), ctx.request_id.as_ref());
+        }
+        let mut response = match phases {
             Err(refusal) => refusal.map(Either::Right),
             Ok(()) => {
                 let request = Request::from_parts(parts, body);
@@ -181,6 +279,7 @@ impl Proxy {
                             original_host,
                             chosen,
                             request,
+                            notes,
                         )
                         .await
                     }
@@ -206,6 +305,10 @@ impl Proxy {
     /// Sends a request on a route with plugins, after their request phases, to its target:
     /// an endpoint plugin, the upstream a plugin chose, or the route's own target. The
     /// response phases read and change the headers: the answer comes with them in the map.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the routed request's parts, passed on as they are"
+    )]
     async fn forward_matched(
         &self,
         route: &CompiledRoute,
@@ -214,10 +317,12 @@ impl Proxy {
         original_host: Option<HeaderValue>,
         chosen: Option<&Arc<UpstreamRuntime>>,
         request: Request<UpstreamBody>,
+        notes: Option<&access_log::Notes>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let dispatch = Dispatcher {
             proxy: self,
             remote,
+            notes,
         };
         if let Some(endpoint) = route.plugins.endpoint.as_deref().and_then(|p| p.endpoint()) {
             let request = request.map(|body| body.map_err(std::io::Error::other).boxed_unsync());
@@ -242,9 +347,27 @@ impl Proxy {
             remote,
             original_host,
             HeadForm::Map,
+            notes,
         )
         .await
     }
+}
+
+thread_local! {
+    /// The `X-Gateway-Config-Version` value and the version it was made for, per thread.
+    static VERSION_HEADER: RefCell<(u64, HeaderValue)> =
+        const { RefCell::new((0, HeaderValue::from_static("0"))) };
+}
+
+/// The `X-Gateway-Config-Version` value of `version`, made once per version and thread.
+fn version_header(version: u64) -> HeaderValue {
+    VERSION_HEADER.with_borrow_mut(|(made_for, value)| {
+        if *made_for != version {
+            *made_for = version;
+            *value = HeaderValue::from(version);
+        }
+        value.clone()
+    })
 }
 
 /// The upstream a plugin chose by id, in the runtime the request loaded (which compiled that
@@ -267,6 +390,8 @@ fn chosen_upstream<'r>(
 pub(crate) struct Dispatcher<'a> {
     proxy: &'a Proxy,
     remote: SocketAddr,
+    /// The client request's access-log notes, if it is logged.
+    notes: Option<&'a access_log::Notes>,
 }
 
 impl Dispatcher<'_> {
@@ -280,8 +405,23 @@ impl Dispatcher<'_> {
         original_host: Option<HeaderValue>,
         form: HeadForm,
     ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + 'a {
-        self.proxy
-            .send_upstream(route, upstream, request, self.remote, original_host, form)
+        if let Some(notes) = self.notes {
+            notes.subrequest();
+        }
+        self.proxy.send_upstream(
+            route,
+            upstream,
+            request,
+            self.remote,
+            original_host,
+            form,
+            self.notes,
+        )
+    }
+
+    /// The process metrics.
+    pub(crate) fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.proxy.state.metrics
     }
 }
 
@@ -289,7 +429,14 @@ impl Dispatch for Dispatcher<'_> {
     fn dispatch(&self, request: Request<Full<Bytes>>) -> BoxFuture<'_, Response<DispatchBody>> {
         Box::pin(async move {
             let request = request.map(Either::Right);
-            let response = self.proxy.handle(self.remote, request, HeadForm::Map).await;
+            if let Some(notes) = self.notes {
+                notes.subrequest();
+            }
+            let caller = Caller::Item(self.notes);
+            let (response, _) = self
+                .proxy
+                .serve_request(self.remote, request, HeadForm::Map, caller)
+                .await;
             response.map(|body| body.map_err(std::io::Error::other).boxed_unsync())
         })
     }

@@ -33,6 +33,7 @@ use tokio::sync::Semaphore;
 use tracing::debug;
 
 use crate::error::{ProxyError, json_bytes, json_response};
+use crate::metrics::BatchOutcome;
 use crate::proxy::{Dispatcher, ProxyBody};
 use crate::runtime::CompiledRoute;
 use crate::runtime::batch::{BodyTemplate, CompiledBatch, CompiledSubRequest};
@@ -61,6 +62,8 @@ struct Failure {
     status: StatusCode,
     message: String,
     timeout: bool,
+    /// Never sent: a sub-request it depends on failed.
+    skipped: bool,
 }
 
 impl Failure {
@@ -69,6 +72,7 @@ impl Failure {
             status,
             message: message.into(),
             timeout: false,
+            skipped: false,
         }
     }
 
@@ -77,6 +81,7 @@ impl Failure {
             status: StatusCode::GATEWAY_TIMEOUT,
             message: message.into(),
             timeout: true,
+            skipped: false,
         }
     }
 
@@ -85,6 +90,7 @@ impl Failure {
             status: error.status(),
             message: error.public_message(),
             timeout: matches!(error, ProxyError::UpstreamTimeout { .. }),
+            skipped: false,
         }
     }
 }
@@ -190,6 +196,16 @@ pub(crate) async fn execute(
     // Every shared handle is gone once all futures are done, so the answers move out of their
     // `Arc`s instead of being copied.
     let mut outcomes: Vec<Outcome> = outcomes.into_iter().map(Arc::unwrap_or_clone).collect();
+    for outcome in &outcomes {
+        dispatch
+            .metrics()
+            .record_batch_subrequest(match &outcome.result {
+                Ok(_) => BatchOutcome::Ok,
+                Err(failure) if failure.skipped => BatchOutcome::Skipped,
+                Err(failure) if failure.timeout => BatchOutcome::Timeout,
+                Err(_) => BatchOutcome::Error,
+            });
+    }
     let (mut failed, mut required_failed, mut all_timeouts) = (false, false, true);
     let mut contents = Vec::with_capacity(outcomes.len());
     for (sub, outcome) in batch.requests.iter().zip(&mut outcomes) {
@@ -296,6 +312,7 @@ impl Exchange<'_> {
                     uri: sub.path_text.clone(),
                     result: Err(Failure {
                         message: format!("not sent: it needs the answer of {name:?}, which failed"),
+                        skipped: true,
                         ..failure.clone()
                     }),
                 };
