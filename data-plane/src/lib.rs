@@ -72,10 +72,10 @@ pub enum StartError {
     #[error("{0}")]
     Redis(String),
     /// The `--access-log` file cannot be opened for appending.
-    #[error("cannot open the access log {target:?}: {source}")]
+    #[error("cannot open the access log {path}: {source}")]
     AccessLog {
-        /// The flag's value.
-        target: config::AccessLogTarget,
+        /// The file.
+        path: std::path::PathBuf,
         /// Why.
         #[source]
         source: io::Error,
@@ -145,7 +145,10 @@ impl DataPlane {
         let state = State::with_plugin_env(plugin_env);
         let access_log = proxy::access_log::AccessLog::open(&config.access_log, state.clone())
             .map_err(|source| StartError::AccessLog {
-                target: config.access_log.clone(),
+                path: match &config.access_log {
+                    config::AccessLogTarget::File(path) => path.clone(),
+                    _ => "stdout".into(),
+                },
                 source,
             })?;
         let (proxy, proxy_addr) = bind("client traffic", config.listen).await?;

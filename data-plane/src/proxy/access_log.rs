@@ -12,7 +12,10 @@
 //! request. Off, the request path pays one branch.
 //!
 //! The writer drains whatever the channel holds and writes it with one `write` (no buffer
-//! held back: `tail -f` sees a line as soon as the writer does). A file is opened in append
+//! held back: `tail -f` sees a line as soon as the writer does). It is a thread of its own at
+//! normal priority rather than `background::Worker`: that one runs jobs whose results are
+//! awaited, on an unbounded queue, at nice 19, where a saturated core would starve the writer
+//! and every line would be dropped. A file is opened in append
 //! mode and reopened on [`AccessLog::reopen`] (the binary calls it on SIGUSR1 and SIGHUP:
 //! logrotate moves the file, signals, and the next lines go to a new file).
 //!
@@ -24,7 +27,9 @@
 //! `bytes_in` (the request body's length when known before it is read: `Content-Length`, else
 //! `null`), `bytes_out` (response body bytes written), `latency_ms` (arrival to the last byte
 //! written), `upstream_latency_ms` (the last upstream exchange, to its response head),
-//! `config_version`, `client` (its IP address), and `subrequests` on a batch's answer.
+//! `config_version`, `client` (its IP address), and `subrequests` on a batch's answer. A
+//! request the connection refused before parsing it (a malformed head, one too large or too
+//! slow) is logged too, with `method` and `path` null.
 //!
 //! [`Proxy::handle`]: super::Proxy::handle
 
@@ -169,12 +174,37 @@ impl AccessLog {
         let entry = Entry {
             time: SystemTime::now(),
             started,
-            method: request.method().clone(),
+            method: Some(request.method().clone()),
             host,
-            uri: request.uri().clone(),
+            uri: Some(request.uri().clone()),
             trace_id: trace_id(request),
             client: remote.ip().to_canonical(),
             bytes_in: request.body().size_hint().exact(),
+            notes: Notes::default(),
+            route: None,
+            status: 0,
+            config_version: 0,
+            bytes_out: 0,
+            latency: Duration::ZERO,
+        };
+        Pending {
+            entry: Some(Box::new(entry)),
+            sink: Arc::clone(&self.sink),
+        }
+    }
+
+    /// The start of the line of a request refused before it could be parsed (a malformed or
+    /// too large head, one that did not arrive in time): no method, host or path.
+    pub fn begin_unparsed(&self, remote: SocketAddr) -> Pending {
+        let entry = Entry {
+            time: SystemTime::now(),
+            started: Instant::now(),
+            method: None,
+            host: None,
+            uri: None,
+            trace_id: None,
+            client: remote.ip().to_canonical(),
+            bytes_in: None,
             notes: Notes::default(),
             route: None,
             status: 0,
@@ -412,9 +442,10 @@ fn parse_traceparent(value: &[u8]) -> Option<TraceId> {
 struct Entry {
     time: SystemTime,
     started: Instant,
-    method: Method,
+    /// `None` (like the path) for a request refused before it was parsed.
+    method: Option<Method>,
     host: Option<HeaderValue>,
-    uri: Uri,
+    uri: Option<Uri>,
     trace_id: Option<TraceId>,
     client: IpAddr,
     bytes_in: Option<u64>,
@@ -449,7 +480,7 @@ impl Entry {
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"method\":");
-        string(out, self.method.as_str());
+        optional(out, self.method.as_ref().map(Method::as_str));
         out.extend_from_slice(b",\"host\":");
         optional(
             out,
@@ -458,7 +489,7 @@ impl Entry {
                 .map(|h| String::from_utf8_lossy(h.as_bytes())),
         );
         out.extend_from_slice(b",\"path\":");
-        string(out, self.uri.path());
+        optional(out, self.uri.as_ref().map(Uri::path));
         out.extend_from_slice(b",\"route\":");
         optional(out, self.route.as_ref().map(|r| r.id.as_str()));
         out.extend_from_slice(b",\"consumer\":");

@@ -45,7 +45,7 @@ use tracing::debug;
 
 use super::{Proxy, ProxyBody};
 use crate::error::json_response;
-use crate::transport::body::empty_body;
+use crate::transport::body::{UpstreamBody, empty_body};
 use crate::transport::deadline;
 use crate::transport::h1::{HeadForm, PassedHead};
 use crate::transport::headers::put_header;
@@ -132,7 +132,12 @@ pub async fn serve_connection(
                     _ => "bad_request",
                 };
                 let response = json_response(status, code, message);
-                if conn.respond(response, false, false, false).await.is_ok() {
+                let logged = proxy.log_refusal::<UpstreamBody>(remote, None, status);
+                let responded = conn.respond(response, false, false, false).await;
+                if let Some(logged) = logged {
+                    logged.finish(conn.sent);
+                }
+                if responded.is_ok() {
                     conn.linger().await;
                 }
                 return;
@@ -590,11 +595,12 @@ async fn hand_off(proxy: Arc<Proxy>, conn: Connection, remote: SocketAddr, stop:
         async move {
             let hosts = request.headers().get_all(HOST).iter().count();
             if !host_count_allowed(hosts, request.version()) {
-                return Ok(json_response(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    HOST_RULE,
-                ));
+                let response = json_response(StatusCode::BAD_REQUEST, "bad_request", HOST_RULE);
+                let logged = proxy.log_refusal(remote, Some(&request), StatusCode::BAD_REQUEST);
+                return Ok(match logged {
+                    None => response,
+                    Some(logged) => super::access_log::count_body(response, logged),
+                });
             }
             let request = request.map(Either::Left);
             let (response, logged) = proxy.handle(remote, request, HeadForm::Map).await;

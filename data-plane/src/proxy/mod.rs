@@ -129,6 +129,23 @@ impl Proxy {
         self.serve_request(remote, request, form, Caller::Client)
     }
 
+    /// The access-log line of an answer a connection gave without handling the request (a
+    /// request it refused: `request` if it was parsed), if the log is on.
+    pub(crate) fn log_refusal<B: http_body::Body>(
+        &self,
+        remote: SocketAddr,
+        request: Option<&Request<B>>,
+        status: http::StatusCode,
+    ) -> Option<access_log::Pending> {
+        let log = self.options.access_log.as_ref()?;
+        let mut pending = match request {
+            Some(request) => log.begin(request, remote, Instant::now()),
+            None => log.begin_unparsed(remote),
+        };
+        pending.answered(status, self.state.runtime().version);
+        Some(pending)
+    }
+
     /// [`Proxy::handle`] for `caller`.
     ///
     /// A route without plugins is sent from here, without further `async fn` layers: each

@@ -574,3 +574,27 @@ async fn each_client_request_is_one_line_with_its_route_node_consumer_and_bytes(
     // Both echo requests, auth's, and the batch's two.
     assert_eq!(metrics.upstream_exchanges(), 5);
 }
+
+#[tokio::test]
+async fn a_request_refused_before_it_is_parsed_is_logged_too() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let proxy = Logged::start(&[]).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    let body_length = answer.split("\r\n\r\n").nth(1).unwrap().len();
+    let lines = proxy.lines();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(lines[0]["status"], 400);
+    assert_eq!(lines[0]["method"], Value::Null);
+    assert_eq!(lines[0]["path"], Value::Null);
+    assert_eq!(lines[0]["route"], Value::Null);
+    assert_eq!(lines[0]["config_version"], 3);
+    assert_eq!(lines[0]["bytes_out"], body_length);
+}
