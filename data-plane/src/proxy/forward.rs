@@ -44,7 +44,9 @@ impl Proxy {
     /// Sends `request` (already routed to `route`) to a node of `upstream` and returns the
     /// response with its body streaming; retries per the route's or upstream's policy.
     /// `form`: where the response headers go (see [`HeadForm`]); `notes`: the access log's, told
-    /// each node tried.
+    /// each node tried. `started` is when the first attempt is timed from: the plain path hands
+    /// in the reading its request began with (the routing in between is well under a
+    /// microsecond), so a proxied request reads the clock once less.
     ///
     /// Not an `async fn`: the request is taken apart before the future is built, so the future
     /// holds what the attempts need rather than the request too (an `async fn` keeps its
@@ -62,6 +64,7 @@ impl Proxy {
         original_host: Option<HeaderValue>,
         form: HeadForm,
         notes: Option<&'a Notes>,
+        started: Instant,
     ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + 'a {
         let upgrade = upgrade_protocol(&request);
         let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
@@ -96,6 +99,7 @@ impl Proxy {
 
         async move {
             let mut tried: Vec<usize> = Vec::new();
+            let mut started = started;
             let mut index =
                 upstream
                     .pick_index(key, |_| false)
@@ -105,7 +109,6 @@ impl Proxy {
             loop {
                 let node = &upstream.nodes[index];
                 let in_flight = node.load.start();
-                let started = Instant::now();
                 // The request is built in a block that ends before the await: a local of the loop
                 // body would keep its (moved-from) slot in the future's state.
                 let result = {
@@ -161,6 +164,7 @@ impl Proxy {
                         debug!(upstream = %upstream.key, node = %node.authority, failure = ?failure, "retrying on another node");
                         self.state.metrics.record_retry();
                         index = next;
+                        started = Instant::now();
                         continue;
                     }
                 }

@@ -204,6 +204,7 @@ impl Proxy {
                         original_host,
                         form,
                         notes,
+                        started,
                     )
                     .await
                 }
@@ -365,6 +366,7 @@ impl Proxy {
             original_host,
             HeadForm::Map,
             notes,
+            Instant::now(),
         )
         .await
     }
@@ -433,6 +435,7 @@ impl Dispatcher<'_> {
             original_host,
             form,
             self.notes,
+            Instant::now(),
         )
     }
 
