@@ -94,7 +94,7 @@ fn a_line_carries_every_field_as_json() {
     entry.bytes_out = 321;
     entry.latency = Duration::from_micros(4321);
     let mut out = Vec::new();
-    entry.write_json(&mut out);
+    entry.write_json(&Now::read(), &mut out);
     let text = String::from_utf8(out).unwrap();
     assert!(
         text.ends_with("}\n") && text.matches('\n').count() == 1,
@@ -106,6 +106,10 @@ fn a_line_carries_every_field_as_json() {
         time.len() == 24 && time.ends_with('Z') && &time[10..11] == "T",
         "{time}"
     );
+    let mut today = Vec::new();
+    rfc3339_millis(SystemTime::now(), &mut today);
+    // The request began just now: its date is today's (unless the test straddles midnight).
+    assert_eq!(&time[..10], &String::from_utf8(today).unwrap()[..10]);
     let expected = json!({
         "time": time,
         "request_id": "req-\"1\"",
@@ -166,9 +170,9 @@ fn without_an_id_or_a_trace_a_request_gets_a_generated_id_and_a_null_trace() {
     let mut pending = log.begin(&request, "127.0.0.1:1".parse().unwrap(), Instant::now());
     let entry = pending.entry.take().unwrap();
     let mut first = Vec::new();
-    entry.write_json(&mut first);
+    entry.write_json(&Now::read(), &mut first);
     let mut second = Vec::new();
-    entry.write_json(&mut second);
+    entry.write_json(&Now::read(), &mut second);
     let (first, second): (Value, Value) = (
         serde_json::from_slice(&first).unwrap(),
         serde_json::from_slice(&second).unwrap(),
