@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: format and lint gates (shell scripts parsing, the fuzz
 # harness compiling), the binaries the end-to-end tests spawn, every test (store and end-to-end
-# tests use the Postgres at DATABASE_URL), and validation of the deploy/ manifests.
+# tests use the Postgres at DATABASE_URL), the admin API held to its OpenAPI document
+# (scripts/schemathesis.sh), and validation of the deploy/ manifests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,5 +30,8 @@ echo "== build the binaries the end-to-end tests spawn"
 cargo build --workspace --bins --quiet
 echo "== tests"
 cargo nextest run --workspace --no-fail-fast --profile "${NEXTEST_PROFILE:-default}"
+# The OpenAPI document and the served schemas against what the server does, generated.
+echo "== the admin API against its OpenAPI document (schemathesis)"
+bash scripts/schemathesis.sh
 echo "== deploy/ manifests"
 python3 scripts/validate_manifests.py deploy

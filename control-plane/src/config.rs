@@ -605,11 +605,7 @@ impl ConfigService {
                 Some(document) => match admit(&key, document, existing.map(|e| &e.body)) {
                     Ok(admitted) => Some(admitted),
                     Err(found) => {
-                        violations.extend(
-                            found
-                                .into_iter()
-                                .map(|v| Violation::new(format!("{at}{}", v.pointer), v.message)),
-                        );
+                        violations.extend(found.into_iter().map(|v| v.under(&at)));
                         continue;
                     }
                 },

@@ -29,7 +29,9 @@ pub fn restore_redacted(
             *secret = stored.clone();
             Ok(())
         }
-        None => Err(Violation::new(
+        // The placeholder names the stored secret; with none stored it names nothing: a
+        // reference that does not resolve (409), not a malformed document.
+        None => Err(Violation::reference(
             JWT_SECRET,
             format!("{REDACTED:?} only keeps an existing secret; this consumer has none"),
         )),

@@ -245,7 +245,8 @@ async fn every_error_has_one_shape_and_changes_nothing() {
         .await;
     let pointers = reply.error(StatusCode::BAD_REQUEST, "schema_violation");
     assert_eq!(pointers, ["/methods/1", "/paths/0"]);
-    // A node listed twice: a rule for writes (stored documents that break it still load).
+    // A node listed twice: a rule for writes (stored documents that break it still load), and
+    // a uniqueness rule no schema can say, so a conflict rather than a schema violation.
     let reply = api
         .call(
             Method::PUT,
@@ -254,7 +255,7 @@ async fn every_error_has_one_shape_and_changes_nothing() {
         )
         .await;
     assert_eq!(
-        reply.error(StatusCode::BAD_REQUEST, "schema_violation"),
+        reply.error(StatusCode::CONFLICT, "reference_conflict"),
         ["/nodes/1"]
     );
     let reply = api

@@ -416,9 +416,11 @@ async fn bad_batches_are_refused_on_write_with_pointers() {
             "/batch/requests/2/path",
             "unknown template variable",
         ),
+        // What the sub-requests refer to is beyond any schema: a reference that does not
+        // resolve, answered 409 like an upstream that does not exist.
         (
             route(json!([sub("a", "/a"), sub("b", "/{resp.ghost./id}")])),
-            400,
+            409,
             "/batch/requests/1/path",
             "ghost",
         ),
@@ -427,13 +429,13 @@ async fn bad_batches_are_refused_on_write_with_pointers() {
                 sub("a", "/{resp.b./id}"),
                 sub("b", "/{resp.a./id}")
             ])),
-            400,
+            409,
             "/batch/requests/0",
             "cycle",
         ),
         (
             route(json!([sub("a", "/{param.missing}")])),
-            400,
+            409,
             "/batch/requests/0/path",
             ":missing",
         ),

@@ -592,7 +592,7 @@ async fn server_errors_print_their_code_details_and_exit_1() {
     );
     let refused = gatewayctl(&cp.admin_url, &["apply", "-f", &path]).expect(1);
     for expected in [
-        "PUT /api/v1/config answered 400 schema_violation",
+        "PUT /api/v1/config answered 409 reference_conflict",
         &format!("consumers/erin ({path}): /credentials/jwt-auth/secret:"),
         "only keeps an existing secret",
     ] {

@@ -465,9 +465,11 @@ async fn plugin_configs_are_validated_on_write_with_pointers() {
     assert_eq!(properties, ["count", "key", "rejected_code", "time_window"]);
     assert_eq!(schema["additionalProperties"], false);
     assert_eq!(schema["required"].as_array().unwrap().len(), 4);
+    // Bounded by the largest integer every JSON reader holds exactly, so that no count the
+    // schema accepts overflows the typed config.
     assert_eq!(
         schema["properties"]["count"],
-        json!({"type": "integer", "minimum": 0})
+        json!({"type": "integer", "minimum": 0, "maximum": 9_007_199_254_740_991_u64})
     );
     assert_eq!(
         schema["properties"]["rejected_code"],

@@ -65,7 +65,8 @@ async fn cors_preflight_is_answered_and_request_ids_are_echoed() {
     assert_eq!(headers["x-request-id"], "trace-42");
 
     // A bad config is refused on write with its pointer (the merge patch keeps the listed
-    // origins; `allow_headers` is still the default `*`).
+    // origins; `allow_headers` is still the default `*`). The patch itself is well formed;
+    // its result is what breaks the schema, so it cannot be applied: 409 (RFC 5789 §2.2).
     let (status, _, body) = cp
         .call(
             "PATCH",
@@ -73,7 +74,8 @@ async fn cors_preflight_is_answered_and_request_ids_are_echoed() {
             Some(json!({"plugins": {"cors": {"allow_credential": true}}})),
         )
         .await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "schema_violation", "{body}");
     let pointers = error_pointers(&body);
     assert_eq!(pointers, ["/plugins/cors/allow_headers"], "{body}");
 }

@@ -25,8 +25,12 @@ pub enum ApiError {
     Forbidden(String),
     /// 404: no such resource, version or route.
     NotFound(String),
-    /// 409: a reference that does not resolve, or a delete of something still referenced.
+    /// 409: a reference that does not resolve (to another resource or within the document), a
+    /// name that is not unique, or a delete of something still referenced.
     Conflict(Vec<Violation>),
+    /// 409: a well-formed merge patch whose result the kind's schema refuses: it cannot be
+    /// applied to the resource as it stands (RFC 5789 §2.2).
+    PatchResultInvalid(Vec<Violation>),
     /// 412: `If-Match` no longer matches.
     PreconditionFailed(String),
     /// 413: the body exceeds the limit.
@@ -38,6 +42,16 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// A document refused for `violations`: 409 when they are all about what it refers to or
+    /// must be unique among (its shape is fine), else 400.
+    pub fn refused(violations: Vec<Violation>) -> ApiError {
+        if Violation::all_references(&violations) {
+            ApiError::Conflict(violations)
+        } else {
+            ApiError::SchemaViolation(violations)
+        }
+    }
+
     fn parts(&self) -> (StatusCode, &'static str, String, &[Violation]) {
         match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m.clone(), &[]),
@@ -63,6 +77,15 @@ impl ApiError {
                     .map(|v| v.message.as_str())
                     .collect::<Vec<_>>()
                     .join("; "),
+                v,
+            ),
+            ApiError::PatchResultInvalid(v) => (
+                StatusCode::CONFLICT,
+                "schema_violation",
+                format!(
+                    "the patched document would break its schema: {} violation(s)",
+                    v.len()
+                ),
                 v,
             ),
             ApiError::PreconditionFailed(m) => (
@@ -122,7 +145,7 @@ impl From<StoreError> for ApiError {
 impl From<WriteError> for ApiError {
     fn from(error: WriteError) -> Self {
         match error {
-            WriteError::Invalid(violations) => ApiError::SchemaViolation(violations),
+            WriteError::Invalid(violations) => ApiError::refused(violations),
             WriteError::NotFound(key) => ApiError::NotFound(format!("{key} does not exist")),
             WriteError::VersionNotFound(v) => {
                 ApiError::NotFound(format!("version {v} does not exist"))

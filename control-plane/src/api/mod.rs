@@ -22,12 +22,13 @@ use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router, middleware};
 use gateway_proto::model::is_valid_id;
 use gateway_proto::plugins;
-use gateway_proto::schema::schema_of;
+use gateway_proto::schema::{check_server_fields, schema_of, validate_patch};
 use gateway_proto::{Kind, ResourceKey, Violation, validate_resource};
 use serde_json::{Value, json};
 
 use crate::config::{
-    ConfigService, ConfigState, IfMatch, WriteOp, WriteOutcome, generate_id, render, render_stored,
+    ConfigService, ConfigState, IfMatch, WriteError, WriteOp, WriteOutcome, generate_id, render,
+    render_stored,
 };
 use crate::fleet::Fleet;
 use crate::metrics::{FleetGauges, metrics};
@@ -404,6 +405,7 @@ async fn create(
     JsonBody(document): JsonBody,
 ) -> Result<Response, ApiError> {
     let kind = collection(&kind)?;
+    refuse_mistyped_server_fields(&document, "")?;
     let id = match document.get("id") {
         Some(Value::String(id)) => id.clone(),
         Some(_) => {
@@ -431,6 +433,7 @@ async fn put_one(
     JsonBody(document): JsonBody,
 ) -> Result<Response, ApiError> {
     let key = resource_key(&kind, &id)?;
+    refuse_mistyped_server_fields(&document, "")?;
     let op = WriteOp::Put {
         key: key.clone(),
         document,
@@ -447,12 +450,49 @@ async fn patch_one(
     JsonBody(patch): JsonBody,
 ) -> Result<Response, ApiError> {
     let key = resource_key(&kind, &id).map_err(|_| not_found_key(&kind, &id))?;
+    // The patch itself first: what is wrong with it whatever is stored is a 400.
+    let violations = validate_patch(key.kind, &patch);
+    if !violations.is_empty() {
+        return Err(ApiError::SchemaViolation(violations));
+    }
+    if let Some(Value::String(body_id)) = patch.get("id")
+        && *body_id != key.id
+    {
+        return Err(ApiError::SchemaViolation(vec![Violation::new(
+            "/id",
+            format!(
+                "the body's id {body_id:?} differs from the id in the URL ({:?})",
+                key.id
+            ),
+        )]));
+    }
     let op = WriteOp::Patch {
         key: key.clone(),
         patch,
         if_match: if_match(&headers)?,
     };
-    write_resource(&state, &caller, &headers, op, &key).await
+    let meta = commit_meta(&caller, &headers)?;
+    match state.config.write(op, &meta, false).await {
+        Ok(outcome) => resource_response(&outcome, &key),
+        // A well-formed patch whose merged result breaks the schema cannot be applied to the
+        // resource as it stands: RFC 5789 §2.2's 409, not a 400 about the request.
+        Err(WriteError::Invalid(violations)) if Violation::all_references(&violations) => {
+            Err(ApiError::Conflict(violations))
+        }
+        Err(WriteError::Invalid(violations)) => Err(ApiError::PatchResultInvalid(violations)),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Refuses server-managed fields of the wrong type (400): they are ignored when well-typed,
+/// as the schema says, so that a GET's answer can be written back.
+fn refuse_mistyped_server_fields(document: &Value, at: &str) -> Result<(), ApiError> {
+    let violations = check_server_fields(document, at);
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::SchemaViolation(violations))
+    }
 }
 
 async fn delete_one(
@@ -620,6 +660,13 @@ fn parse_config_document(document: Value) -> Result<WriteOp, ApiError> {
     let mut pointers = BTreeMap::new();
     for (name, items) in sections {
         if name == "version" {
+            // What an export says; ignored, but only when it could be one.
+            if items.as_u64().is_none_or(|v| i64::try_from(v).is_err()) {
+                violations.push(Violation::new(
+                    "/version",
+                    "version is server-managed: an integer from 0, ignored on input",
+                ));
+            }
             continue;
         }
         let Some(kind) = Kind::ALL.into_iter().find(|k| k.as_str() == name) else {
@@ -652,9 +699,11 @@ fn parse_config_document(document: Value) -> Result<WriteOp, ApiError> {
                 ));
                 continue;
             }
+            violations.extend(check_server_fields(&item, &at));
             let key = ResourceKey::new(kind, id);
             if documents.insert(key.clone(), item).is_some() {
-                violations.push(Violation::new(
+                // Ids must be unique: a uniqueness rule, which no schema says of an array.
+                violations.push(Violation::reference(
                     format!("{at}/id"),
                     format!("{key} appears twice"),
                 ));
@@ -668,7 +717,7 @@ fn parse_config_document(document: Value) -> Result<WriteOp, ApiError> {
             pointers,
         })
     } else {
-        Err(ApiError::SchemaViolation(violations))
+        Err(ApiError::refused(violations))
     }
 }
 
@@ -749,15 +798,16 @@ async fn validate(
     let kind = Kind::parse(&kind)
         .ok_or_else(|| ApiError::NotFound(format!("unknown resource kind {kind:?}")))?;
     let mut body = document;
+    refuse_mistyped_server_fields(&body, "")?;
     if let Value::Object(fields) = &mut body {
         for field in gateway_proto::model::SERVER_FIELDS {
             fields.remove(field);
         }
     }
-    let parsed = validate_resource(kind, &body).map_err(ApiError::SchemaViolation)?;
+    let parsed = validate_resource(kind, &body).map_err(ApiError::refused)?;
     let refused = gateway_proto::check_new_document(&parsed);
     if !refused.is_empty() {
-        return Err(ApiError::SchemaViolation(refused));
+        return Err(ApiError::refused(refused));
     }
     let config = state.config.current();
     let missing: Vec<Violation> = parsed

@@ -104,6 +104,8 @@ fn default_jwt_name() -> String {
 
 /// The `credentials` schema of a consumer.
 pub fn credentials_schema() -> Value {
+    // `algorithm` defaults to HS256: only an explicit RS256 is RS256.
+    let rs256 = json!({"properties": {"algorithm": {"const": "RS256"}}, "required": ["algorithm"]});
     json!({
         "type": "object",
         "properties": {
@@ -113,7 +115,7 @@ pub fn credentials_schema() -> Value {
                     "key": {"type": "string", "minLength": 8, "maxLength": 512, "description": "Write-only; stored as key_sha256."},
                     "key_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}
                 },
-                "oneOf": [{"required": ["key"]}, {"required": ["key_sha256"]}],
+                "allOf": [crate::schema::exactly_one_of("key", "key_sha256")],
                 "additionalProperties": false
             },
             "basic-auth": {
@@ -124,7 +126,7 @@ pub fn credentials_schema() -> Value {
                     "password_hash": {"type": "string", "pattern": "^sha256\\$[0-9a-f]{32}\\$[0-9a-f]{64}$"}
                 },
                 "required": ["username"],
-                "oneOf": [{"required": ["password"]}, {"required": ["password_hash"]}],
+                "allOf": [crate::schema::exactly_one_of("password", "password_hash")],
                 "additionalProperties": false
             },
             "jwt-auth": {
@@ -136,7 +138,17 @@ pub fn credentials_schema() -> Value {
                     "public_key": {"type": "string", "minLength": 1, "maxLength": 16384, "description": "RS256 public key, PEM."}
                 },
                 "required": ["key"],
-                "additionalProperties": false
+                "additionalProperties": false,
+                "allOf": [
+                    crate::schema::rule(
+                        "HS256 needs a secret",
+                        json!({"if": rs256, "else": {"required": ["secret"]}}),
+                    ),
+                    crate::schema::rule(
+                        "RS256 needs a public_key (PEM)",
+                        json!({"if": rs256, "then": {"required": ["public_key"]}}),
+                    )
+                ]
             }
         },
         "additionalProperties": false

@@ -4,7 +4,8 @@
 //! comma-separated string; a JSON array of strings is accepted too. `*` means "any" (sent as
 //! `*`); `**` means "any, even with credentials" (the request's own origin, method list or
 //! headers are echoed back). With `allow_credential: true`, a plain `*` is refused: browsers
-//! ignore `*` on credentialed requests, so such a config could never work.
+//! ignore `*` on credentialed requests, so such a config could never work. The schema says so
+//! (a rule across fields), so a client validating against it is refused the same way.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -14,21 +15,29 @@ use crate::schema::{Violation, compile_regex};
 /// The config schema.
 pub fn schema() -> Value {
     let list = |default: &str| {
+        // A string or an array: each keyword below applies to one of the two types only.
         json!({
-            "oneOf": [
-                {"type": "string", "maxLength": 4096, "pattern": "^[^\r\n]*$"},
-                {"type": "array", "maxItems": 256, "items": {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": "^[^\r\n,]*$"}}
-            ],
+            "type": ["string", "array"],
+            "maxLength": 4096,
+            "pattern": "^[^\r\n]*$",
+            "maxItems": 256,
+            "items": {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": "^[^\r\n,]*$"},
             "default": default
         })
     };
+    let no_star =
+        json!({"pattern": no_star_pattern(true), "items": {"pattern": no_star_pattern(false)}});
+    let mut regex = crate::schema::regex_value_schema();
+    regex["minLength"] = 1.into();
+    regex["maxLength"] = 4096.into();
     json!({
         "type": "object",
         "properties": {
             "allow_origins": list("*"),
             "allow_origins_by_regex": {
                 "type": "array", "minItems": 1, "maxItems": 64,
-                "items": {"type": "string", "minLength": 1, "maxLength": 4096}
+                "description": "Origins allowed if one of these regular expressions matches the whole origin.",
+                "items": regex
             },
             "allow_methods": list("*"),
             "allow_headers": list("*"),
@@ -36,8 +45,44 @@ pub fn schema() -> Value {
             "max_age": {"type": "integer", "minimum": -1, "maximum": 86400, "default": 5},
             "allow_credential": {"type": "boolean", "default": false}
         },
-        "additionalProperties": false
+        "additionalProperties": false,
+        "allOf": [crate::schema::rule(
+            "\"*\" cannot be used with allow_credential: true (browsers ignore it); list the \
+             values, or use \"**\" to echo the request's (allow_origins, allow_methods and \
+             allow_headers default to \"*\", so they must be given)",
+            json!({
+                "if": {"properties": {"allow_credential": {"const": true}}, "required": ["allow_credential"]},
+                "then": {
+                    "required": ["allow_origins", "allow_methods", "allow_headers"],
+                    "properties": {
+                        "allow_origins": no_star,
+                        "allow_methods": no_star,
+                        "allow_headers": no_star,
+                        "expose_headers": no_star
+                    }
+                }
+            }),
+        )]
     })
+}
+
+/// The characters [`List::items`] trims: Rust's white space, which ECMA-262's `\s` is not (it
+/// lacks U+0085), as the body of a regex class.
+const SPACE: &str =
+    "\\t\\n\\u000B\\f\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000";
+
+/// The pattern of a list none of whose entries is `*` once trimmed: `joined`, a comma-separated
+/// string; else one entry of an array. Said without look-around or `not`, so that generators
+/// draw from it directly: an entry is not `*` when it holds a character other than space and
+/// `*`, or no `*` at all, or two of them.
+fn no_star_pattern(joined: bool) -> String {
+    let entry =
+        format!("([^,]*[^,*{SPACE}][^,]*|[{SPACE}]*|[{SPACE}]*\\*[{SPACE}]*\\*[*{SPACE}]*)");
+    if joined {
+        format!("^{entry}(,{entry})*$")
+    } else {
+        format!("^{entry}$")
+    }
 }
 
 /// A comma-separated string or a list.
@@ -103,7 +148,8 @@ fn default_max_age() -> i64 {
     5
 }
 
-/// Semantic rules: regular expressions compile; no `*` together with credentials.
+/// The rule the schema cannot say: the regular expressions compile with the data plane's
+/// engine (the schema marks them `format: regex`).
 pub fn check(config: &Value, at: &str, out: &mut Vec<Violation>) {
     let Ok(config) = serde_json::from_value::<Config>(config.clone()) else {
         return;
@@ -114,22 +160,6 @@ pub fn check(config: &Value, at: &str, out: &mut Vec<Violation>) {
                 format!("{at}/allow_origins_by_regex/{i}"),
                 message,
             ));
-        }
-    }
-    if config.allow_credential {
-        for (field, list) in [
-            ("allow_origins", &config.allow_origins),
-            ("allow_methods", &config.allow_methods),
-            ("allow_headers", &config.allow_headers),
-            ("expose_headers", &config.expose_headers),
-        ] {
-            if list.items().iter().any(|item| item == "*") {
-                out.push(Violation::new(
-                    format!("{at}/{field}"),
-                    "\"*\" cannot be used with allow_credential: true (browsers ignore it); \
-                     list the values, or use \"**\" to echo the request's",
-                ));
-            }
         }
     }
 }

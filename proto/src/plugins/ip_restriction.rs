@@ -2,12 +2,11 @@
 //!
 //! Named as in APISIX: `whitelist` (only these clients) or `blacklist` (every client but
 //! these), exactly one of the two. An entry is an address (`10.0.0.1`, `::1`) or a block
-//! (`10.0.0.0/8`, `fd00::/8`), parsed like a route's `remote_addrs`.
+//! (`10.0.0.0/8`, `fd00::/8`), parsed like a route's `remote_addrs`; the schema's pattern says
+//! exactly which entries parse.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-
-use crate::schema::{Violation, parse_cidr};
 
 /// The config schema.
 pub fn schema() -> Value {
@@ -15,7 +14,11 @@ pub fn schema() -> Value {
         "type": "array",
         "minItems": 1,
         "maxItems": 4096,
-        "items": {"type": "string", "pattern": "^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$"}
+        "items": {
+            "type": "string",
+            "pattern": crate::schema::cidr_pattern(),
+            "description": "An IPv4 or IPv6 address (10.0.0.1, ::1) or CIDR block (10.0.0.0/8, fd00::/8)."
+        }
     });
     json!({
         "type": "object",
@@ -25,7 +28,7 @@ pub fn schema() -> Value {
             "message": {"type": "string", "minLength": 1, "maxLength": 1024, "default": DEFAULT_MESSAGE},
             "rejected_code": {"type": "integer", "minimum": 200, "maximum": 599, "default": 403}
         },
-        "oneOf": [{"required": ["whitelist"]}, {"required": ["blacklist"]}],
+        "allOf": [crate::schema::exactly_one_of("whitelist", "blacklist")],
         "additionalProperties": false
     })
 }
@@ -55,18 +58,6 @@ fn default_message() -> String {
 
 fn default_code() -> u16 {
     403
-}
-
-/// Semantic rules: every entry is a valid address or block.
-pub fn check(config: &Value, at: &str, out: &mut Vec<Violation>) {
-    for field in ["whitelist", "blacklist"] {
-        let entries = config.get(field).and_then(Value::as_array);
-        for (i, entry) in entries.into_iter().flatten().enumerate() {
-            if let Some(Err(message)) = entry.as_str().map(parse_cidr) {
-                out.push(Violation::new(format!("{at}/{field}/{i}"), message));
-            }
-        }
-    }
 }
 
 #[cfg(test)]

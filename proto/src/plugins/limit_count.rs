@@ -19,13 +19,17 @@ pub const KEYS: [&str; 7] = [
     "http_x_api_key",
 ];
 
+/// The largest integer every JSON reader holds exactly (2^53 - 1): a bound the schema states,
+/// so that no schema-valid count overflows the typed config.
+const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
 /// The config schema.
 pub fn schema() -> Value {
     json!({
         "type": "object",
         "properties": {
-            "count": {"type": "integer", "minimum": 0},
-            "time_window": {"type": "integer", "minimum": 0},
+            "count": {"type": "integer", "minimum": 0, "maximum": MAX_SAFE_INTEGER},
+            "time_window": {"type": "integer", "minimum": 0, "maximum": MAX_SAFE_INTEGER},
             "key": {"enum": KEYS},
             "rejected_code": {"type": "integer", "minimum": 200, "maximum": 600}
         },

@@ -132,13 +132,13 @@ pub fn plugin(name: &str) -> Option<&'static PluginDef> {
     PLUGINS.iter().find(|p| p.name == name)
 }
 
-/// The semantic rules of a `plugins` map that its schema cannot say (CIDR blocks, regular
-/// expressions, `*` with credentials), each violation located under `at` (`/plugins`).
+/// The rule of a `plugins` map that its schema cannot say: regular expressions compile with
+/// the data plane's engine (the schemas mark them `format: regex`). Each violation is located
+/// under `at` (`/plugins`).
 pub fn check(plugins: &BTreeMap<String, Value>, at: &str, out: &mut Vec<crate::schema::Violation>) {
     for (name, config) in plugins {
         let at = format!("{at}/{name}");
         match name.as_str() {
-            "ip-restriction" => ip_restriction::check(config, &at, out),
             "cors" => cors::check(config, &at, out),
             "proxy-rewrite" => proxy_rewrite::check(config, &at, out),
             "traffic-split" => traffic_split::check(config, &at, out),

@@ -54,13 +54,18 @@ pub struct HeaderOps {
 
 /// The config schema.
 pub fn schema() -> Value {
+    let mut pattern = crate::schema::regex_value_schema();
+    pattern["minLength"] = 1.into();
+    pattern["maxLength"] = 4096.into();
     json!({
         "type": "object",
         "properties": {
             "uri": {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^/[^\\s]*$"},
             "regex_uri": {
                 "type": "array", "minItems": 2, "maxItems": 2,
-                "items": {"type": "string", "minLength": 1, "maxLength": 4096}
+                "description": "[pattern, replacement]: the first match of pattern in the path is replaced ($1, ${name}).",
+                "prefixItems": [pattern, {"type": "string", "minLength": 1, "maxLength": 4096}],
+                "items": false
             },
             "host": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[A-Za-z0-9.:\\[\\]-]+$"},
             "method": {"enum": ["GET", "POST", "PUT", "HEAD", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT", "MKCOL", "COPY", "MOVE", "PROPFIND", "LOCK", "UNLOCK"]},
@@ -90,7 +95,7 @@ pub struct Config {
     pub headers: HeaderOps,
 }
 
-/// Semantic rules: `regex_uri`'s pattern compiles.
+/// The rule the schema cannot say: `regex_uri`'s pattern compiles with the data plane's engine.
 pub fn check(config: &Value, at: &str, out: &mut Vec<Violation>) {
     if let Some(pattern) = config.pointer("/regex_uri/0").and_then(Value::as_str)
         && let Err(message) = compile_regex(pattern)

@@ -37,8 +37,8 @@ pub fn schema() -> Value {
                             "items": {
                                 "type": "object",
                                 "properties": {
-                                    "headers": conditions(HEADER_NAME_PATTERN),
-                                    "query": conditions(".+")
+                                    "headers": conditions(Some(HEADER_NAME_PATTERN)),
+                                    "query": conditions(None)
                                 },
                                 "additionalProperties": false
                             }
@@ -126,7 +126,7 @@ pub fn upstream_ids(plugins: &BTreeMap<String, Value>) -> Vec<String> {
         .collect()
 }
 
-/// Semantic rules: `regex` conditions compile.
+/// The rule the schema cannot say: `regex` conditions compile with the data plane's engine.
 pub fn check(config: &Value, at: &str, out: &mut Vec<Violation>) {
     let Ok(config) = serde_json::from_value::<Config>(config.clone()) else {
         return;

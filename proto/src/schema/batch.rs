@@ -1,24 +1,45 @@
-//! The schema of a route's `batch` and the rules a schema cannot say: templates parse, names
-//! are unique, every `{resp.NAME…}` names another sub-request, the dependency graph has no
-//! cycle, and every `{param.NAME}` is captured by the route's paths.
+//! The schema of a route's `batch` and the rules a schema cannot say, all about what the
+//! sub-requests refer to (so [`Violation::reference`]s, answered 409): names are unique, every
+//! `{resp.NAME…}` names another sub-request, the dependency graph has no cycle, and every
+//! `{param.NAME}` is captured by the route's paths. The templates' syntax is in the schema.
 
 use std::collections::{HashMap, HashSet};
 
 use serde_json::{Value, json};
 
-use super::{ID_PATTERN, Violation};
-use crate::model::{Batch, Merge, Template, Variable};
+use super::{ID_PATTERN, Violation, escape_pointer, rule};
+use crate::model::{Batch, Template, Variable};
 
 /// Sub-request names: what `{resp.NAME…}` can refer to (no `.`, which starts the pointer).
 const NAME_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
 /// Most sub-requests in one batch.
 pub const MAX_SUB_REQUESTS: usize = 64;
 
+/// The pattern of a template's text after `prefix`, none of whose characters may be one of
+/// `excluded` (a regex class body, `\s#` for a path): exactly what `Template::parse` reads. A
+/// `{` followed by a lowercase letter opens a variable, which must be `{last}`, `{query}`,
+/// `{param.NAME}`, `{arg.NAME}`, `{header.NAME}` or `{resp.NAME}` / `{resp.NAME.}` /
+/// `{resp.NAME./json/pointer}`; any other `{` is text.
+pub(crate) fn template_pattern(prefix: &str, excluded: &str) -> String {
+    let name = "[A-Za-z0-9_-]{1,64}";
+    let variable =
+        format!(r"(last|query|(param|arg|header)\.{name}|resp\.{name}(\.(/[^}}{excluded}]*)?)?)");
+    format!(r"^{prefix}([^{{{excluded}]|\{{+[^a-z{{{excluded}]|\{{*\{{{variable}\}})*\{{*$")
+}
+
+/// Whether `pattern` is one of the template patterns of [`batch_schema`].
+pub(super) fn is_template_pattern(pattern: &str) -> bool {
+    static PATTERNS: std::sync::LazyLock<[String; 2]> =
+        std::sync::LazyLock::new(|| [template_pattern("/", r"\s#"), template_pattern("", "")]);
+    PATTERNS.iter().any(|p| p == pattern)
+}
+
 /// The schema of `batch`.
 pub(super) fn batch_schema() -> Value {
+    let templates = "Template variables: {param.NAME} (a named segment every route path captures), {last}, {query}, {arg.NAME}, {header.NAME}, {resp.NAME.<json-pointer>} (another sub-request's answer: this one waits for it; NAME must be another sub-request of this batch, and the waits must not form a cycle — answered 409 otherwise).";
     json!({
         "type": "object",
-        "description": "One client request fanned out to several upstream requests, merged into one JSON answer.",
+        "description": "One client request fanned out to several upstream requests, merged into one JSON answer. Sub-request names are unique within the batch (409 otherwise).",
         "properties": {
             "requests": {
                 "type": "array",
@@ -31,18 +52,26 @@ pub(super) fn batch_schema() -> Value {
                         "upstream_id": {"type": "string", "pattern": ID_PATTERN},
                         "path": {
                             "type": "string",
-                            "pattern": "^/[^\\s#]*$",
+                            "pattern": template_pattern("/", r"\s#"),
                             "maxLength": 4096,
-                            "description": "Path (and query) template: {param.NAME}, {last}, {query}, {arg.NAME}, {header.NAME}, {resp.NAME.<json-pointer>}."
+                            "description": format!("Path (and query) template. {templates}")
                         },
                         "method": {"enum": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]},
                         "headers": {
                             "type": "object",
                             "maxProperties": 64,
                             "propertyNames": {"pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$"},
-                            "additionalProperties": {"type": "string", "maxLength": 8192}
+                            "additionalProperties": {
+                                "type": "string",
+                                "maxLength": 8192,
+                                "pattern": template_pattern("", ""),
+                                "description": format!("A value template. {templates}")
+                            }
                         },
-                        "body": {"description": "A string template sent as is, or any other JSON value sent as application/json."},
+                        "body": {
+                            "pattern": template_pattern("", ""),
+                            "description": format!("A string template sent as is, or any other JSON value sent as application/json. {templates}")
+                        },
                         "required": {"type": "boolean", "default": true},
                         "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 3600000},
                         "group": {"type": "string", "minLength": 1, "maxLength": 256}
@@ -58,11 +87,19 @@ pub(super) fn batch_schema() -> Value {
             "max_body_bytes": {"type": "integer", "minimum": 1, "maximum": 67108864, "default": crate::model::DEFAULT_MAX_BODY_BYTES}
         },
         "required": ["requests"],
-        "additionalProperties": false
+        "additionalProperties": false,
+        "allOf": [rule(
+            "group only applies to merge \"deep\"",
+            json!({
+                "if": {"properties": {"merge": {"const": "deep"}}, "required": ["merge"]},
+                "else": {"properties": {"requests": {"items": {"properties": {"group": false}}}}}
+            }),
+        )]
     })
 }
 
-/// Semantic rules of `batch`; `paths` are the route's path patterns, for `{param.NAME}`.
+/// The rules of `batch` its schema cannot say; `paths` are the route's path patterns, for
+/// `{param.NAME}`.
 pub(super) fn check_batch(batch: &Batch, paths: &[String], out: &mut Vec<Violation>) {
     let names: HashMap<&str, usize> = batch
         .requests
@@ -76,15 +113,9 @@ pub(super) fn check_batch(batch: &Batch, paths: &[String], out: &mut Vec<Violati
     for (i, request) in batch.requests.iter().enumerate() {
         let at = |field: &str| format!("/batch/requests/{i}/{field}");
         if !seen.insert(request.name.as_str()) {
-            out.push(Violation::new(
+            out.push(Violation::reference(
                 at("name"),
                 format!("the sub-request name {:?} is used twice", request.name),
-            ));
-        }
-        if request.group.is_some() && batch.merge != Merge::Deep {
-            out.push(Violation::new(
-                at("group"),
-                "group only applies to merge \"deep\"",
             ));
         }
         let mut templates: Vec<(String, &str)> = vec![(at("path"), request.path.as_str())];
@@ -98,6 +129,8 @@ pub(super) fn check_batch(batch: &Batch, paths: &[String], out: &mut Vec<Violati
             let template = match Template::parse(text) {
                 Ok(template) => template,
                 Err(error) => {
+                    // The schema's pattern refuses it first; this only guards the two from
+                    // drifting apart.
                     out.push(Violation::new(pointer, error.to_string()));
                     continue;
                 }
@@ -106,7 +139,7 @@ pub(super) fn check_batch(batch: &Batch, paths: &[String], out: &mut Vec<Violati
                 match variable {
                     Variable::Param(name) => {
                         if let Some(path) = paths.iter().find(|p| !captures(p, name)) {
-                            out.push(Violation::new(
+                            out.push(Violation::reference(
                                 pointer.clone(),
                                 format!(
                                     "{{param.{name}}}: the route path {path:?} has no :{name} segment"
@@ -115,12 +148,12 @@ pub(super) fn check_batch(batch: &Batch, paths: &[String], out: &mut Vec<Violati
                         }
                     }
                     Variable::Resp { name, .. } => match names.get(name.as_str()) {
-                        Some(&j) if j == i => out.push(Violation::new(
+                        Some(&j) if j == i => out.push(Violation::reference(
                             pointer.clone(),
                             format!("{{resp.{name}…}}: a sub-request cannot wait for itself"),
                         )),
                         Some(&j) => deps[i].push(j),
-                        None => out.push(Violation::new(
+                        None => out.push(Violation::reference(
                             pointer.clone(),
                             format!("{{resp.{name}…}} names no sub-request of this batch"),
                         )),
@@ -135,7 +168,7 @@ pub(super) fn check_batch(batch: &Batch, paths: &[String], out: &mut Vec<Violati
             .iter()
             .map(|&i| batch.requests[i].name.as_str())
             .collect();
-        out.push(Violation::new(
+        out.push(Violation::reference(
             format!("/batch/requests/{}", cycle[0]),
             format!(
                 "the sub-requests wait for each other in a cycle: {}",
@@ -148,10 +181,6 @@ pub(super) fn check_batch(batch: &Batch, paths: &[String], out: &mut Vec<Violati
 /// Whether the path pattern has a `:name` segment.
 fn captures(path: &str, name: &str) -> bool {
     path.split('/').any(|s| s.strip_prefix(':') == Some(name))
-}
-
-fn escape_pointer(token: &str) -> String {
-    token.replace('~', "~0").replace('/', "~1")
 }
 
 /// One cycle of the graph, as a closed walk of indices (`a → b → a`), if there is one.
@@ -252,7 +281,7 @@ mod tests {
             panic!("a route")
         };
         let batch = route.batch.unwrap();
-        assert_eq!(batch.merge, Merge::Object);
+        assert_eq!(batch.merge, crate::model::Merge::Object);
         assert_eq!(batch.timeout_ms, crate::model::DEFAULT_BATCH_TIMEOUT_MS);
         assert!(batch.requests[0].required);
         assert!(!batch.requests[1].required);

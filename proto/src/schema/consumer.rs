@@ -1,10 +1,10 @@
-//! The consumer and global-rule schemas and their semantic rules.
+//! The consumer and global-rule schemas. Their rules across fields are all in the schemas (a
+//! JWT credential's key material in `credentials_schema`, a global rule's first plugin here).
 
 use serde_json::{Value, json};
 
-use super::{Violation, common_properties};
-use crate::model::{Consumer, GlobalRule};
-use crate::plugins::auth::{JwtAlgorithm, credentials_schema};
+use super::common_properties;
+use crate::plugins::auth::credentials_schema;
 use crate::plugins::plugins_property;
 
 /// The consumer kind's schema.
@@ -19,6 +19,11 @@ pub(super) fn consumer_schema() -> Value {
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "consumer",
+        "examples": [{
+            "username": "alice",
+            "credentials": {"key-auth": {"key": "alice-secret-key"}},
+            "plugins": {"limit-count": {"count": 100, "time_window": 60, "key": "consumer", "rejected_code": 429}}
+        }],
         "type": "object",
         "properties": props,
         "additionalProperties": false
@@ -28,40 +33,18 @@ pub(super) fn consumer_schema() -> Value {
 /// The global-rule kind's schema.
 pub(super) fn global_rule_schema() -> Value {
     let mut props = common_properties();
-    props.insert("plugins".into(), plugins_property());
+    let mut plugins = plugins_property();
+    // On the property itself rather than in a rule: generators read a property's own bounds.
+    plugins["minProperties"] = 1.into();
+    plugins["description"] = "Plugin name → config; a global rule needs at least one.".into();
+    props.insert("plugins".into(), plugins);
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "global-rule",
+        "examples": [{"plugins": {"prometheus": {}}}],
         "type": "object",
         "properties": props,
         "required": ["plugins"],
         "additionalProperties": false
     })
-}
-
-/// Semantic rules of a consumer.
-pub(super) fn check_consumer(consumer: &Consumer, out: &mut Vec<Violation>) {
-    if let Some(jwt) = &consumer.credentials.jwt_auth {
-        match jwt.algorithm {
-            JwtAlgorithm::HS256 if jwt.secret.is_none() => out.push(Violation::new(
-                "/credentials/jwt-auth/secret",
-                "HS256 needs a secret",
-            )),
-            JwtAlgorithm::RS256 if jwt.public_key.is_none() => out.push(Violation::new(
-                "/credentials/jwt-auth/public_key",
-                "RS256 needs a public_key (PEM)",
-            )),
-            _ => {}
-        }
-    }
-}
-
-/// Semantic rules of a global rule.
-pub(super) fn check_global_rule(rule: &GlobalRule, out: &mut Vec<Violation>) {
-    if rule.plugins.is_empty() {
-        out.push(Violation::new(
-            "/plugins",
-            "a global rule needs at least one plugin",
-        ));
-    }
 }

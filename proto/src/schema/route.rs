@@ -1,4 +1,5 @@
-//! The route schema and its semantic rules.
+//! The route schema, its cross-field rules, and the rules it cannot say: a `regex` condition
+//! must compile, and a path's segment names must be unique.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -6,10 +7,42 @@ use std::net::IpAddr;
 use serde_json::{Value, json};
 
 use super::upstream::{
-    check_upstream, retries_schema, route_timeouts_schema, upstream_body_properties,
+    retries_schema, route_timeouts_schema, upstream_body_properties, upstream_rules,
 };
-use super::{HOST_PATTERN, ID_PATTERN, Violation, common_properties};
+use super::{HOST_PATTERN, ID_PATTERN, Violation, common_properties, rule};
 use crate::model::{MatchOp, Route};
+
+/// A path pattern's syntax, exactly what [`check_path`] accepts but for the uniqueness of the
+/// segment names: segments are literal (no `:`, `*`, `?`, `#` or white space) or `:name`, and
+/// the last one may end with `*` (a prefix).
+pub(super) const PATH_PATTERN: &str =
+    r"^(/(:[A-Za-z_][A-Za-z0-9_]*|[^\s?#/:*]*))*/(:[A-Za-z_][A-Za-z0-9_]*|[^\s?#/:*]*\*?)$";
+
+/// An IPv4 address as Rust's `Ipv4Addr` reads it: four decimal octets, no leading zeros.
+const IPV4: &str = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}";
+
+/// The pattern of a `remote_addrs` or `ip-restriction` entry: an IPv4 or IPv6 address
+/// (RFC 3986's grammar, which is what Rust's `IpAddr` reads) with an optional prefix length of
+/// at most 3 digits up to 32 or 128 — exactly what [`parse_cidr`] accepts.
+pub(crate) fn cidr_pattern() -> String {
+    let h = "[0-9A-Fa-f]{1,4}";
+    let ls32 = format!("({h}:{h}|{IPV4})");
+    let ipv6 = [
+        format!("({h}:){{6}}{ls32}"),
+        format!("::({h}:){{5}}{ls32}"),
+        format!("({h})?::({h}:){{4}}{ls32}"),
+        format!("(({h}:){{0,1}}{h})?::({h}:){{3}}{ls32}"),
+        format!("(({h}:){{0,2}}{h})?::({h}:){{2}}{ls32}"),
+        format!("(({h}:){{0,3}}{h})?::{h}:{ls32}"),
+        format!("(({h}:){{0,4}}{h})?::{ls32}"),
+        format!("(({h}:){{0,5}}{h})?::{h}"),
+        format!("(({h}:){{0,6}}{h})?::"),
+    ]
+    .join("|");
+    let v4_len = "(0{0,2}[0-9]|0?[12][0-9]|0?3[0-2])";
+    let v6_len = "(0{0,2}[0-9]|0?[1-9][0-9]|1[01][0-9]|12[0-8])";
+    format!("^({IPV4}(/{v4_len})?|({ipv6})(/{v6_len})?)$")
+}
 
 /// The route kind's schema.
 pub(super) fn route_schema() -> Value {
@@ -21,7 +54,12 @@ pub(super) fn route_schema() -> Value {
             "minItems": 1,
             "maxItems": 64,
             "uniqueItems": true,
-            "items": {"type": "string", "pattern": "^/[^\\s?#]*$", "maxLength": 4096}
+            "items": {
+                "type": "string",
+                "pattern": PATH_PATTERN,
+                "maxLength": 4096,
+                "description": "Exact (/a), with named segments (/users/:id; a name is used once per path) or a prefix (/static/*)."
+            }
         }),
     );
     props.insert(
@@ -41,15 +79,23 @@ pub(super) fn route_schema() -> Value {
             "items": {"enum": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"]}
         }),
     );
-    props.insert("headers".into(), conditions_schema(HEADER_NAME_PATTERN));
-    props.insert("query".into(), conditions_schema(".+"));
+    props.insert(
+        "headers".into(),
+        conditions_schema(Some(HEADER_NAME_PATTERN)),
+    );
+    props.insert("query".into(), conditions_schema(None));
     props.insert(
         "remote_addrs".into(),
         json!({
             "type": "array",
             "maxItems": 256,
             "uniqueItems": true,
-            "items": {"type": "string", "pattern": "^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$", "maxLength": 64}
+            "items": {
+                "type": "string",
+                "pattern": cidr_pattern(),
+                "maxLength": 64,
+                "description": "An IPv4 or IPv6 address (10.0.0.1, ::1) or CIDR block (10.0.0.0/8, fd00::/8)."
+            }
         }),
     );
     props.insert(
@@ -72,7 +118,8 @@ pub(super) fn route_schema() -> Value {
             "type": "object",
             "properties": inline,
             "required": ["nodes"],
-            "additionalProperties": false
+            "additionalProperties": false,
+            "allOf": upstream_rules()
         }),
     );
     props.insert("batch".into(), super::batch::batch_schema());
@@ -82,10 +129,39 @@ pub(super) fn route_schema() -> Value {
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "route",
+        "examples": [{
+            "paths": ["/api/users/:id", "/static/*"],
+            "hosts": ["api.example.com"],
+            "methods": ["GET", "POST"],
+            "upstream_id": "users",
+            "plugins": {"limit-count": {"count": 100, "time_window": 60, "key": "remote_addr", "rejected_code": 429}}
+        }],
         "type": "object",
         "properties": props,
         "required": ["paths"],
-        "additionalProperties": false
+        "additionalProperties": false,
+        "allOf": [
+            rule(
+                "a route needs a target: upstream_id, upstream or batch (or the batch-requests plugin, which answers itself)",
+                json!({"anyOf": [
+                    {"required": ["upstream_id"]},
+                    {"required": ["upstream"]},
+                    {"required": ["batch"]},
+                    {"required": ["plugins"], "properties": {"plugins": {"required": ["batch-requests"]}}}
+                ]}),
+            ),
+            rule(
+                "a route sends to exactly one of upstream_id, upstream or batch",
+                json!({
+                    "if": {"anyOf": [{"required": ["upstream_id"]}, {"required": ["upstream"]}]},
+                    "then": {"properties": {"batch": false}}
+                }),
+            ),
+            rule(
+                "a route sends to exactly one of upstream_id, upstream or batch",
+                json!({"if": {"required": ["upstream_id"]}, "then": {"properties": {"upstream": false}}}),
+            )
+        ]
     })
 }
 
@@ -97,29 +173,63 @@ const HEADER_NAME_PATTERN: &str = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
 /// cost it gigabytes.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
+/// What the schema says of a value that must compile as a regular expression. JSON Schema's
+/// `format: regex` names ECMA-262; the data plane compiles Rust's syntax, which that format
+/// cannot say, so the rest is told in words and checked by [`compile_regex`].
+pub(crate) fn regex_value_schema() -> Value {
+    json!({
+        "type": "string",
+        "format": "regex",
+        "description": "A regular expression in Rust's regex syntax (RE2-like: no look-around, no backreferences), at most 1 MiB compiled; one that does not compile is refused (400)."
+    })
+}
+
 /// The schema of a `headers` or `query` list: `{"name", "op", "value"}` conditions, `value`
-/// required by the ops that compare (`eq`, `prefix`, `regex`) and refused by the others.
-pub(crate) fn conditions_schema(name_pattern: &str) -> Value {
+/// required by the ops that compare (`eq`, `prefix`, `regex`) and refused by the others. Header
+/// names follow `name_pattern`; a query argument's name is any non-empty text.
+pub(crate) fn conditions_schema(name_pattern: Option<&str>) -> Value {
+    let mut name = json!({"type": "string", "minLength": 1, "maxLength": 256});
+    if let Some(pattern) = name_pattern {
+        name["pattern"] = pattern.into();
+    }
     json!({
         "type": "array",
         "maxItems": 64,
         "items": {
             "type": "object",
             "properties": {
-                "name": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": name_pattern},
+                "name": name,
                 "op": {"enum": ["eq", "prefix", "regex", "exists", "absent"]},
                 "value": {"type": "string", "maxLength": 4096}
             },
             "required": ["name", "op"],
             "additionalProperties": false,
-            "if": {"properties": {"op": {"enum": ["exists", "absent"]}}, "required": ["op"]},
-            "then": {"properties": {"value": false}},
-            "else": {"required": ["value"]}
+            "allOf": [
+                rule(
+                    "ops exists and absent take no value",
+                    json!({
+                        "if": {"properties": {"op": {"enum": ["exists", "absent"]}}, "required": ["op"]},
+                        "then": {"properties": {"value": false}}
+                    }),
+                ),
+                rule(
+                    "ops eq, prefix and regex need a value",
+                    json!({
+                        "if": {"properties": {"op": {"enum": ["eq", "prefix", "regex"]}}, "required": ["op"]},
+                        "then": {"required": ["value"]}
+                    }),
+                ),
+                {
+                    "if": {"properties": {"op": {"const": "regex"}}, "required": ["op"]},
+                    "then": {"properties": {"value": regex_value_schema()}}
+                }
+            ]
         }
     })
 }
 
-/// Semantic rules of a route.
+/// The rules of a route its schema cannot say: `regex` conditions compile (the schema marks
+/// them `format: regex`), and no path uses a segment name twice.
 pub(super) fn check_route(route: &Route, out: &mut Vec<Violation>) {
     for (field, conditions) in [("headers", &route.headers), ("query", &route.query)] {
         for (i, condition) in conditions.iter().enumerate() {
@@ -130,39 +240,28 @@ pub(super) fn check_route(route: &Route, out: &mut Vec<Violation>) {
             }
         }
     }
-    for (i, addr) in route.remote_addrs.iter().enumerate() {
-        if let Err(message) = parse_cidr(addr) {
-            out.push(Violation::new(format!("/remote_addrs/{i}"), message));
-        }
-    }
-    match (&route.upstream_id, &route.upstream, &route.batch) {
-        // `batch-requests` answers the route's requests itself: it needs no target.
-        (None, None, None) if route.plugins.contains_key("batch-requests") => {}
-        (None, None, None) => out.push(Violation::new(
-            "",
-            "a route needs a target: upstream_id, upstream or batch",
-        )),
-        (Some(_), None, None) | (None, Some(_), None) | (None, None, Some(_)) => {}
-        (_, _, batch) => out.push(Violation::new(
-            if batch.is_some() {
-                "/batch"
+    for (i, path) in route.paths.iter().enumerate() {
+        if let Err(message) = check_path(path) {
+            // The schema's pattern says all of the syntax; what is left is a name used twice.
+            let violation = if repeated_segment_name(path).is_some() {
+                Violation::reference
             } else {
-                "/upstream"
-            },
-            "a route sends to exactly one of upstream_id, upstream or batch",
-        )),
+                Violation::new
+            };
+            out.push(violation(format!("/paths/{i}"), message));
+        }
     }
     if let Some(batch) = &route.batch {
         super::batch::check_batch(batch, &route.paths, out);
     }
-    if let Some(upstream) = &route.upstream {
-        check_upstream(upstream, "/upstream", out);
-    }
-    for (i, path) in route.paths.iter().enumerate() {
-        if let Err(message) = check_path(path) {
-            out.push(Violation::new(format!("/paths/{i}"), message));
-        }
-    }
+}
+
+/// The first `:name` a path pattern uses twice.
+pub(super) fn repeated_segment_name(path: &str) -> Option<&str> {
+    let mut names = HashSet::new();
+    path.split('/')
+        .filter_map(|segment| segment.strip_prefix(':'))
+        .find(|name| !names.insert(*name))
 }
 
 /// Checks path-pattern syntax: `:name` segments with unique names, `*` only at the very end.
@@ -296,7 +395,7 @@ mod tests {
         let cases = [
             (
                 json!({"headers": [{"name": "x", "op": "eq"}]}),
-                "/headers/0",
+                "/headers/0/value",
             ),
             (
                 json!({"headers": [{"name": "x", "op": "exists", "value": "1"}]}),
