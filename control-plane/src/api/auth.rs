@@ -37,7 +37,8 @@ pub struct Caller {
 }
 
 /// Token lookup: the store on every call; the last answer per digest only while the store is
-/// unreachable (so reads keep working through an outage, when no token can be revoked).
+/// unreachable (so reads keep working through an outage, when no token can be revoked). A
+/// token not seen before the outage gets 503.
 #[derive(Debug)]
 pub struct Tokens {
     store: Store,
@@ -63,9 +64,14 @@ impl Tokens {
         let digest = digest(token);
         let record = match self.store.token_by_digest(&digest).await {
             Ok(record) => record,
-            Err(StoreError::Unavailable(_)) => {
+            Err(StoreError::Unavailable(reason)) => {
                 let known = self.last_known.lock().unwrap_or_else(|p| p.into_inner());
-                return Ok(known.get(&digest).map(|k| k.caller.clone()));
+                // A token this replica has not seen yet cannot be told from a wrong one while
+                // the store is away: 503, not 401, so a client retries rather than gives up.
+                return match known.get(&digest) {
+                    Some(known) => Ok(Some(known.caller.clone())),
+                    None => Err(StoreError::Unavailable(reason).into()),
+                };
             }
             Err(error) => return Err(error.into()),
         };
