@@ -217,6 +217,9 @@ pub enum WriteOp {
         documents: BTreeMap<ResourceKey, Value>,
         /// Where each document came from in the request, for error pointers.
         pointers: BTreeMap<ResourceKey, String>,
+        /// `If-Match: "<version>"`: the config must still be at this version (a declarative
+        /// apply based on what it read cannot overwrite a write made since).
+        if_version: Option<u64>,
     },
     /// Make the config equal to an earlier version's.
     Rollback {
@@ -247,6 +250,14 @@ pub enum WriteError {
         key: ResourceKey,
         /// Its current revision, if it exists.
         current: Option<u64>,
+    },
+    /// A whole-config write's `If-Match` names a version the config has moved past.
+    #[error("the config is at version {current}, not {expected}")]
+    ConfigMoved {
+        /// The version the write was based on.
+        expected: u64,
+        /// The current version.
+        current: u64,
     },
     /// The store failed.
     #[error(transparent)]
@@ -572,7 +583,16 @@ impl ConfigService {
             WriteOp::ReplaceAll {
                 documents,
                 pointers,
+                if_version,
             } => {
+                if let Some(expected) = *if_version
+                    && expected != current.version
+                {
+                    return Err(WriteError::ConfigMoved {
+                        expected,
+                        current: current.version,
+                    });
+                }
                 for key in current.resources.keys() {
                     if !documents.contains_key(key) {
                         desired.push((key.clone(), None, String::new()));

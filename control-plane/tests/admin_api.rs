@@ -792,3 +792,38 @@ async fn a_patch_rotates_a_credential_written_in_plain_text() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_whole_config_write_based_on_a_stale_version_is_refused() {
+    let api = Api::sqlite().await;
+    api.call(Method::PUT, "/api/v1/upstreams/a", Some(upstream(1)))
+        .await;
+    let read = api.call(Method::GET, "/api/v1/config", None).await;
+    let etag = read.headers["etag"].to_str().unwrap().to_owned();
+    let based_on = read.version().unwrap();
+    assert_eq!(etag, format!("\"{based_on}\""));
+
+    // Someone else writes after the read: an apply based on the read must not undo it.
+    api.call(Method::PUT, "/api/v1/upstreams/b", Some(upstream(2)))
+        .await;
+    let before = api.history().await;
+    let document = json!({"upstreams": [{"id": "a", "nodes": [{"host": "127.0.0.1", "port": 3}]}]});
+    let stale = api
+        .with_header(
+            Method::PUT,
+            "/api/v1/config",
+            ("if-match", &etag),
+            document.clone(),
+        )
+        .await;
+    stale.error(StatusCode::PRECONDITION_FAILED, "precondition_failed");
+    assert_eq!(api.history().await, before, "nothing written");
+
+    let fresh = api.call(Method::GET, "/api/v1/config", None).await;
+    let etag = fresh.headers["etag"].to_str().unwrap().to_owned();
+    let written = api
+        .with_header(Method::PUT, "/api/v1/config", ("if-match", &etag), document)
+        .await;
+    assert_eq!(written.status, StatusCode::OK, "{}", written.body);
+    assert_eq!(written.body["written"], true);
+}

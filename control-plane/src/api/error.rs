@@ -159,6 +159,9 @@ impl From<WriteError> for ApiError {
                     None => format!("{key} does not exist; If-Match cannot match"),
                 })
             }
+            WriteError::ConfigMoved { expected, current } => ApiError::PreconditionFailed(format!(
+                "the config is at version {current}, not {expected}: read it again (ETag \"{current}\") and retry"
+            )),
             WriteError::Store(error) => error.into(),
         }
     }

@@ -643,12 +643,16 @@ fn export(config: &ConfigState) -> Value {
 
 async fn export_config(State(state): State<AppState>) -> Response {
     let config = state.config.current();
-    with_version(Json(export(&config)).into_response(), config.version)
+    let mut response = with_version(Json(export(&config)).into_response(), config.version);
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag(config.version));
+    response
 }
 
-/// Turns a whole-config document into a [`WriteOp::ReplaceAll`], reporting every structural
-/// problem.
-fn parse_config_document(document: Value) -> Result<WriteOp, ApiError> {
+/// Turns a whole-config document into a [`WriteOp::ReplaceAll`] based on `if_version`,
+/// reporting every structural problem.
+fn parse_config_document(document: Value, if_version: Option<u64>) -> Result<WriteOp, ApiError> {
     let Value::Object(sections) = document else {
         return Err(ApiError::SchemaViolation(vec![Violation::new(
             "",
@@ -715,6 +719,7 @@ fn parse_config_document(document: Value) -> Result<WriteOp, ApiError> {
         Ok(WriteOp::ReplaceAll {
             documents,
             pointers,
+            if_version,
         })
     } else {
         Err(ApiError::refused(violations))
@@ -729,7 +734,14 @@ async fn replace_config(
     JsonBody(document): JsonBody,
 ) -> Result<Response, ApiError> {
     let dry_run = query.flag("dry_run")?;
-    let op = parse_config_document(document)?;
+    // The whole config's entity tag is its version (GET /config answers it as its ETag);
+    // `*` holds always, since the config always exists.
+    let if_version = match if_match(&headers)? {
+        None | Some(IfMatch::Any) => None,
+        Some(IfMatch::Revision(version)) => Some(version),
+        Some(IfMatch::Absent) => None,
+    };
+    let op = parse_config_document(document, if_version)?;
     let outcome = state
         .config
         .write(op, &commit_meta(&caller, &headers)?, dry_run)

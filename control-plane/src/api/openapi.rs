@@ -313,16 +313,16 @@ fn version_paths(paths: &mut Map<String, Value>) {
     paths.insert(
         "/api/v1/config".into(),
         json!({
-            "get": operation("Export the whole config", "", vec![("200", answer("The config.", config_schema(true), &["X-Config-Version"]))], &[], None),
+            "get": operation("Export the whole config", "The `ETag` is the config's version: send it back as `If-Match` on `PUT` to write only over what was read.", vec![("200", answer("The config.", config_schema(true), &["ETag", "X-Config-Version"]))], &[], None),
             "put": with_parameters(operation(
                 "Replace the whole config as one version",
-                &format!("Declarative: resources left out are deleted. `?dry_run=true` answers the changes without writing. The body may be up to {CONFIG_BODY_LIMIT} bytes."),
+                &format!("Declarative: resources left out are deleted. `?dry_run=true` answers the changes without writing. `If-Match: \"<version>\"` (the `ETag` of `GET`) writes only if the config is still at that version, else 412 and nothing written. The body may be up to {CONFIG_BODY_LIMIT} bytes."),
                 vec![("200", answer("Replaced (or, with dry_run, what would change).", json!({
                     "type": "object",
                     "required": ["version", "dry_run", "written", "changes"],
                     "properties": {"version": {"type": "integer"}, "dry_run": {"type": "boolean"}, "written": {"type": "boolean"}, "changes": changes}
                 }), &["X-Config-Version"]))],
-                &["400", "409", "413", "503"],
+                &["400", "409", "412", "413", "503"],
                 Some(config_schema(false)),
             ), vec![
                 change_message_param(),

@@ -237,10 +237,27 @@ impl AdminClient {
         body: Option<&Value>,
         message: Option<&str>,
     ) -> Result<Reply, CtlError> {
+        self.call_if_match(method, path, body, message, None).await
+    }
+
+    /// Like [`AdminClient::call`], with `If-Match: "<if_match>"`: the server answers 412 and
+    /// writes nothing when what it names has moved on (for `PUT /api/v1/config`, the version
+    /// the plan was made from).
+    pub async fn call_if_match(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        message: Option<&str>,
+        if_match: Option<u64>,
+    ) -> Result<Reply, CtlError> {
         let request_name = format!("{method} {}", path.split('?').next().unwrap_or(path));
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
+        }
+        if let Some(tag) = if_match {
+            request = request.header(reqwest::header::IF_MATCH, format!("\"{tag}\""));
         }
         if let Some(message) = message {
             let value = reqwest::header::HeaderValue::from_str(message).map_err(|_| {

@@ -1,6 +1,5 @@
 //! One function per subcommand: ask the admin API, write the answer.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use gateway_proto::Kind;
@@ -111,10 +110,26 @@ pub async fn apply(
         println!("dry run: the server accepts this change; nothing was written");
         return Ok(Outcome::Done);
     }
+    // Based on the version the plan was made from: a write through anyone else in between
+    // makes this a 412 and writes nothing, rather than being silently overwritten.
     let reply = client
-        .call(Method::PUT, CONFIG, Some(&plan.body), request.message)
+        .call_if_match(
+            Method::PUT,
+            CONFIG,
+            Some(&plan.body),
+            request.message,
+            Some(plan.base_version),
+        )
         .await
-        .map_err(|error| located(&plan, error))?;
+        .map_err(|error| match error {
+            CtlError::Api(mut failure) if failure.status == 412 => {
+                failure.message.push_str(
+                    " (the config changed while this apply ran: run it again to see the new diff)",
+                );
+                CtlError::Api(failure)
+            }
+            error => located(&plan, error),
+        })?;
     let version = reply.body["version"]
         .as_u64()
         .or(reply.version)
@@ -123,34 +138,8 @@ pub async fn apply(
         println!("nothing written: the server found no change");
         return Ok(Outcome::Done);
     }
-    warn_about_races(&plan, &reply.body["changes"], version);
     println!("applied as version {version}");
     Ok(Outcome::Done)
-}
-
-/// The whole-config write replaces everything, and the server takes no precondition on it:
-/// a write that landed between this command's read and its write is overwritten. Say so when
-/// the server reports changes the plan did not make.
-fn warn_about_races(plan: &Plan, written: &Value, version: u64) {
-    let planned: BTreeSet<&str> = plan.changes.iter().map(|c| c.resource.as_str()).collect();
-    let unplanned: Vec<String> = written
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| Some(format!("{}/{}", c["kind"].as_str()?, c["id"].as_str()?)))
-        .filter(|name| !planned.contains(name.as_str()))
-        .collect();
-    if !unplanned.is_empty() || version > plan.base_version + 1 {
-        eprintln!(
-            "warning: the config moved from version {} while this apply ran; it may have undone another write{}",
-            plan.base_version,
-            if unplanned.is_empty() {
-                String::new()
-            } else {
-                format!(" (unplanned changes: {})", unplanned.join(", "))
-            }
-        );
-    }
 }
 
 /// `diff`: what `apply` would change; exit status 2 when anything.
