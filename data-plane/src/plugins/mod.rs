@@ -15,6 +15,11 @@
 //!    ([`BodyFilter`], OpenResty's `body_filter_by_lua`);
 //! 6. `log` — after the response head is sent.
 //!
+//! Between 3 and the upstream call, a chain with a plugin that declares a bound
+//! ([`Plugin::request_body_limit`]) has a request body phase: the request path reads the body
+//! whole (up to the smallest bound, 413 beyond it), hands it to [`Plugin::request_body`], and
+//! forwards it unchanged. A chain without one streams the body as it comes.
+//!
 //! The phase API is this module's own: a request view (`http::request::Parts`), a response
 //! view ([`ResponseView`]), a context ([`RequestCtx`]) and an early answer ([`Reject`]). A
 //! plugin knows no route, upstream or body type of the request path; what the request path
@@ -40,8 +45,10 @@ pub mod limit_req;
 pub mod prometheus;
 pub mod proxy_rewrite;
 pub mod request_id;
+pub mod request_validation;
 pub mod response_rewrite;
 pub mod traffic_split;
+pub mod uri_blocker;
 pub mod util;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -199,6 +206,26 @@ impl<'r> RequestCtx<'r> {
         Ok(())
     }
 
+    /// The bound of the request body phase, if a plugin of the chain in force reads the body
+    /// (the chain may have grown a consumer's plugins during the access phase).
+    pub fn request_body_limit(&self) -> Option<u64> {
+        self.chain.body_limit
+    }
+
+    /// Runs the request body phase over the whole body; `Err` is the response to send
+    /// instead.
+    pub fn run_request_body_phase(
+        &mut self,
+        request: &request::Parts,
+        body: &Bytes,
+    ) -> Result<(), Reject> {
+        let chain = Arc::clone(&self.chain);
+        for plugin in &chain.plugins {
+            plugin.request_body(self, request, body)?;
+        }
+        Ok(())
+    }
+
     /// Runs one plugin's access hook; `Err` is the response to send instead.
     async fn access(
         &mut self,
@@ -331,6 +358,22 @@ pub trait Plugin: Send + Sync + fmt::Debug {
     }
     /// Just before the upstream call.
     fn before_upstream(&self, _ctx: &mut RequestCtx<'_>, _request: &mut request::Parts) {}
+    /// Whether the plugin reads the request body, and then the largest one it reads: the
+    /// request path reads the body whole after the request phases (413 beyond the bound) and
+    /// calls [`Plugin::request_body`].
+    fn request_body_limit(&self) -> Option<u64> {
+        None
+    }
+    /// Request body phase: the whole body, after `before_upstream`; it is forwarded
+    /// unchanged.
+    fn request_body(
+        &self,
+        _ctx: &mut RequestCtx<'_>,
+        _request: &request::Parts,
+        _body: &Bytes,
+    ) -> Result<(), Reject> {
+        Ok(())
+    }
     /// Response headers phase: status and headers of whatever answer the request got.
     fn response_headers(&self, _ctx: &mut RequestCtx<'_>, _response: &mut ResponseView<'_>) {}
     /// Response body phase: a filter the answer's body streams through, if this plugin has one
@@ -380,15 +423,20 @@ pub struct PluginChain {
     pub plugins: Vec<Arc<dyn Plugin>>,
     /// The plugin of the route's own that answers its requests ([`Plugin::endpoint`]), if any.
     pub endpoint: Option<Arc<dyn Plugin>>,
+    /// The smallest [`Plugin::request_body_limit`] of the chain: `Some` when the request body
+    /// phase runs.
+    pub body_limit: Option<u64>,
 }
 
 impl PluginChain {
     fn from_map(map: BTreeMap<&'static str, Arc<dyn Plugin>>) -> PluginChain {
         let mut plugins: Vec<Arc<dyn Plugin>> = map.into_values().collect();
         plugins.sort_by_key(|p| std::cmp::Reverse(p.priority()));
+        let body_limit = plugins.iter().filter_map(|p| p.request_body_limit()).min();
         PluginChain {
             plugins,
             endpoint: None,
+            body_limit,
         }
     }
 
@@ -452,6 +500,9 @@ pub struct BuildEnv {
     /// Unlike the fields above it is per snapshot: `Runtime::compile` replaces it before
     /// building any plugin.
     pub upstreams: Arc<HashSet<String>>,
+    /// The port of this data plane's TLS listener (`--tls-listen`), where `redirect`'s
+    /// `http_to_https` sends clients; `None`: 443.
+    pub tls_port: Option<u16>,
 }
 
 /// The factory: a validated config → a plugin instance.
@@ -486,6 +537,10 @@ pub fn build(
         "traffic-split" => Arc::new(traffic_split::TrafficSplit::build(priority, config, env)?),
         "response-rewrite" => Arc::new(response_rewrite::ResponseRewrite::build(priority, config)?),
         "prometheus" => Arc::new(prometheus::Prometheus::build(priority, config, scope, env)?),
+        "uri-blocker" => Arc::new(uri_blocker::UriBlocker::build(priority, config)?),
+        "request-validation" => Arc::new(request_validation::RequestValidation::build(
+            priority, config,
+        )?),
         other => {
             return Err(format!(
                 "plugin {other:?} has a schema but no implementation"

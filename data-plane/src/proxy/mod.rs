@@ -23,6 +23,7 @@ pub mod downstream;
 pub mod filtered;
 mod forward;
 pub mod path;
+mod request_body;
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -278,6 +279,7 @@ impl Proxy {
         let (mut parts, body) = request.into_parts();
         headers::drop_connection_listed(&mut parts.headers);
         let phases = ctx.run_request_phases(&mut parts).await;
+        let (phases, body) = request_body::phase(&mut ctx, &parts, body, phases).await;
         if let Some(notes) = notes {
             notes.identified(ctx.consumer.as_ref(), ctx.request_id.as_ref());
         }

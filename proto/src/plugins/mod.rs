@@ -23,8 +23,10 @@ pub mod limit_req;
 pub mod prometheus;
 pub mod proxy_rewrite;
 pub mod request_id;
+pub mod request_validation;
 pub mod response_rewrite;
 pub mod traffic_split;
+pub mod uri_blocker;
 
 /// One plugin known to this build.
 #[derive(Debug)]
@@ -64,6 +66,18 @@ pub static PLUGINS: &[PluginDef] = &[
         priority: 3000,
         description: "Allows (whitelist) or refuses (blacklist) clients by IPv4/IPv6 CIDR block.",
         schema: ip_restriction::schema,
+    },
+    PluginDef {
+        name: "uri-blocker",
+        priority: 2900,
+        description: "Refuses requests whose normalised path and query match one of block_rules (regular expressions).",
+        schema: uri_blocker::schema,
+    },
+    PluginDef {
+        name: "request-validation",
+        priority: 2800,
+        description: "Checks the request's headers and JSON body against JSON Schemas; refuses a request that violates them, listing every violation.",
+        schema: request_validation::schema,
     },
     PluginDef {
         name: "basic-auth",
@@ -142,6 +156,8 @@ pub fn check(plugins: &BTreeMap<String, Value>, at: &str, out: &mut Vec<crate::s
             "cors" => cors::check(config, &at, out),
             "proxy-rewrite" => proxy_rewrite::check(config, &at, out),
             "traffic-split" => traffic_split::check(config, &at, out),
+            "uri-blocker" => uri_blocker::check(config, &at, out),
+            "request-validation" => request_validation::check(config, &at, out),
             _ => {}
         }
     }

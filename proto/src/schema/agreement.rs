@@ -151,6 +151,12 @@ fn every_cross_field_rule_is_in_the_served_schema() {
             json!({"credentials": {"basic-auth": {"username": "u", "password": "p"}}}),
         ),
         (
+            Kind::Routes,
+            route_plugin("request-validation", json!({"rejected_code": 422})),
+            "/plugins/request-validation",
+            route_plugin("request-validation", json!({"header_schema": {}})),
+        ),
+        (
             Kind::GlobalRules,
             json!({"plugins": {}}),
             "/plugins",
@@ -285,6 +291,17 @@ fn what_the_schema_cannot_say_is_a_reference_violation() {
     assert!(served.is_valid(&lookahead));
     let violations = validate_resource(Kind::Routes, &lookahead).expect_err("refused");
     assert_eq!(violations[0].pointer, "/headers/0/value");
+    assert_eq!(violations[0].rule, Rule::Schema);
+    // Likewise a JSON Schema value (`request-validation`) that its top-level keywords' types
+    // allow but that does not compile: only compiling it tells, with the keyword's pointer.
+    let nested = json!({"paths": ["/"], "upstream_id": "u", "plugins": {"request-validation":
+        {"body_schema": {"properties": {"a": {"minimum": "0"}}}}}});
+    assert!(served.is_valid(&nested));
+    let violations = validate_resource(Kind::Routes, &nested).expect_err("refused");
+    assert_eq!(
+        violations[0].pointer,
+        "/plugins/request-validation/body_schema/properties/a/minimum"
+    );
     assert_eq!(violations[0].rule, Rule::Schema);
 }
 
