@@ -830,6 +830,7 @@ impl Plan {
             }
         }
         violations.extend(self.credential_conflicts(current, &changed));
+        violations.extend(crate::certificates::default_conflicts(current, &changed));
         if violations.is_empty() {
             Ok(())
         } else {

@@ -2,6 +2,7 @@
 //! config-stream server that pushes every new version to every data plane.
 
 pub mod api;
+pub mod certificates;
 pub mod config;
 pub mod fleet;
 pub mod metrics;

@@ -15,6 +15,9 @@ pub fn restore_redacted(
     document: &mut Value,
     existing: Option<&Value>,
 ) -> Result<(), Violation> {
+    if kind == Kind::Certificates {
+        return crate::certificates::restore_key(document, existing);
+    }
     if kind != Kind::Consumers {
         return Ok(());
     }
@@ -73,6 +76,9 @@ pub fn redact(kind: Kind, document: &Value) -> Value {
         && let Some(secret) = shown.pointer_mut(JWT_SECRET)
     {
         *secret = Value::String(REDACTED.into());
+    }
+    if kind == Kind::Certificates {
+        crate::certificates::show(&mut shown);
     }
     shown
 }

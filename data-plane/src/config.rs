@@ -16,6 +16,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:9080")]
     pub listen: SocketAddr,
 
+    /// Address for client traffic over TLS (HTTP/2 and HTTP/1.1 by ALPN), the certificate
+    /// chosen by SNI from the config's `certificates`; off unless given.
+    #[arg(long, env = "GATEWAY_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
+
     /// Control-plane config-stream address(es), comma-separated; on reconnect the data plane
     /// moves on to the next one. `host:port` means `http://host:port`; `https://` needs
     /// --cp-ca.

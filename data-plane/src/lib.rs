@@ -105,6 +105,8 @@ pub struct DataPlane {
     status: TcpListener,
     proxy_addr: SocketAddr,
     status_addr: SocketAddr,
+    /// The TLS client-traffic listener (`--tls-listen`), if on.
+    tls: Option<(TcpListener, SocketAddr)>,
     state: std::sync::Arc<State>,
     access_log: Option<proxy::access_log::AccessLog>,
     security: xds::StreamSecurity,
@@ -142,6 +144,12 @@ impl DataPlane {
             State::new(),
             &security,
         )?;
+        // Before the plugins' environment is sealed: `redirect` sends clients to its port.
+        let tls = match config.tls_listen {
+            Some(addr) => Some(bind("TLS client traffic", addr).await?),
+            None => None,
+        };
+        plugin_env.tls_port = tls.as_ref().map(|(_, addr)| addr.port());
         let state = State::with_plugin_env(plugin_env);
         let access_log = proxy::access_log::AccessLog::open(&config.access_log, state.clone())
             .map_err(|source| StartError::AccessLog {
@@ -159,6 +167,7 @@ impl DataPlane {
             status,
             proxy_addr,
             status_addr,
+            tls,
             state,
             access_log,
             security,
@@ -168,6 +177,11 @@ impl DataPlane {
     /// The address client traffic is served on.
     pub fn proxy_addr(&self) -> SocketAddr {
         self.proxy_addr
+    }
+
+    /// The address TLS client traffic is served on (`--tls-listen`), if on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The address of the status endpoints.
@@ -190,6 +204,7 @@ impl DataPlane {
             status,
             proxy_addr,
             status_addr,
+            tls,
             state,
             access_log,
             security,
@@ -237,6 +252,11 @@ impl DataPlane {
             expose_config_version: config.expose_config_version,
         };
         let handler = proxy::Proxy::with_options(state.clone(), options);
+        // The TLS listener serves with the same handler as the plaintext one.
+        let mut tls = tls.map(|(listener, _)| {
+            let stop = wait_for_stop(stopped.clone());
+            tokio::spawn(proxy::tls::serve_tls(listener, handler.clone(), stop))
+        });
         let mut proxy = tokio::spawn(proxy::serve_with(
             proxy,
             handler,
@@ -255,6 +275,9 @@ impl DataPlane {
         let drained =
             transport::deadline::within(transport::deadline::after(drain_timeout), async {
                 let _ = (&mut proxy).await;
+                if let Some(tls) = &mut tls {
+                    let _ = tls.await;
+                }
                 let _ = (&mut status).await;
             })
             .await;
@@ -264,6 +287,9 @@ impl DataPlane {
                 "connections still open after the drain timeout: they end with the process"
             );
             proxy.abort();
+            if let Some(tls) = &tls {
+                tls.abort();
+            }
             status.abort();
         }
         if let Some(xds) = xds {

@@ -41,6 +41,9 @@ fn main() -> anyhow::Result<()> {
         }
         // Machine-readable lines on stdout: scripts and tests read the bound addresses here.
         println!("proxy_url=http://{}", data_plane.proxy_addr());
+        if let Some(tls) = data_plane.tls_addr() {
+            println!("tls_url=https://{tls}");
+        }
         println!("status_url=http://{}", data_plane.status_addr());
         data_plane.run(shutdown_signal()).await;
         Ok(())

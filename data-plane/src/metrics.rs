@@ -127,6 +127,7 @@ pub struct Metrics {
     config_responses: AtomicU64,
     config_cache_errors: AtomicU64,
     config_stream_connected: AtomicBool,
+    tls_handshake_failures: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -144,6 +145,7 @@ impl Default for Metrics {
             config_responses: AtomicU64::new(0),
             config_cache_errors: AtomicU64::new(0),
             config_stream_connected: AtomicBool::new(false),
+            tls_handshake_failures: AtomicU64::new(0),
         }
     }
 }
@@ -230,6 +232,17 @@ impl Metrics {
     /// Records whether a config stream to a control plane is open.
     pub fn set_config_stream_connected(&self, connected: bool) {
         self.config_stream_connected.store(connected, Relaxed);
+    }
+
+    /// Records a TLS handshake that failed: no certificate for the client's SNI, a protocol
+    /// error, or a client that did not finish in time.
+    pub fn record_tls_handshake_failure(&self) {
+        self.tls_handshake_failures.fetch_add(1, Relaxed);
+    }
+
+    /// Failed TLS handshakes so far.
+    pub fn tls_handshake_failures(&self) -> u64 {
+        self.tls_handshake_failures.load(Relaxed)
     }
 
     /// The number of responses sent with `status` so far.
@@ -321,6 +334,12 @@ impl Metrics {
                 "counter",
                 "Disk-cache files that could not be read (corrupt, incompatible) or written.",
                 self.config_cache_errors.load(Relaxed),
+            ),
+            (
+                "gateway_tls_handshake_failures_total",
+                "counter",
+                "TLS handshakes that failed: no certificate for the SNI (and no default), a protocol error, or a client that did not finish in time.",
+                self.tls_handshake_failures.load(Relaxed),
             ),
             (
                 "gateway_config_stream_connected",

@@ -100,6 +100,11 @@ impl Process {
         &self.values[key]
     }
 
+    /// A value the process printed before the last of the keys waited for, if it did.
+    pub fn value_if_any(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -295,6 +300,11 @@ impl DataPlane {
             process,
             client: reqwest::Client::new(),
         }
+    }
+
+    /// `https://127.0.0.1:<port>` of the TLS listener, when started with `--tls-listen`.
+    pub fn tls_url(&self) -> Option<&str> {
+        self.process.value_if_any("tls_url")
     }
 
     /// Sends `GET path` through the proxy; returns the status and the body (JSON or string).

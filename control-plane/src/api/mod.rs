@@ -765,9 +765,14 @@ async fn list_data_planes(State(state): State<AppState>) -> Result<Json<Value>, 
 
 /// The version this replica serves and the fleet's counts. While the store is unreachable
 /// it still answers (the version it holds), with `store_reachable: false` and no counts.
+/// `certificates_expiring`: the certificates every data plane serves that expire within 14
+/// days (or have), soonest first.
 async fn status(State(state): State<AppState>) -> Json<Value> {
-    let version = state.config.current().version;
+    let config = state.config.current();
+    let version = config.version;
     let fleet = state.fleet.summary(version).await;
+    let now = crate::store::now_ms() / 1000;
+    let expiring = crate::certificates::expiring(&config, now);
     Json(json!({
         "version": version,
         "data_planes": fleet.as_ref().ok().map(|fleet| json!({
@@ -779,6 +784,7 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
         "store_reachable": fleet.is_ok(),
         "store_id": state.config.store_id(),
         "control_plane_id": state.fleet.control_plane_id(),
+        "certificates_expiring": expiring,
     }))
 }
 

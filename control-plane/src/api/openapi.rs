@@ -23,7 +23,10 @@ fn error_response(status: &str) -> Value {
             "Bad request: a body that is not JSON, a bad query parameter or header, or a \
              document the schema refuses (every violation listed with its JSON pointer). A \
              regular expression must also compile in Rust's syntax, which `format: regex` \
-             (ECMA-262) cannot say."
+             (ECMA-262) cannot say. A certificate's PEM must also parse, its key match its \
+             leaf certificate, and each of its SNIs be one of that certificate's names (exactly, \
+             or through a wildcard per RFC 6125), which no schema can say either: pointers \
+             /cert, /key and /snis/N."
         }
         "401" => "A valid bearer token is required.",
         "403" => "The token's role forbids the call.",
@@ -35,7 +38,9 @@ fn error_response(status: &str) -> Value {
              sub-request, {param.NAME} that a route path does not capture, sub-requests \
              waiting for each other in a cycle) — or a name it uses is not unique (sub-request \
              names, a path's :segment names, a node's host and port, a consumer credential, \
-             an id already taken on POST); a delete of something still referenced; for PATCH, \
+             an id already taken on POST, a second default certificate, a certificate key \
+             written as \"<redacted>\" with none stored); a delete of something still \
+             referenced; for PATCH, \
              a patch whose merged result the kind's schema refuses (RFC 5789 §2.2). Every \
              violation is listed with its JSON pointer."
         }
@@ -466,7 +471,19 @@ pub async fn document() -> Json<Value> {
         json!({"get": operation("Current version and fleet convergence", "", vec![("200", answer("The status.", json!({
             "type": "object",
             "required": ["version", "store_reachable"],
-            "properties": {"version": {"type": "integer"}, "store_reachable": {"type": "boolean"}}
+            "properties": {
+                "version": {"type": "integer"},
+                "store_reachable": {"type": "boolean"},
+                "certificates_expiring": {
+                    "type": "array",
+                    "description": "Certificates that expire within 14 days, or have, soonest first.",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "not_after", "days_left"],
+                        "properties": {"id": {"type": "string"}, "not_after": {"type": "integer"}, "days_left": {"type": "integer"}}
+                    }
+                }
+            }
         }), &[]))], &[], None)}),
     );
     let kind_names: Vec<&str> = Kind::ALL

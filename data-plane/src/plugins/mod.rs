@@ -44,6 +44,7 @@ pub mod limit_count;
 pub mod limit_req;
 pub mod prometheus;
 pub mod proxy_rewrite;
+pub mod redirect;
 pub mod request_id;
 pub mod request_validation;
 pub mod response_rewrite;
@@ -530,6 +531,7 @@ pub fn build(
         "cors" => Arc::new(cors::Cors::build(priority, config)?),
         "ip-restriction" => Arc::new(ip_restriction::IpRestriction::build(priority, config)?),
         "proxy-rewrite" => Arc::new(proxy_rewrite::ProxyRewrite::build(priority, config)?),
+        "redirect" => Arc::new(redirect::Redirect::build(priority, config, env)?),
         "api-breaker" => Arc::new(api_breaker::ApiBreaker::build(
             priority, config, scope, env,
         )?),

@@ -70,7 +70,7 @@ impl CompiledHeaderOps {
 /// `replacement` with PCRE's (and APISIX's `ngx.re.sub`'s) reading of `$N`: the group number
 /// is the digits alone, so `$1_$2` is group 1, `_`, group 2. The regex crate would read `$1_`
 /// as a group named `1_` (which does not exist, so empty): each `$N` becomes `${N}`.
-fn pcre_replacement(replacement: &str) -> String {
+pub(crate) fn pcre_replacement(replacement: &str) -> String {
     let mut out = String::with_capacity(replacement.len() + 8);
     let mut rest = replacement;
     while let Some(at) = rest.find('$') {

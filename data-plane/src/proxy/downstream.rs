@@ -50,6 +50,7 @@ use crate::transport::deadline;
 use crate::transport::h1::{HeadForm, PassedHead};
 use crate::transport::headers::put_header;
 use crate::transport::server::{HEADER_READ_TIMEOUT, Stop, serve_hyper};
+use crate::transport::tls::Tls;
 
 /// A request head larger than this is refused with 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -87,6 +88,22 @@ pub async fn serve_connection(
     remote: SocketAddr,
     stop: Stop,
 ) {
+    serve_stream(proxy, stream, remote, stop, false).await;
+}
+
+/// [`serve_connection`] over any byte stream: the plaintext listener's sockets, and the TLS
+/// listener's decrypted streams (`tls`: every request is marked with
+/// [`crate::transport::tls::Tls`]). HTTP/2 negotiated by ALPN starts with the h2 preface,
+/// which hands the connection to hyper's server as h2c's does.
+pub async fn serve_stream<S>(
+    proxy: Arc<Proxy>,
+    stream: S,
+    remote: SocketAddr,
+    stop: Stop,
+    tls: bool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // One shutdown watch for the connection's life: a fresh one per request head registered
     // and unregistered a waiter every time (callgrind: 1.5% of a proxied request).
     let mut stopping = pin!(stop.clone().into_requested());
@@ -102,9 +119,12 @@ pub async fn serve_connection(
     loop {
         match conn.read_head(stopping.as_mut()).await {
             Next::Request {
-                request,
+                mut request,
                 keep_alive,
             } => {
+                if tls {
+                    request.extensions_mut().insert(Tls);
+                }
                 let head_request = request.method() == Method::HEAD;
                 let http10 = request.version() == Version::HTTP_10;
                 let (response, logged) = proxy.handle(remote, request, HeadForm::Passed).await;
@@ -124,7 +144,7 @@ pub async fn serve_connection(
                     }
                 }
             }
-            Next::HandOff => return hand_off(proxy, conn, remote, stop).await,
+            Next::HandOff => return hand_off(proxy, conn, remote, stop, tls).await,
             Next::Refuse(status, message) => {
                 let code = match status {
                     StatusCode::REQUEST_TIMEOUT => "request_timeout",
@@ -166,8 +186,8 @@ enum Next {
     Closed,
 }
 
-struct Connection {
-    stream: TcpStream,
+struct Connection<S> {
+    stream: S,
     read: BytesMut,
     write: Vec<u8>,
     /// Scratch space for [`parse_request`], kept so a request costs no allocation for it.
@@ -181,7 +201,7 @@ struct Connection {
     timer: Pin<Box<Sleep>>,
 }
 
-impl Connection {
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Waits for the next request head and parses it; `stopping` completes on shutdown.
     async fn read_head(&mut self, mut stopping: Pin<&mut impl Future<Output = ()>>) -> Next {
         self.deadline_ms = crate::clock::coarse_now_ms() + HEADER_READ_TIMEOUT_MS;
@@ -362,6 +382,9 @@ impl Connection {
                     n => written += n,
                 }
             }
+            // A TLS stream holds the records it made until flushed; a socket's flush is a no-op.
+            let flushed = Pin::new(&mut *stream).poll_flush(cx);
+            ready!(send_deadline(&mut stall, cx, flushed))?;
             Poll::Ready(Ok::<(), io::Error>(()))
         })
         .await?;
@@ -584,7 +607,15 @@ fn put_date(out: &mut Vec<u8>) {
 }
 
 /// Hands the connection, and the bytes read from it so far, to hyper's server.
-async fn hand_off(proxy: Arc<Proxy>, conn: Connection, remote: SocketAddr, stop: Stop) {
+async fn hand_off<S>(
+    proxy: Arc<Proxy>,
+    conn: Connection<S>,
+    remote: SocketAddr,
+    stop: Stop,
+    tls: bool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = Rewind {
         prefix: conn.read.freeze(),
         stream: conn.stream,
@@ -602,7 +633,10 @@ async fn hand_off(proxy: Arc<Proxy>, conn: Connection, remote: SocketAddr, stop:
                     Some(logged) => super::access_log::count_body(response, logged),
                 });
             }
-            let request = request.map(Either::Left);
+            let mut request = request.map(Either::Left);
+            if tls {
+                request.extensions_mut().insert(Tls);
+            }
             let (response, logged) = proxy.handle(remote, request, HeadForm::Map).await;
             // hyper writes the body: a counting body finishes the access-log line.
             let response = match logged {
@@ -617,14 +651,14 @@ async fn hand_off(proxy: Arc<Proxy>, conn: Connection, remote: SocketAddr, stop:
 
 /// A stream that first yields bytes already read from it, and fails a write the client
 /// leaves unaccepted for [`SEND_TIMEOUT`] (hyper's server has no send timeout of its own).
-struct Rewind {
+struct Rewind<S> {
     prefix: Bytes,
-    stream: TcpStream,
+    stream: S,
     /// Armed while a write is pending.
     write_stall: Option<Pin<Box<Sleep>>>,
 }
 
-impl AsyncRead for Rewind {
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -640,7 +674,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -313,6 +313,7 @@ fn prepare(
         method,
         uri,
         mut headers,
+        extensions,
         ..
     } = parts;
     // Path and query go on as routed: the path normalised (`super::path`), the query as sent.
@@ -332,6 +333,7 @@ fn prepare(
         client: remote.ip(),
         forwarded_host: original_host,
         host: None,
+        https: extensions.get::<crate::transport::tls::Tls>().is_some(),
     };
     Prepared {
         method,

@@ -24,6 +24,7 @@ pub mod filtered;
 mod forward;
 pub mod path;
 mod request_body;
+pub mod tls;
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -74,7 +75,7 @@ pub async fn serve_with(listener: TcpListener, proxy: Proxy, shutdown: impl Futu
 }
 
 /// What a [`Proxy`] adds to its answers beyond proxying them.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     /// Where each client request's line goes (`--access-log`); `None`: off.
     pub access_log: Option<access_log::AccessLog>,
@@ -82,8 +83,8 @@ pub struct Options {
     pub expose_config_version: bool,
 }
 
-/// The request handler, shared by every connection.
-#[derive(Debug)]
+/// The request handler, shared by every connection (and cloned for the TLS listener).
+#[derive(Clone, Debug)]
 pub struct Proxy {
     state: Arc<State>,
     options: Options,

@@ -5,6 +5,7 @@
 //!   retry budget and transport.
 //! - [`batch`]: batch plans.
 //! - the plugin chains, compiled by the plugins' factory ([`crate::plugins`]).
+//! - [`tls`]: the TLS certificates, indexed by SNI for the TLS listener.
 //!
 //! It knows no request path: what it holds of the transport is a node's pool and a client.
 //!
@@ -17,6 +18,7 @@ pub mod balance;
 pub mod batch;
 pub mod health;
 pub mod router;
+pub mod tls;
 pub mod upstream;
 
 use gateway_proto::Snapshot;
@@ -94,6 +96,14 @@ pub enum CompileError {
         /// The route's id.
         route: String,
     },
+    /// A certificate whose chain or key cannot be loaded.
+    #[error("certificate {id}: {reason}")]
+    Certificate {
+        /// The certificate's id.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// An upstream the proxy cannot send to.
     #[error("upstream {upstream}: {reason}")]
     InvalidUpstream {
@@ -116,6 +126,8 @@ pub struct Runtime {
     pub upstreams: HashMap<String, Arc<UpstreamRuntime>>,
     /// Global rules, consumers and the plugin build environment.
     pub plugins: CompiledPlugins,
+    /// The TLS listener's certificates, by SNI.
+    pub certificates: tls::Certificates,
     /// What the routes' plugin chains were compiled against.
     chain_basis: ChainBasis,
 }
@@ -135,6 +147,7 @@ impl Runtime {
             router: Router::default(),
             upstreams: HashMap::new(),
             plugins: CompiledPlugins::empty(env),
+            certificates: tls::Certificates::default(),
             chain_basis: ChainBasis::default(),
         }
     }
@@ -243,11 +256,13 @@ impl Runtime {
             }));
         }
 
+        let certificates = tls::Certificates::compile(snapshot, previous.map(|p| &p.certificates))?;
         Ok(Runtime {
             version: snapshot.version,
             router: Router::build(routes)?,
             upstreams,
             plugins,
+            certificates,
             chain_basis,
         })
     }

@@ -136,8 +136,10 @@ pub fn drop_connection_listed(headers: &mut HeaderMap) {
     }
 }
 
-/// `X-Forwarded-Proto` of every request: the listeners speak plain HTTP.
-const FORWARDED_PROTO: &str = "http";
+/// `X-Forwarded-Proto`: the scheme of the listener the request came in on.
+fn forwarded_proto(https: bool) -> &'static str {
+    if https { "https" } else { "http" }
+}
 
 /// The request headers this hop sets: `X-Forwarded-For` (the client appended to the chain),
 /// `X-Forwarded-Proto` and `-Host` (this hop's, replacing the client's claims) and `Host` (per
@@ -155,6 +157,8 @@ pub struct HopHeaders {
     pub forwarded_host: Option<HeaderValue>,
     /// `Host` for the node; none: the node's address, from the request URI.
     pub host: Option<HeaderValue>,
+    /// The client spoke TLS to this hop: `X-Forwarded-Proto: https`.
+    pub https: bool,
 }
 
 impl HopHeaders {
@@ -181,7 +185,7 @@ impl HopHeaders {
         headers.insert(&X_FORWARDED_FOR, forwarded_for);
         headers.insert(
             &X_FORWARDED_PROTO,
-            HeaderValue::from_static(FORWARDED_PROTO),
+            HeaderValue::from_static(forwarded_proto(self.https)),
         );
         match &self.forwarded_host {
             Some(host) => headers.insert(&X_FORWARDED_HOST, host.clone()),
@@ -212,7 +216,11 @@ impl HopHeaders {
         out.extend_from_slice(b"x-forwarded-for: ");
         self.write_forwarded_for(out, chain);
         out.extend_from_slice(b"\r\n");
-        put_header(out, b"x-forwarded-proto", FORWARDED_PROTO.as_bytes());
+        put_header(
+            out,
+            b"x-forwarded-proto",
+            forwarded_proto(self.https).as_bytes(),
+        );
         if let Some(host) = &self.forwarded_host {
             put_header(out, b"x-forwarded-host", host.as_bytes());
         }
@@ -343,6 +351,7 @@ mod tests {
             client: client.parse().unwrap(),
             forwarded_host: None,
             host: None,
+            https: false,
         };
         let mut headers = HeaderMap::new();
         hop("10.0.0.1").apply(&mut headers);

@@ -12,6 +12,7 @@
 //!   own HTTP/1.1 loop hands over.
 //! - [`query`]: query-component decoding.
 //! - [`deadline`]: every time limit, as an instant armed on tokio's timer.
+//! - [`tls`]: rustls's server settings for client connections and the handshake.
 //!
 //! It knows no route, plugin or balancer: it is handed a node's address and pool, deadlines,
 //! and a [`Hold`] to keep until a response body ends (a node's in-flight count, to the caller).
@@ -23,6 +24,7 @@ pub mod h1;
 pub mod headers;
 pub mod query;
 pub mod server;
+pub mod tls;
 
 use std::fmt;
 use std::sync::Arc;

@@ -9,11 +9,13 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 mod batch;
+mod certificate;
 mod consumer;
 mod route;
 mod upstream;
 
 pub use batch::*;
+pub use certificate::*;
 pub use consumer::*;
 pub use route::*;
 pub use upstream::*;
@@ -30,15 +32,18 @@ pub enum Kind {
     Consumers,
     /// Plugins that run on every route.
     GlobalRules,
+    /// TLS certificates the data planes serve, chosen by SNI.
+    Certificates,
 }
 
 impl Kind {
     /// Every kind, in dependency order: a kind only references kinds before it.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Upstreams,
         Kind::Consumers,
         Kind::GlobalRules,
         Kind::Routes,
+        Kind::Certificates,
     ];
 
     /// The collection name used in URLs and on the wire (`routes`).
@@ -48,6 +53,7 @@ impl Kind {
             Kind::Routes => "routes",
             Kind::Consumers => "consumers",
             Kind::GlobalRules => "global-rules",
+            Kind::Certificates => "certificates",
         }
     }
 
@@ -58,6 +64,7 @@ impl Kind {
             Kind::Routes => "route",
             Kind::Consumers => "consumer",
             Kind::GlobalRules => "global-rule",
+            Kind::Certificates => "certificate",
         }
     }
 
@@ -125,6 +132,8 @@ pub enum Parsed {
     Consumer(Consumer),
     /// A global rule.
     GlobalRule(GlobalRule),
+    /// A TLS certificate.
+    Certificate(Certificate),
 }
 
 impl Parsed {
@@ -136,7 +145,10 @@ impl Parsed {
             .map(crate::plugins::traffic_split::upstream_ids)
             .unwrap_or_default();
         let mut ids: Vec<String> = match self {
-            Parsed::Upstream(_) | Parsed::Consumer(_) | Parsed::GlobalRule(_) => split,
+            Parsed::Upstream(_)
+            | Parsed::Consumer(_)
+            | Parsed::GlobalRule(_)
+            | Parsed::Certificate(_) => split,
             Parsed::Route(route) => {
                 // A batch's sub-requests name upstreams too; they must exist like any other.
                 let batch = route.batch.iter().flat_map(|b| &b.requests);
@@ -159,7 +171,7 @@ impl Parsed {
     /// The `plugins` map of a kind that has one.
     pub fn plugins(&self) -> Option<&std::collections::BTreeMap<String, serde_json::Value>> {
         match self {
-            Parsed::Upstream(_) => None,
+            Parsed::Upstream(_) | Parsed::Certificate(_) => None,
             Parsed::Route(route) => Some(&route.plugins),
             Parsed::Consumer(consumer) => Some(&consumer.plugins),
             Parsed::GlobalRule(rule) => Some(&rule.plugins),

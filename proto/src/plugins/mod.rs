@@ -22,6 +22,7 @@ pub mod limit_count;
 pub mod limit_req;
 pub mod prometheus;
 pub mod proxy_rewrite;
+pub mod redirect;
 pub mod request_id;
 pub mod request_validation;
 pub mod response_rewrite;
@@ -128,6 +129,12 @@ pub static PLUGINS: &[PluginDef] = &[
         schema: traffic_split::schema,
     },
     PluginDef {
+        name: "redirect",
+        priority: 900,
+        description: "Answers with a redirect: http_to_https, a uri template, or regex_uri on the path.",
+        schema: redirect::schema,
+    },
+    PluginDef {
         name: "response-rewrite",
         priority: 899,
         description: "Rewrites the answer: status, headers, body.",
@@ -155,6 +162,7 @@ pub fn check(plugins: &BTreeMap<String, Value>, at: &str, out: &mut Vec<crate::s
         match name.as_str() {
             "cors" => cors::check(config, &at, out),
             "proxy-rewrite" => proxy_rewrite::check(config, &at, out),
+            "redirect" => redirect::check(config, &at, out),
             "traffic-split" => traffic_split::check(config, &at, out),
             "uri-blocker" => uri_blocker::check(config, &at, out),
             "request-validation" => request_validation::check(config, &at, out),

@@ -24,17 +24,19 @@ use jsonschema::Validator;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::model::{Consumer, GlobalRule, Kind, Parsed, Route, Upstream};
+use crate::model::{Certificate, Consumer, GlobalRule, Kind, Parsed, Route, Upstream};
 
 #[cfg(test)]
 mod agreement;
 mod batch;
+mod certificate;
 mod consumer;
 mod patch;
 mod route;
 mod upstream;
 
 pub use batch::{MAX_SUB_REQUESTS, topological_order};
+use certificate::certificate_schema;
 use consumer::{consumer_schema, global_rule_schema};
 pub use patch::{merge_patch_schema, validate_patch};
 pub use route::{check_path, compile_regex, parse_cidr};
@@ -110,7 +112,7 @@ pub(crate) const HOST_PATTERN: &str = r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}
 /// The server-managed fields, typed: accepted on input (so that what a GET answers can be PUT
 /// back, as APISIX and Kong allow) and then ignored, but refused when of the wrong type (as
 /// both of them do), since a client that sends `"revision": "3"` has a bug worth hearing of.
-fn server_managed(description: &str) -> Value {
+pub(crate) fn server_managed(description: &str) -> Value {
     json!({"type": "integer", "minimum": 0, "readOnly": true, "description": description})
 }
 
@@ -200,6 +202,7 @@ static UPSTREAM: LazyLock<CompiledSchema> = LazyLock::new(|| compile(upstream_sc
 static ROUTE: LazyLock<CompiledSchema> = LazyLock::new(|| compile(route_schema()));
 static CONSUMER: LazyLock<CompiledSchema> = LazyLock::new(|| compile(consumer_schema()));
 static GLOBAL_RULE: LazyLock<CompiledSchema> = LazyLock::new(|| compile(global_rule_schema()));
+static CERTIFICATE: LazyLock<CompiledSchema> = LazyLock::new(|| compile(certificate_schema()));
 static SERVER_MANAGED: LazyLock<CompiledSchema> = LazyLock::new(|| {
     let mut props = common_properties();
     props.retain(|name, _| crate::model::SERVER_FIELDS.contains(&name.as_str()));
@@ -212,6 +215,7 @@ fn compiled(kind: Kind) -> &'static CompiledSchema {
         Kind::Routes => &ROUTE,
         Kind::Consumers => &CONSUMER,
         Kind::GlobalRules => &GLOBAL_RULE,
+        Kind::Certificates => &CERTIFICATE,
     }
 }
 
@@ -357,7 +361,7 @@ pub fn check_new_document(parsed: &Parsed) -> Vec<Violation> {
                 upstream::check_duplicate_nodes(upstream, "/upstream", &mut violations);
             }
         }
-        Parsed::Consumer(_) | Parsed::GlobalRule(_) => {}
+        Parsed::Consumer(_) | Parsed::GlobalRule(_) | Parsed::Certificate(_) => {}
     }
     violations
 }
@@ -375,6 +379,9 @@ pub fn validate_resource(kind: Kind, document: &Value) -> Result<Parsed, Vec<Vio
         Kind::Routes => serde_json::from_value::<Route>(document).map(Parsed::Route),
         Kind::Consumers => serde_json::from_value::<Consumer>(document).map(Parsed::Consumer),
         Kind::GlobalRules => serde_json::from_value::<GlobalRule>(document).map(Parsed::GlobalRule),
+        Kind::Certificates => {
+            serde_json::from_value::<Certificate>(document).map(Parsed::Certificate)
+        }
     };
     let parsed = match parsed {
         Ok(parsed) => parsed,
@@ -387,6 +394,11 @@ pub fn validate_resource(kind: Kind, document: &Value) -> Result<Parsed, Vec<Vio
     let mut beyond = Vec::new();
     if let Parsed::Route(route) = &parsed {
         check_route(route, &mut beyond);
+    }
+    if let Parsed::Certificate(certificate) = &parsed
+        && let Err(found) = certificate.load()
+    {
+        beyond.extend(found);
     }
     if let Some(plugins) = parsed.plugins() {
         crate::plugins::check(plugins, "/plugins", &mut beyond);

@@ -131,7 +131,8 @@ fn build(kind: Kind) -> CompiledSchema {
     compile(schema)
 }
 
-static PATCHES: LazyLock<[CompiledSchema; 4]> = LazyLock::new(|| Kind::ALL.map(build));
+static PATCHES: LazyLock<[CompiledSchema; Kind::ALL.len()]> =
+    LazyLock::new(|| Kind::ALL.map(build));
 
 fn compiled_patch(kind: Kind) -> &'static CompiledSchema {
     let index = Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0);

@@ -457,6 +457,22 @@ pub async fn status(client: &AdminClient, as_json: bool) -> Result<Outcome, CtlE
     );
     println!("store id:       {}", cell(&body["store_id"]));
     println!("control plane:  {}", cell(&body["control_plane_id"]));
+    if let Some(expiring) = body["certificates_expiring"]
+        .as_array()
+        .filter(|e| !e.is_empty())
+    {
+        let each: Vec<String> = expiring
+            .iter()
+            .map(|c| match c["days_left"].as_i64() {
+                Some(days) if days < 0 => format!("{} (expired)", cell(&c["id"])),
+                _ => format!("{} ({} days left)", cell(&c["id"]), cell(&c["days_left"])),
+            })
+            .collect();
+        println!(
+            "certificates:   expiring within 14 days: {}",
+            each.join(", ")
+        );
+    }
     Ok(Outcome::Done)
 }
 

@@ -23,6 +23,7 @@ use serde_json::Value;
 pub fn canonical(kind: Kind, document: &Value) -> Value {
     let mut document = document.clone();
     strip_server_fields(&mut document);
+    strip_read_only(kind, &mut document);
     integral_numbers(&mut document);
     strip_defaults(&mut document, schema_of(kind));
     drop_meaningless_empties(kind, &mut document);
@@ -58,6 +59,21 @@ pub fn strip_server_fields(document: &mut Value) {
         for field in SERVER_FIELDS {
             fields.remove(field);
         }
+    }
+}
+
+/// Removes the fields the kind's schema marks `readOnly` (a certificate's `not_after`): the
+/// server works them out, a file need not state them.
+fn strip_read_only(kind: Kind, document: &mut Value) {
+    let Some(properties) = schema_of(kind)["properties"].as_object() else {
+        return;
+    };
+    if let Value::Object(fields) = document {
+        fields.retain(|name, _| {
+            !properties
+                .get(name)
+                .is_some_and(|p| p["readOnly"] == Value::Bool(true))
+        });
     }
 }
 

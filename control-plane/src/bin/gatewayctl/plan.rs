@@ -260,10 +260,11 @@ pub fn build(
                 }
                 let before = canonical(key.kind, current);
                 let after = canonical(key.kind, &wanted);
-                let secret_unknown =
-                    plaintext_jwt_secret(&wanted) && secret(current) == Some(REDACTED);
+                let secret_at = write_only(key.kind);
+                let secret_unknown = plaintext_secret(key.kind, &wanted)
+                    && secret(key.kind, current) == Some(REDACTED);
                 let mut comparable_after = after.clone();
-                if secret_unknown && let Some(secret) = comparable_after.pointer_mut(JWT_SECRET) {
+                if secret_unknown && let Some(secret) = comparable_after.pointer_mut(secret_at) {
                     *secret = Value::String(REDACTED.into());
                 }
                 let mut fields = field_changes(&before, &comparable_after);
@@ -281,13 +282,12 @@ pub fn build(
                     note: None,
                 };
                 if secret_unknown {
-                    change.note = Some(
-                        "the JWT secret is write-only: sent as given, changed only if it differs"
-                            .into(),
-                    );
+                    change.note = Some(format!(
+                        "{secret_at} is write-only: sent as given, changed only if it differs"
+                    ));
                     if change.fields.is_empty() {
                         change.fields.push(FieldChange {
-                            pointer: JWT_SECRET.into(),
+                            pointer: secret_at.into(),
                             before: Some(Value::String(REDACTED.into())),
                             after: Some(Value::String(REDACTED.into())),
                         });
@@ -486,12 +486,22 @@ fn reconcile_credentials(wanted: &mut Value, current: &Value, prune: bool) -> Ve
     kept
 }
 
-fn secret(document: &Value) -> Option<&str> {
-    document.pointer(JWT_SECRET).and_then(Value::as_str)
+/// Where a kind keeps the secret the server redacts on reads (a JWT secret, a certificate's
+/// private key).
+fn write_only(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Certificates => "/key",
+        _ => JWT_SECRET,
+    }
 }
 
-fn plaintext_jwt_secret(document: &Value) -> bool {
-    secret(document).is_some_and(|s| s != REDACTED)
+fn secret(kind: Kind, document: &Value) -> Option<&str> {
+    document.pointer(write_only(kind)).and_then(Value::as_str)
+}
+
+fn plaintext_secret(kind: Kind, document: &Value) -> bool {
+    matches!(kind, Kind::Consumers | Kind::Certificates)
+        && secret(kind, document).is_some_and(|s| s != REDACTED)
 }
 
 #[cfg(test)]

@@ -97,6 +97,7 @@ fn reencode(wire: &[u8], request: http::Request<crate::transport::body::Upstream
         client: CLIENT,
         forwarded_host: parts.headers.get(HOST).cloned(),
         host: Some(HeaderValue::from_static("node.test:8080")),
+        https: false,
     };
     let mut out = Vec::new();
     encode_head(&mut out, &parts, Some(&hop), BodyFraming::Empty);

@@ -111,11 +111,13 @@ fn hop_headers_written_with_the_head_are_those_put_into_the_map() {
             client: "10.0.0.1".parse().unwrap(),
             forwarded_host: None,
             host: None,
+            https: false,
         },
         HopHeaders {
             client: "::ffff:192.0.2.7".parse().unwrap(),
             forwarded_host: Some(HeaderValue::from_static("api.example.com")),
             host: Some(HeaderValue::from_static("node.internal")),
+            https: true,
         },
     ];
     let clients: [&[(&str, &str)]; 3] = [
