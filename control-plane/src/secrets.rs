@@ -1,5 +1,6 @@
 //! Secrets at rest and on the way out: consumer credentials are sealed on write (an API key
-//! becomes its SHA-256 digest, a password a salted hash) and the one secret that must stay
+//! becomes its SHA-256 digest, a password an argon2id hash — see `gateway_proto::plugins::auth`
+//! for the parameters and why) and the one secret that must stay
 //! usable — a JWT HMAC secret — is redacted on every read. Writing the redacted placeholder
 //! back keeps the stored secret, so a resource read with `GET` can be `PUT` back unchanged.
 
@@ -107,7 +108,7 @@ mod tests {
             consumer["credentials"]["basic-auth"]["password_hash"]
                 .as_str()
                 .unwrap()
-                .starts_with("sha256$")
+                .starts_with("$argon2id$v=19$m=19456,t=2,p=1$")
         );
         let shown = redact(Kind::Consumers, &consumer);
         assert!(!shown.to_string().contains("very-secret-value"));

@@ -209,3 +209,95 @@ async fn chunked_post(dp: &DataPlane, path: &str, len: usize) -> u16 {
         .and_then(|status| status.parse().ok())
         .unwrap_or(0)
 }
+
+#[tokio::test]
+async fn basic_auth_passwords_are_stored_under_argon2id_and_verified_once_per_credentials() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use sha2::{Digest as _, Sha256};
+
+    let upstream = FakeUpstream::start("app").await;
+    let (cp, dp) = gateway(upstream.upstream(), json!({"basic-auth": {}})).await;
+    cp.write(
+        "PUT",
+        "/api/v1/consumers/ada",
+        Some(json!({"credentials": {"basic-auth": {"username": "ada", "password": "correct horse"}}})),
+    )
+    .await;
+    // A digest of the earlier form, written as stored: salted SHA-256.
+    let salt = [9u8; 16];
+    let digest = Sha256::new()
+        .chain_update(salt)
+        .chain_update(b"legacy-pw")
+        .finalize();
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let legacy = format!("sha256${}${}", hex(&salt), hex(&digest));
+    let version = cp
+        .write(
+            "PUT",
+            "/api/v1/consumers/old",
+            Some(json!({"credentials": {"basic-auth": {"username": "old", "password_hash": legacy}}})),
+        )
+        .await;
+    dp.applied(version).await;
+
+    let (_, _, stored) = cp.call("GET", "/api/v1/consumers/ada", None).await;
+    let hash = stored["credentials"]["basic-auth"]["password_hash"]
+        .as_str()
+        .unwrap();
+    assert!(
+        hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{hash}"
+    );
+    assert!(!stored.to_string().contains("correct horse"));
+
+    let basic = |user: &str, pw: &str| format!("Basic {}", STANDARD.encode(format!("{user}:{pw}")));
+    let kdf_runs = || async {
+        dp.metric("gateway_basic_auth_kdf_runs_total")
+            .await
+            .expect("the metric is exported")
+    };
+    let before = kdf_runs().await;
+    let good = basic("ada", "correct horse");
+    for _ in 0..10 {
+        let (status, _, body) = dp.send("GET", "/p/x", &[("authorization", &good)]).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(
+        kdf_runs().await - before,
+        1.0,
+        "ten logins with the same credentials: one KDF run"
+    );
+    let last = upstream.received.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.headers["x-consumer-username"], "ada");
+
+    for _ in 0..2 {
+        let bad = basic("ada", "wrong horse");
+        assert_eq!(
+            dp.send("GET", "/p/x", &[("authorization", &bad)]).await.0,
+            401
+        );
+    }
+    assert_eq!(
+        kdf_runs().await - before,
+        3.0,
+        "a failure is never remembered"
+    );
+    assert_eq!(
+        dp.send("GET", "/p/x", &[("authorization", &good)]).await.0,
+        200
+    );
+
+    // The earlier digest still authenticates, inline (no KDF run).
+    let old = basic("old", "legacy-pw");
+    assert_eq!(
+        dp.send("GET", "/p/x", &[("authorization", &old)]).await.0,
+        200
+    );
+    let wrong = basic("old", "legacy-px");
+    assert_eq!(
+        dp.send("GET", "/p/x", &[("authorization", &wrong)]).await.0,
+        401
+    );
+    assert_eq!(kdf_runs().await - before, 3.0);
+}

@@ -86,6 +86,9 @@ pub enum Access {
     Reject(Reject),
     /// Wait for this check (a shared counter, a delay) before deciding.
     Pending(PendingAccess),
+    /// Wait for this check (a password verification off the async workers); if it passes,
+    /// the request is this consumer's (as [`key_auth::identify`] marks it).
+    Identify(PendingAccess, Arc<ConsumerRuntime>),
 }
 
 /// Builds the refusal every plugin uses: the JSON error shape.
@@ -238,6 +241,11 @@ impl<'r> RequestCtx<'r> {
             Access::Reject(response) => Err(response),
             Access::Pending(check) => {
                 self.response_headers.extend(check.await?);
+                Ok(())
+            }
+            Access::Identify(check, consumer) => {
+                self.response_headers.extend(check.await?);
+                key_auth::identify(self, request, &consumer);
                 Ok(())
             }
         }
@@ -497,6 +505,8 @@ pub struct BuildEnv {
     pub breakers: Arc<api_breaker::Breakers>,
     /// `prometheus`'s per-route series.
     pub prometheus: Arc<prometheus::Registry>,
+    /// `basic-auth`'s password verifications (the KDF's bounded pool, the cache of successes).
+    pub basic_auth: Arc<basic_auth::Verifier>,
     /// The ids of the named upstreams of the snapshot being compiled (for `traffic-split`).
     /// Unlike the fields above it is per snapshot: `Runtime::compile` replaces it before
     /// building any plugin.
@@ -522,7 +532,7 @@ pub fn build(
     let plugin: Arc<dyn Plugin> = match name {
         "key-auth" => Arc::new(key_auth::KeyAuth::build(priority, config)?),
         "batch-requests" => Arc::new(batch_requests::BatchRequests::build(priority, config)?),
-        "basic-auth" => Arc::new(basic_auth::BasicAuth::build(priority, config)?),
+        "basic-auth" => Arc::new(basic_auth::BasicAuth::build(priority, config, env)?),
         "jwt-auth" => Arc::new(jwt_auth::JwtAuth::build(priority, config)?),
         "limit-count" => Arc::new(limit_count::LimitCount::build(
             priority, config, scope, env,

@@ -2,14 +2,44 @@
 //!
 //! Secrets at rest: an API key is stored as its SHA-256 digest (keys are high-entropy, so an
 //! unsalted digest is safe and lets the data plane find the consumer by digest); a password is
-//! stored salted (`sha256$<salt hex>$<digest hex>`). The control plane seals plaintext on write
+//! stored as an argon2id PHC string ([`hash_password`], parameters [`ARGON2_M_KIB`],
+//! [`ARGON2_T`], [`ARGON2_P`]): passwords are low-entropy, so a leaked digest must cost an
+//! attacker a slow, memory-hard KDF per guess. Digests of the earlier salted-SHA-256 form
+//! (`sha256$<salt hex>$<digest hex>`, [`hash_password_sha256`]) still verify, as they are (a
+//! data plane cannot write config, so nothing rehashes them: writing the password again does).
+//! The control plane seals plaintext on write
 //! ([`KeyAuthCredential::key`] → `key_sha256`); a leaked snapshot or database dump holds no
 //! usable key or password. A JWT HMAC secret cannot be hashed (it is needed to verify), so it is
 //! stored as given and redacted on every read.
 
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+
+/// argon2id memory cost, in KiB: 19 MiB. With [`ARGON2_T`] and [`ARGON2_P`], OWASP's Password
+/// Storage Cheat Sheet's first argon2id setting (m=19456, t=2, p=1): as costly to an attacker
+/// as its m=47104/t=1 or m=12288/t=3 ones, with a memory footprint a data plane verifying a
+/// few logins at once can afford (one verification ≈ 19 MiB for its duration).
+pub const ARGON2_M_KIB: u32 = 19_456;
+/// argon2id passes (time cost).
+pub const ARGON2_T: u32 = 2;
+/// argon2id lanes: 1, so a verification occupies one core, never all of them.
+pub const ARGON2_P: u32 = 1;
+
+/// The `password_hash` forms a consumer may store: an argon2id PHC string (version 19, a
+/// 16-byte salt, a 32-byte hash, m from 1 MiB to 256 MiB, t 1–16, p 1–8: what a data plane
+/// is willing to spend on one verification), or the earlier salted SHA-256. The trailing
+/// characters of the base64 fields are the canonical ones (zero padding bits), so every string
+/// the pattern takes parses.
+pub const PASSWORD_HASH_PATTERN: &str = concat!(
+    r"^(sha256\$[0-9a-f]{32}\$[0-9a-f]{64}",
+    r"|\$argon2id\$v=19\$m=(102[4-9]|10[3-9][0-9]|1[1-9][0-9]{2}|[2-9][0-9]{3}|[1-9][0-9]{4}",
+    r"|1[0-9]{5}|2[0-5][0-9]{4}|26[01][0-9]{3}|262(0[0-9]{2}|1[0-3][0-9]|14[0-4]))",
+    r",t=([1-9]|1[0-6]),p=[1-8]",
+    r"\$[A-Za-z0-9+/]{21}[AQgw]\$[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048])$"
+);
 
 /// `key-auth` config schema.
 pub fn key_auth_schema() -> Value {
@@ -122,8 +152,8 @@ pub fn credentials_schema() -> Value {
                 "type": "object",
                 "properties": {
                     "username": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^:]+$"},
-                    "password": {"type": "string", "minLength": 1, "maxLength": 512, "description": "Write-only; stored salted as password_hash."},
-                    "password_hash": {"type": "string", "pattern": "^sha256\\$[0-9a-f]{32}\\$[0-9a-f]{64}$"}
+                    "password": {"type": "string", "minLength": 1, "maxLength": 512, "description": "Write-only; stored as password_hash (argon2id)."},
+                    "password_hash": {"type": "string", "pattern": PASSWORD_HASH_PATTERN, "description": "An argon2id PHC string ($argon2id$v=19$m=…,t=…,p=…$salt$hash), or the earlier sha256$<salt>$<digest>."}
                 },
                 "required": ["username"],
                 "allOf": [crate::schema::exactly_one_of("password", "password_hash")],
@@ -207,7 +237,7 @@ pub struct BasicAuthCredential {
     /// The password as written (only before sealing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
-    /// `sha256$<salt hex>$<digest hex>`.
+    /// An argon2id PHC string, or the earlier `sha256$<salt hex>$<digest hex>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_hash: Option<String>,
 }
@@ -220,6 +250,14 @@ impl BasicAuthCredential {
             (None, Some(plain)) => constant_time_eq(plain.as_bytes(), candidate.as_bytes()),
             (None, None) => false,
         }
+    }
+
+    /// Whether checking a password against this credential runs a slow KDF (argon2), which
+    /// a data plane runs off its async workers.
+    pub fn is_slow(&self) -> bool {
+        self.password_hash
+            .as_deref()
+            .is_some_and(|hash| hash.starts_with("$argon2"))
     }
 }
 
@@ -263,8 +301,26 @@ pub fn key_digest_bytes(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-/// Hashes `password` with `salt` into the stored `sha256$<salt>$<digest>` form.
+/// Hashes `password` with `salt` into the stored argon2id PHC string
+/// (`$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>`).
 pub fn hash_password(password: &str, salt: &[u8; 16]) -> String {
+    let salt = SaltString::encode_b64(salt).expect("16 bytes is a valid salt length");
+    argon2id()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2id with valid parameters cannot fail")
+        .to_string()
+}
+
+/// The KDF with this build's parameters.
+fn argon2id() -> Argon2<'static> {
+    let params = Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, None)
+        .expect("the constant parameters are valid");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// Hashes `password` with `salt` into the earlier `sha256$<salt>$<digest>` form (still
+/// verified; no longer written).
+pub fn hash_password_sha256(password: &str, salt: &[u8; 16]) -> String {
     let salt_hex = to_hex(salt);
     let mut hasher = Sha256::new();
     hasher.update(salt);
@@ -272,8 +328,12 @@ pub fn hash_password(password: &str, salt: &[u8; 16]) -> String {
     format!("sha256${salt_hex}${}", to_hex(&hasher.finalize()))
 }
 
-/// Whether `candidate` matches a stored `sha256$<salt>$<digest>` hash.
+/// Whether `candidate` matches a stored hash: an argon2id PHC string (with the parameters it
+/// names, at most what [`PASSWORD_HASH_PATTERN`] allows), or `sha256$<salt>$<digest>`.
 pub fn verify_password(stored: &str, candidate: &str) -> bool {
+    if stored.starts_with("$argon2") {
+        return verify_argon2(stored, candidate);
+    }
     let mut parts = stored.split('$');
     let (Some("sha256"), Some(salt_hex), Some(digest_hex), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -287,6 +347,23 @@ pub fn verify_password(stored: &str, candidate: &str) -> bool {
     hasher.update(&salt);
     hasher.update(candidate.as_bytes());
     constant_time_eq(to_hex(&hasher.finalize()).as_bytes(), digest_hex.as_bytes())
+}
+
+fn verify_argon2(stored: &str, candidate: &str) -> bool {
+    // The pattern bounds what a stored hash may ask of a verifier; a string that slipped past
+    // it (a snapshot written by hand) never authenticates rather than costing gigabytes.
+    static BOUNDS: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(PASSWORD_HASH_PATTERN).expect("compiles"));
+    if !BOUNDS.is_match(stored) {
+        return false;
+    }
+    let Ok(hash) = PasswordHash::new(stored) else {
+        return false;
+    };
+    // `Argon2::default()` verifies with the algorithm, version and parameters the hash names.
+    Argon2::default()
+        .verify_password(candidate.as_bytes(), &hash)
+        .is_ok()
 }
 
 fn hex_digest(bytes: &[u8]) -> String {
@@ -323,8 +400,75 @@ mod tests {
     use super::*;
 
     #[test]
-    fn passwords_verify_only_with_the_right_secret() {
+    fn argon2id_hashes_verify_only_with_the_right_password() {
         let stored = hash_password("s3cret", &[7; 16]);
+        assert!(
+            stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$BwcHBwcHBwcHBwcHBwcHBw$"),
+            "{stored}"
+        );
+        let pattern = regex::Regex::new(PASSWORD_HASH_PATTERN).unwrap();
+        assert!(pattern.is_match(&stored));
+        assert!(verify_password(&stored, "s3cret"));
+        assert!(!verify_password(&stored, "s3cre"));
+        assert!(!verify_password(&stored.replace("t=2", "t=3"), "s3cret"));
+        let credential = BasicAuthCredential {
+            username: "u".into(),
+            password: None,
+            password_hash: Some(stored),
+        };
+        assert!(credential.is_slow() && credential.verify("s3cret"));
+    }
+
+    #[test]
+    fn the_pattern_takes_exactly_the_argon2_hashes_a_verifier_accepts() {
+        let pattern = regex::Regex::new(PASSWORD_HASH_PATTERN).unwrap();
+        let salt = "BwcHBwcHBwcHBwcHBwcHBw";
+        let hash = "A".repeat(43);
+        let phc =
+            |m: u32, t: u32, p: u32| format!("$argon2id$v=19$m={m},t={t},p={p}${salt}${hash}");
+        for m in [
+            1019, 1020, 1023, 1024, 1025, 1029, 1030, 1099, 1100, 9999, 10_000, 99_999, 100_000,
+            199_999, 255_999, 259_999, 261_999, 262_099, 262_143, 262_144, 262_145, 262_150,
+            263_000, 999_999, 1_000_000,
+        ] {
+            for (t, p) in [(0, 1), (1, 1), (16, 8), (17, 1), (2, 0), (2, 9)] {
+                let accepted = pattern.is_match(&phc(m, t, p));
+                let bounded =
+                    (1024..=262_144).contains(&m) && (1..=16).contains(&t) && (1..=8).contains(&p);
+                assert_eq!(accepted, bounded, "m={m} t={t} p={p}");
+                if accepted {
+                    assert!(
+                        PasswordHash::new(&phc(m, t, p)).is_ok(),
+                        "m={m} t={t} p={p}"
+                    );
+                    assert!(Params::new(m, t, p, None).is_ok(), "m={m} t={t} p={p}");
+                }
+            }
+        }
+        // Every canonical last character of the salt and the hash parses.
+        for last in ['A', 'Q', 'g', 'w'] {
+            let salt = format!("{}{last}", &salt[..21]);
+            let stored = format!("$argon2id$v=19$m=19456,t=2,p=1${salt}${hash}");
+            assert!(
+                pattern.is_match(&stored) && PasswordHash::new(&stored).is_ok(),
+                "{stored}"
+            );
+        }
+        for last in "AEIMQUYcgkosw048".chars() {
+            let hash = format!("{}{last}", &hash[..42]);
+            let stored = format!("$argon2id$v=19$m=19456,t=2,p=1${salt}${hash}");
+            assert!(
+                pattern.is_match(&stored) && PasswordHash::new(&stored).is_ok(),
+                "{stored}"
+            );
+        }
+        assert!(!pattern.is_match(&format!("$argon2i$v=19$m=19456,t=2,p=1${salt}${hash}")));
+        assert!(!pattern.is_match(&format!("$argon2id$v=16$m=19456,t=2,p=1${salt}${hash}")));
+    }
+
+    #[test]
+    fn salted_sha256_digests_still_verify() {
+        let stored = hash_password_sha256("s3cret", &[7; 16]);
         assert!(stored.starts_with("sha256$07070707"));
         assert!(verify_password(&stored, "s3cret"));
         assert!(!verify_password(&stored, "s3cre"));

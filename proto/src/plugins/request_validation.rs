@@ -3,8 +3,9 @@
 //! `rejected_code`, `rejected_msg`; plus `max_body_bytes`, the bound of the body read into
 //! memory to be checked).
 //!
-//! The two schemas are JSON Schemas in any draft the `jsonschema` crate supports (2020-12
-//! unless `$schema` names another: 2019-09, 7, 6 or 4), compiled once per snapshot. The served
+//! The two schemas are JSON Schemas in the drafts the `jsonschema` crate supports that agree on
+//! the keywords the served schema types (2020-12 unless `$schema` names 2019-09, 7 or 6; not
+//! 4), compiled once per snapshot. The served
 //! schema types the common keywords of a schema's top level; whether the whole schema compiles
 //! (nested schemas, patterns, `$ref`s) only compiling it can tell, so a schema that does not is
 //! refused on write (400) with the pointer of the offending keyword, as a regular expression
@@ -21,7 +22,9 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
 /// The largest bound a config may set: 64 MiB.
 pub const MAX_BODY_BYTES: u64 = 64 << 20;
 
-/// The drafts `$schema` may name (with or without the trailing `#`).
+/// The drafts `$schema` may name (with or without the trailing `#`): those in which the
+/// keywords typed below mean the same (boolean subschemas, numeric `exclusiveMinimum`), so
+/// that the served schema is exact wherever it speaks. Draft 4 is not among them.
 const DRAFTS: &[&str] = &[
     "https://json-schema.org/draft/2020-12/schema",
     "https://json-schema.org/draft/2019-09/schema",
@@ -29,8 +32,6 @@ const DRAFTS: &[&str] = &[
     "http://json-schema.org/draft-07/schema",
     "http://json-schema.org/draft-06/schema#",
     "http://json-schema.org/draft-06/schema",
-    "http://json-schema.org/draft-04/schema#",
-    "http://json-schema.org/draft-04/schema",
 ];
 
 /// What the served schema says of a JSON Schema value: an object whose common keywords are
@@ -67,7 +68,7 @@ fn json_schema_value(description: &str) -> Value {
             "minimum": {"type": "number"}, "maximum": {"type": "number"},
             "exclusiveMinimum": {"type": "number"}, "exclusiveMaximum": {"type": "number"},
             "multipleOf": {"type": "number", "exclusiveMinimum": 0},
-            "enum": {"type": "array", "minItems": 1},
+            "enum": {"type": "array", "minItems": 1, "uniqueItems": true},
             "allOf": schemas, "anyOf": schemas, "oneOf": schemas,
             "not": nested
         }
@@ -198,6 +199,31 @@ mod tests {
         assert!(
             pointers(json!({"body_schema": {"$schema": "http://json-schema.org/draft-07/schema#", "type": "array"}}))
                 .is_empty()
+        );
+        // Every keyword the served schema types, at once, in every draft it allows: what a
+        // client validating against the served schema may send compiles (schemathesis's
+        // coverage phase sends exactly this kind of document).
+        for draft in super::DRAFTS.iter().map(|d| Some(*d)).chain([None]) {
+            let mut every = json!({"additionalProperties": false, "allOf": [false], "anyOf": [true],
+                "oneOf": [{}], "not": false, "description": "", "title": "", "enum": [null],
+                "exclusiveMaximum": 0, "exclusiveMinimum": 0, "maximum": 0, "minimum": 0,
+                "format": "", "items": false, "maxItems": 0, "minItems": 0, "maxLength": 0,
+                "minLength": 0, "maxProperties": 0, "minProperties": 0, "multipleOf": 5e-324,
+                "pattern": "", "properties": {"a": false}, "required": [], "type": ["null"],
+                "uniqueItems": false});
+            if let Some(draft) = draft {
+                every["$schema"] = draft.into();
+            }
+            assert!(
+                pointers(json!({"header_schema": every})).is_empty(),
+                "{draft:?}"
+            );
+        }
+        assert_eq!(
+            pointers(
+                json!({"body_schema": {"$schema": "http://json-schema.org/draft-04/schema#"}})
+            ),
+            ["/plugins/request-validation/body_schema/$schema"]
         );
         // Typed at the top level by the schema itself.
         assert_eq!(
