@@ -26,6 +26,12 @@ struct Args {
     /// Address of the admin REST API.
     #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9180")]
     admin_listen: SocketAddr,
+    /// Serve the admin API over TLS with this certificate (PEM, chain leaf first).
+    #[arg(long, env = "GATEWAY_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    admin_tls_cert: Option<PathBuf>,
+    /// The private key of --admin-tls-cert (PEM).
+    #[arg(long, env = "GATEWAY_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    admin_tls_key: Option<PathBuf>,
     /// Address of the gRPC config stream the data planes connect to.
     #[arg(long, env = "GATEWAY_XDS_LISTEN", default_value = "127.0.0.1:9280")]
     xds_listen: SocketAddr,
@@ -168,7 +174,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     ));
 
     // Machine-readable lines on stdout: scripts and tests read the bound addresses here.
-    println!("admin_url=http://{admin_addr}");
+    let admin_tls = match (&args.admin_tls_cert, &args.admin_tls_key) {
+        (Some(cert), Some(key)) => Some(tls::admin_server_config(cert, key)?),
+        _ => None,
+    };
+    let admin_scheme = if admin_tls.is_some() { "https" } else { "http" };
+    println!("admin_url={admin_scheme}://{admin_addr}");
     let scheme = if stream_tls.is_some() {
         "https"
     } else {
@@ -206,7 +217,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopping.wait_for(|stop| *stop).await;
     };
-    let admin_server = axum::serve(admin, app).with_graceful_shutdown(stopped(stopping.clone()));
+    let admin_stopped = stopped(stopping.clone());
+    let admin_server = async move {
+        match admin_tls {
+            Some(config) => {
+                axum::serve(tls::AdminTlsListener::new(admin, config)?, app)
+                    .with_graceful_shutdown(admin_stopped)
+                    .await
+            }
+            None => {
+                axum::serve(admin, app)
+                    .with_graceful_shutdown(admin_stopped)
+                    .await
+            }
+        }
+    };
     let mut xds_service = XdsServer::new(config, fleet, stopping.clone());
     if let Some(token) = &args.dp_token {
         xds_service = xds_service.require_token(token);
@@ -220,7 +245,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         match stream_tls {
             Some(tls_config) => {
                 xds_router
-                    .serve_with_incoming_shutdown(tls::accept(xds, tls_config), stopped(stopping))
+                    .serve_with_incoming_shutdown(
+                        tls::accept(xds, tls_config, "config stream"),
+                        stopped(stopping),
+                    )
                     .await
             }
             None => {

@@ -1,8 +1,10 @@
-//! TLS for the config stream: the server's certificate, client-certificate verification
-//! (mTLS), an accept loop that logs every failed handshake, and `control-plane certs`, which
-//! makes a private CA with a server and a client certificate for trying it out.
+//! TLS for the config stream and the admin API: the server's certificate, client-certificate
+//! verification (mTLS, the stream only), an accept loop that logs every failed handshake, and
+//! `control-plane certs`, which makes a private CA with a server and a client certificate for
+//! trying it out.
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,12 +96,61 @@ pub fn server_config(
     Ok(config)
 }
 
+/// The admin API's server configuration: its certificate chain and key, HTTP/1.1 by ALPN
+/// (the admin API speaks nothing else), no client certificates (bearer tokens authenticate).
+pub fn admin_server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
+    let mut config = server_config(cert, key, None)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A TLS listener for `axum::serve`: connections whose handshake succeeded, with their peer.
+pub struct AdminTlsListener {
+    local: SocketAddr,
+    incoming: ReceiverStream<io::Result<TlsStream<TcpStream>>>,
+}
+
+impl AdminTlsListener {
+    /// Serves TLS with `config` on `listener`.
+    pub fn new(listener: TcpListener, config: rustls::ServerConfig) -> io::Result<Self> {
+        Ok(AdminTlsListener {
+            local: listener.local_addr()?,
+            incoming: accept(listener, config, "admin API"),
+        })
+    }
+}
+
+impl axum::serve::Listener for AdminTlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use tokio_stream::StreamExt as _;
+        loop {
+            match self.incoming.next().await {
+                Some(Ok(stream)) => {
+                    let peer = stream.get_ref().0.peer_addr().unwrap_or(self.local);
+                    return (stream, peer);
+                }
+                Some(Err(_)) => continue,
+                // The accept loop ends only when this listener is dropped.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
 /// Accepts connections on `listener` and yields those whose TLS handshake succeeds. A failed
 /// handshake (no client certificate, one from another CA, plain text) is logged with the
-/// peer's address and closed: that peer gets nothing.
+/// peer's address and `what` listener it was, and closed: that peer gets nothing.
 pub fn accept(
     listener: TcpListener,
     config: rustls::ServerConfig,
+    what: &'static str,
 ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let (accepted, incoming) = mpsc::channel(64);
@@ -108,7 +159,7 @@ pub fn accept(
             let (stream, peer) = match listener.accept().await {
                 Ok(connection) => connection,
                 Err(error) => {
-                    tracing::warn!(%error, "config stream: accept failed");
+                    tracing::warn!(%error, listener = what, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -125,10 +176,10 @@ pub fn accept(
                         let _ = accepted.send(Ok(tls)).await;
                     }
                     Ok(Err(error)) => {
-                        tracing::warn!(%peer, %error, "config stream: TLS handshake refused");
+                        tracing::warn!(%peer, %error, listener = what, "TLS handshake refused");
                     }
                     Err(_) => {
-                        tracing::warn!(%peer, "config stream: TLS handshake timed out");
+                        tracing::warn!(%peer, listener = what, "TLS handshake timed out");
                     }
                 }
             });

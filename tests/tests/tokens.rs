@@ -186,3 +186,47 @@ async fn roles_bound_each_token_and_a_revocation_holds_on_every_replica(pool: sq
     let (status, _, body) = a.call("DELETE", "/api/v1/tokens/admin", None).await;
     assert_eq!(status, 409, "{body}");
 }
+
+#[tokio::test]
+async fn the_admin_api_is_served_over_tls_when_given_a_certificate() {
+    let dir = std::env::temp_dir().join(gateway_e2e::unique("admin-tls"));
+    let dir_arg = dir.to_string_lossy().to_string();
+    let (code, output) = gateway_e2e::run_to_exit(
+        "control-plane",
+        &["certs", "--dir", &dir_arg, "--server-name", "127.0.0.1"],
+    );
+    assert_eq!(code, Some(0), "{output}");
+    let cert = dir.join("control-plane.crt").to_string_lossy().to_string();
+    let key = dir.join("control-plane.key").to_string_lossy().to_string();
+    let ca = dir.join("ca.crt").to_string_lossy().to_string();
+    let cp = ControlPlane::start_with(
+        &gateway_e2e::sqlite_url(),
+        None,
+        &["--admin-tls-cert", &cert, "--admin-tls-key", &key],
+    );
+    assert!(cp.admin_url.starts_with("https://"), "{}", cp.admin_url);
+
+    let curl = |url: String, extra: &[&str]| {
+        let mut command = std::process::Command::new("curl");
+        command.args(["-sS", "--max-time", "5", "-o", "-", "-w", "\n%{http_code}"]);
+        command.args(extra).arg(url);
+        let output = command.output().expect("curl runs");
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    let token = format!("Authorization: Bearer {}", cp.token);
+    let answer = curl(
+        format!("{}/api/v1/status", cp.admin_url),
+        &["--cacert", &ca, "-H", &token],
+    );
+    assert!(answer.ends_with("\n200"), "{answer}");
+    assert!(answer.contains("\"version\""), "{answer}");
+    // Plain HTTP to the TLS port gets no answer; a client that does not trust the CA, none.
+    let plain = curl(
+        cp.admin_url.replace("https://", "http://") + "/healthz",
+        &[],
+    );
+    assert!(!plain.ends_with("\n200"), "{plain}");
+    let untrusted = curl(format!("{}/healthz", cp.admin_url), &[]);
+    assert!(!untrusted.ends_with("\n200"), "{untrusted}");
+    let _ = std::fs::remove_dir_all(dir);
+}
