@@ -63,7 +63,17 @@ pub fn expiring(config: &ConfigState, now: i64) -> Vec<Value> {
     let mut found: Vec<(i64, &str)> = config
         .of_kind(Kind::Certificates)
         .filter_map(|(key, entry)| match &entry.parsed {
-            Parsed::Certificate(c) => c.load().ok().map(|l| (l.not_after, key.id.as_str())),
+            Parsed::Certificate(c) => {
+                // Only the leaf is read: with the key's placeholder, the key is not parsed.
+                let leaf_only = Certificate {
+                    key: REDACTED.to_owned(),
+                    ..c.clone()
+                };
+                leaf_only
+                    .load()
+                    .ok()
+                    .map(|l| (l.not_after, key.id.as_str()))
+            }
             _ => None,
         })
         .filter(|(not_after, _)| *not_after - now <= EXPIRY_WARNING_SECS)
@@ -143,5 +153,35 @@ mod tests {
         assert_eq!(written, stored);
         let mut orphan = shown;
         assert!(restore_key(&mut orphan, None).is_err());
+    }
+
+    #[test]
+    fn certificates_about_to_expire_are_listed_soonest_first() {
+        let make = |name: &str, day: u8| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+            params.not_after = rcgen::date_time_ymd(2030, 1, day);
+            let cert = params.self_signed(&key).unwrap();
+            let body = json!({"snis": [name], "cert": cert.pem(), "key": key.serialize_pem()});
+            let parsed = gateway_proto::validate_resource(Kind::Certificates, &body).unwrap();
+            (ResourceKey::new(Kind::Certificates, name), parsed, body)
+        };
+        let mut config = ConfigState::default();
+        let mut not_after = BTreeMap::new();
+        for (name, day) in [("late.test", 30), ("soon.test", 10), ("sooner.test", 5)] {
+            let (key, parsed, body) = make(name, day);
+            if let Parsed::Certificate(c) = &parsed {
+                not_after.insert(name, c.load().unwrap().not_after);
+            }
+            let entry = crate::config::Entry::new(body, parsed, 1, 0, 0);
+            config.resources.insert(key, std::sync::Arc::new(entry));
+        }
+        // On the 7th: the 5th has expired, the 10th is within 14 days, the 30th is not.
+        let now = not_after["soon.test"] - 3 * 86_400;
+        let listed = expiring(&config, now);
+        let ids: Vec<&str> = listed.iter().map(|c| c["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["sooner.test", "soon.test"]);
+        assert_eq!(listed[0]["days_left"], -2);
+        assert_eq!(listed[1]["days_left"], 3);
     }
 }
