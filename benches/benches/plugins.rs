@@ -87,7 +87,7 @@ fn one_request(runtime: &Runtime, client: SocketAddr) -> StatusCode {
         query: parts.uri.query(),
         client: client.ip(),
     };
-    let RouteMatch::Found { route, params } = runtime.router.find(&view) else {
+    let RouteMatch::Found { route, params, .. } = runtime.router.find(&view) else {
         panic!("the bench route matches");
     };
     let spec = RouteRef {

@@ -16,6 +16,12 @@
 #                                         CHURN_ROUTES)
 #   PROFILE=train benches/load/peers.sh   instead, only load each route in turn (benches/load/pgo.sh
 #                                         runs it on an instrumented data plane)
+#   PROFILE=p13 benches/load/peers.sh     instead, P13: alternate the plain route on data planes with
+#                                         tracing (100% sampled, OTLP/gRPC to benches' otlp-sink) and
+#                                         the access log both off, each alone, and both on; req/s, CPU
+#                                         per request, spans the sink received per request
+#   TRACING=1 ACCESS_LOG=1                the main data plane with tracing on (100%, to otlp-sink) and
+#                                         the access log on, in any mode (e.g. PROFILE=callgrind)
 #   PROFILE=floor benches/load/peers.sh   instead, alternate nginx-proxy, a blind relay (no HTTP) and
 #                                         the plain route, with user/kernel time per request and how
 #                                         busy each core was: does the proxy or the load set the rate?
@@ -34,6 +40,8 @@ UP1=${UP1:-18081}
 UP2=${UP2:-18082}
 UP3=${UP3:-18083}
 PROFILE=${PROFILE:-}
+TRACING=${TRACING:-0}
+ACCESS_LOG=${ACCESS_LOG:-0}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gateway-peers.XXXXXX")
 TOKEN=peers-bench-token
 pids=()
@@ -72,6 +80,17 @@ echo "peers: building release binaries" >&2
 (cd "$ROOT" && cargo build --release -q -p control-plane -p data-plane --bins)
 BIN=$ROOT/target/release
 
+# The local OTLP collector the P13 measurements export to (benches/src/bin/otlp-sink.rs), on
+# cpu 1 beside wrk and the upstreams. Sets OTLP_URL.
+start_sink() {
+  (cd "$ROOT" && cargo build --release -q -p gateway-benches --bin otlp-sink)
+  taskset -c 1 "$BIN/otlp-sink" 127.0.0.1:0 >"$WORK/sink.out" 2>"$WORK/sink.log" &
+  pids+=($!)
+  OTLP_URL=$(value_of "$WORK/sink.out" otlp_url)
+}
+# Spans the sink has received so far.
+sink_spans() { curl -sf "$OTLP_URL/counts" | sed -n 's/.*spans=\([0-9]*\).*/\1/p'; }
+
 "$BIN/control-plane" --admin-listen 127.0.0.1:0 --xds-listen 127.0.0.1:0 \
   --database-url "sqlite://$WORK/gateway.db?mode=rwc" --admin-token "$TOKEN" \
   >"$WORK/cp.out" 2>"$WORK/cp.log" &
@@ -81,11 +100,18 @@ ADMIN=$(value_of "$WORK/cp.out" admin_url)
 XDS=$(value_of "$WORK/cp.out" xds_url)
 
 wrap=()
+# Flags every data plane started below gets beside the usual ones (start_data_plane reads it).
+dp_args=()
+if [ "$TRACING" = 1 ]; then
+  start_sink
+  wrap+=(env "OTEL_EXPORTER_OTLP_ENDPOINT=$OTLP_URL" OTEL_TRACES_SAMPLER_ARG=1)
+fi
+[ "$ACCESS_LOG" = 1 ] && dp_args+=(--access-log "$WORK/access.log")
 if [ "$PROFILE" = callgrind ]; then
   # Counting starts with `callgrind_control -z` after the warm-up, so start-up is not counted.
   # CALLGRIND_ARGS adds options, e.g. --separate-callers=3 to see who calls memcpy.
   # shellcheck disable=SC2206
-  wrap=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" --dump-instr=no ${CALLGRIND_ARGS:-})
+  wrap+=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" --dump-instr=no ${CALLGRIND_ARGS:-})
 fi
 # Starts data-plane binary $2 as node $1 on cpu 0, output in $WORK/$1.out and .log; any further
 # arguments wrap it (valgrind). Sets STARTED_PID, STARTED_PROXY and STARTED_STATUS.
@@ -93,7 +119,7 @@ start_data_plane() {
   local name=$1 bin=$2
   shift 2
   RUST_LOG=${RUST_LOG:-warn} taskset -c 0 "$@" "$bin" --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 \
-    --control-plane "$XDS" --node-id "peers-$name" --worker-threads 1 >"$WORK/$name.out" 2>"$WORK/$name.log" &
+    --control-plane "$XDS" --node-id "peers-$name" --worker-threads 1 "${dp_args[@]}" >"$WORK/$name.out" 2>"$WORK/$name.log" &
   STARTED_PID=$!
   pids+=("$STARTED_PID")
   STARTED_PROXY=$(value_of "$WORK/$name.out" proxy_url)
@@ -101,6 +127,7 @@ start_data_plane() {
 }
 start_data_plane dp "${DP_BIN:-$BIN/data-plane}" "${wrap[@]}"
 DP_PID=$STARTED_PID PROXY=$STARTED_PROXY STATUS=$STARTED_STATUS
+dp_args=()
 if [ -n "${DP_BIN_B:-}" ]; then
   [ "$PROFILE" = floor ] || die "DP_BIN_B is read by PROFILE=floor only"
   start_data_plane dp-b "$DP_BIN_B"
@@ -256,6 +283,77 @@ for name in by:
     print(f"{name:<13}{med(name, 'rps'):>9.0f}{med(name, 'user'):>9.2f}{med(name, 'sys'):>8.2f}{cpu:>8.2f}"
           f"{med(name, 'cpu0'):>8.1f}{med(name, 'cpu1'):>8.1f}  {med(name, 'rps') / base_rps:>8.2f}x{cpu / base_cpu:>12.2f}x")
 print("(medians of rounds; cpu0 runs the proxy, cpu1 wrk and the upstream; user/sys: the proxy's own time per request)")
+PY
+  exit 0
+fi
+
+if [ "$PROFILE" = p13 ]; then
+  # P13: what tracing and the access log cost the plain route. Four data planes from one build,
+  # each pinned to cpu 0 and loaded in turn (alternating rounds, like PROFILE=floor, so drift
+  # hits all alike): both off (the main one), the access log alone, tracing alone (every request
+  # sampled, exported over OTLP/gRPC to otlp-sink on cpu 1), both on. Per target: req/s, the
+  # data plane's user and kernel time per request (every thread: exporter and log writer too),
+  # and for the traced ones the spans the sink received per request (2 expected: server +
+  # client). Target: both on >= 0.85x the req/s of both off.
+  [ "$TRACING" = 0 ] && [ "$ACCESS_LOG" = 0 ] || die "PROFILE=p13 starts its own traced data planes"
+  start_sink
+  traced=(env "OTEL_EXPORTER_OTLP_ENDPOINT=$OTLP_URL" OTEL_TRACES_SAMPLER_ARG=1)
+  dp_args=(--access-log "$WORK/access-log-only.log")
+  start_data_plane dp-log "${DP_BIN:-$BIN/data-plane}"
+  LOG_PID=$STARTED_PID LOG_PROXY=$STARTED_PROXY LOG_STATUS=$STARTED_STATUS
+  dp_args=()
+  start_data_plane dp-trace "${DP_BIN:-$BIN/data-plane}" "${traced[@]}"
+  TRACE_PID=$STARTED_PID TRACE_PROXY=$STARTED_PROXY TRACE_STATUS=$STARTED_STATUS
+  dp_args=(--access-log "$WORK/access-both.log")
+  start_data_plane dp-on "${DP_BIN:-$BIN/data-plane}" "${traced[@]}"
+  ON_PID=$STARTED_PID ON_PROXY=$STARTED_PROXY ON_STATUS=$STARTED_STATUS
+  dp_args=()
+  for status in "$LOG_STATUS" "$TRACE_STATUS" "$ON_STATUS"; do wait_applied "$version" "$status"; done
+  "$PEERBENCH" up
+  trap '"$PEERBENCH" down; cleanup' EXIT
+  path="/catalog?item=14286"
+  targets=("off $DP_PID $PROXY$path" "log $LOG_PID $LOG_PROXY$path" "trace $TRACE_PID $TRACE_PROXY$path"
+    "both $ON_PID $ON_PROXY$path")
+  ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+  printf 'round\tname\treq_s\tp99\tuser_ticks\tsys_ticks\trequests\tspans\n' >"$WORK/p13.tsv"
+  for round in $(seq "${ROUNDS:-3}"); do
+    for target in "${targets[@]}"; do
+      read -r name pid url <<<"$target"
+      taskset -c 1 wrk -t1 -c"${CONNECTIONS:-32}" -d"${WARMUP:-2}"s "$url" >/dev/null
+      sleep 0.3 # the warm-up's last spans exported (the batch processor's 512-span batches)
+      before=$(ticks "$pid") spans_before=$(sink_spans)
+      out=$(taskset -c 1 wrk -t1 -c"${CONNECTIONS:-32}" -d"${DURATION:-6}"s --latency "$url")
+      after=$(ticks "$pid")
+      # Every span of the round on its way: the queue's last partial batch leaves within the
+      # batch processor's delay (5 s) at most; count what arrived after a pause.
+      sleep 0.5
+      spans=$(( $(sink_spans) - spans_before ))
+      read -r u0 s0 <<<"$before"; read -r u1 s1 <<<"$after"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" \
+        "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" "$(awk '$1 == "99%" {print $2}' <<<"$out")" \
+        $((u1 - u0)) $((s1 - s0)) "$(awk '/requests in/ {print $1}' <<<"$out")" "$spans" >>"$WORK/p13.tsv"
+      if grep -q 'Non-2xx\|Socket errors' <<<"$out"; then echo "peers: errors on $name: $out" >&2; fi
+      echo "peers: round $round $name done" >&2
+    done
+  done
+  python3 - "$WORK/p13.tsv" "$(getconf CLK_TCK)" <<'PY' | tee "$WORK/p13.txt"
+import csv, statistics as st, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+hz = float(sys.argv[2])
+by = {}
+for r in rows:
+    n = float(r["requests"])
+    by.setdefault(r["name"], []).append({
+        "rps": float(r["req_s"]), "p99": r["p99"], "spans": float(r["spans"]) / n,
+        "user": float(r["user_ticks"]) * 1e6 / hz / n, "sys": float(r["sys_ticks"]) * 1e6 / hz / n})
+med = lambda name, key: st.median(x[key] for x in by[name])
+print(f"{'target':<8}{'req/s':>9}{'vs off':>8}{'user us':>9}{'sys us':>8}{'CPU us':>8}{'spans/req':>11}  p99 by round")
+for name in by:
+    print(f"{name:<8}{med(name, 'rps'):>9.0f}{med(name, 'rps') / med('off', 'rps'):>7.2f}x{med(name, 'user'):>9.2f}"
+          f"{med(name, 'sys'):>8.2f}{med(name, 'user') + med(name, 'sys'):>8.2f}{med(name, 'spans'):>11.2f}  "
+          + " ".join(x["p99"] for x in by[name]))
+print("(medians of rounds; user/sys: the data plane's own time per request, all its threads; spans counted "
+      "by the sink within 0.5 s of each round's end)")
 PY
   exit 0
 fi

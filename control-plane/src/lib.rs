@@ -8,5 +8,6 @@ pub mod fleet;
 pub mod metrics;
 pub mod secrets;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod xds;

@@ -11,6 +11,7 @@ use control_plane::api::{self, AppState, auth};
 use control_plane::config::ConfigService;
 use control_plane::fleet::Fleet;
 use control_plane::store::Store;
+use control_plane::telemetry::{self, Telemetry};
 use control_plane::tls;
 use control_plane::xds::XdsServer;
 use tokio::net::TcpListener;
@@ -109,14 +110,26 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    tokio::runtime::Builder::new_multi_thread()
+    // OpenTelemetry when OTEL_EXPORTER_OTLP_ENDPOINT is set; off otherwise.
+    let telemetry =
+        Telemetry::from_env().context("setting up tracing from the OTEL_* environment")?;
+    let tracer = telemetry.as_ref().map(|t| t.tracer().clone());
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("building the tokio runtime")?
-        .block_on(run(args))
+        .block_on(run(args, tracer));
+    // The last spans, exported after the servers stopped.
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
+    result
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(
+    args: Args,
+    tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+) -> anyhow::Result<()> {
     let store = Store::connect(&args.database_url)
         .await
         .with_context(|| format!("opening the config store at {}", redact(&args.database_url)))?;
@@ -207,6 +220,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
         tokens,
     );
+    // A span per admin write, when tracing is on (a layer around every route, so it sees the
+    // route's template and the version the write made).
+    let app = match tracer {
+        Some(tracer) => app.layer(axum::middleware::from_fn_with_state(
+            tracer,
+            telemetry::trace_writes,
+        )),
+        None => app,
+    };
     // One signal stops both servers and ends the config streams, which tonic's graceful
     // shutdown would otherwise wait on for as long as the data planes keep them open.
     let (stop, stopping) = tokio::sync::watch::channel(false);

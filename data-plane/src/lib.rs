@@ -13,6 +13,8 @@
 //! - [`error`]: the request path's one error type and its JSON responses.
 //! - [`clock`]: cheap millisecond and second readings for the request path's bookkeeping.
 //! - [`state`]: what all of the above share — the one `ArcSwap<Runtime>`.
+//! - [`telemetry`]: OpenTelemetry's tracer and OTLP exporter, from the environment, and the
+//!   `traceparent` codec; the request path's spans are [`proxy`]'s.
 //!
 //! The request path never waits for the control plane: it serves whatever runtime is
 //! installed, the empty one (404 for everything) until the first snapshot arrives.
@@ -31,6 +33,7 @@ pub mod proxy;
 pub mod runtime;
 pub mod state;
 pub mod status;
+pub mod telemetry;
 pub mod transport;
 pub mod xds;
 
@@ -110,6 +113,7 @@ pub struct DataPlane {
     state: std::sync::Arc<State>,
     access_log: Option<proxy::access_log::AccessLog>,
     security: xds::StreamSecurity,
+    telemetry: Option<telemetry::Telemetry>,
 }
 
 impl DataPlane {
@@ -171,7 +175,15 @@ impl DataPlane {
             state,
             access_log,
             security,
+            telemetry: None,
         })
+    }
+
+    /// Traces requests with `telemetry` (see [`telemetry::Telemetry::from_env`]); `None`, the
+    /// default: no tracing.
+    pub fn with_telemetry(mut self, telemetry: Option<telemetry::Telemetry>) -> DataPlane {
+        self.telemetry = telemetry;
+        self
     }
 
     /// The address client traffic is served on.
@@ -208,6 +220,7 @@ impl DataPlane {
             state,
             access_log,
             security,
+            telemetry,
         } = self;
 
         let node_id = config.node_id();
@@ -251,7 +264,10 @@ impl DataPlane {
             access_log: access_log.clone(),
             expose_config_version: config.expose_config_version,
         };
-        let handler = proxy::Proxy::with_options(state.clone(), options);
+        let mut handler = proxy::Proxy::with_options(state.clone(), options);
+        if let Some(telemetry) = &telemetry {
+            handler = handler.traced(telemetry.tracer().clone());
+        }
         // The TLS listener serves with the same handler as the plaintext one.
         let mut tls = tls.map(|(listener, _)| {
             let stop = wait_for_stop(stopped.clone());
@@ -300,6 +316,11 @@ impl DataPlane {
             && !log.flush(ACCESS_LOG_FLUSH)
         {
             warn!("the access log's last lines could not be written in time");
+        }
+        // The last spans, exported before the process ends. A blocking wait for the collector,
+        // so on a blocking thread: the request threads' runtime may have one thread only.
+        if let Some(telemetry) = telemetry {
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
         }
         info!("data plane stopped");
     }

@@ -16,6 +16,9 @@ fn main() -> anyhow::Result<()> {
         // stdout is for the machine-readable lines below; logs go to stderr.
         .with_writer(std::io::stderr)
         .init();
+    // OpenTelemetry when OTEL_EXPORTER_OTLP_ENDPOINT is set; off (and free) otherwise.
+    let telemetry = data_plane::telemetry::Telemetry::from_env("gateway-data-plane")
+        .context("setting up tracing from the OTEL_* environment")?;
 
     // One worker: a current-thread runtime serves everything on this thread, without the
     // work-stealing scheduler's cross-thread bookkeeping (measured: less CPU per request).
@@ -33,7 +36,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     let log_file = matches!(config.access_log, AccessLogTarget::File(_));
     runtime.block_on(async {
-        let data_plane = DataPlane::bind(config).await?;
+        let data_plane = DataPlane::bind(config).await?.with_telemetry(telemetry);
         if let Some(log) = data_plane.access_log().filter(|_| log_file) {
             // Listening before the addresses are printed: whoever read them may signal at once,
             // and an unhandled SIGUSR1 would end the process.

@@ -12,7 +12,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     // Leaf utilities: they import nothing of the crate.
     (
         "leaf",
-        &["background", "clock", "config", "error", "metrics"],
+        &[
+            "background",
+            "clock",
+            "config",
+            "error",
+            "metrics",
+            "telemetry",
+        ],
     ),
     // HTTP on the wire: codec, exchanges, pools, bodies, deadlines, hyper's glue.
     ("transport", &["transport"]),

@@ -168,6 +168,17 @@ impl ControlPlane {
         xds_listen: Option<&str>,
         extra: &[&str],
     ) -> ControlPlane {
+        ControlPlane::start_with_env(database_url, xds_listen, extra, &[])
+    }
+
+    /// Like [`ControlPlane::start_with`], with environment variables for the process (e.g.
+    /// `OTEL_*`).
+    pub fn start_with_env(
+        database_url: &str,
+        xds_listen: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ControlPlane {
         let xds = xds_listen.unwrap_or("127.0.0.1:0");
         let mut args = vec![
             "--admin-listen",
@@ -180,7 +191,7 @@ impl ControlPlane {
             TOKEN,
         ];
         args.extend_from_slice(extra);
-        let process = Process::spawn("control-plane", &args, &[], &["admin_url", "xds_url"]);
+        let process = Process::spawn("control-plane", &args, env, &["admin_url", "xds_url"]);
         ControlPlane {
             admin_url: process.value("admin_url").to_owned(),
             xds_url: process.value("xds_url").to_owned(),
@@ -280,6 +291,17 @@ impl DataPlane {
 
     /// Like [`DataPlane::start`], with extra command-line arguments.
     pub fn start_with(xds_url: &str, node_id: &str, extra: &[&str]) -> DataPlane {
+        DataPlane::start_with_env(xds_url, node_id, extra, &[])
+    }
+
+    /// Like [`DataPlane::start_with`], with environment variables for the process (e.g.
+    /// `OTEL_*`).
+    pub fn start_with_env(
+        xds_url: &str,
+        node_id: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> DataPlane {
         let mut args = vec![
             "--listen",
             "127.0.0.1:0",
@@ -293,7 +315,7 @@ impl DataPlane {
             "1",
         ];
         args.extend_from_slice(extra);
-        let process = Process::spawn("data-plane", &args, &[], &["proxy_url", "status_url"]);
+        let process = Process::spawn("data-plane", &args, env, &["proxy_url", "status_url"]);
         DataPlane {
             proxy_url: process.value("proxy_url").to_owned(),
             status_url: process.value("status_url").to_owned(),

@@ -410,9 +410,11 @@ impl Notes {
 /// A W3C trace id: 32 lowercase hex digits, not all zero.
 type TraceId = [u8; 32];
 
-/// The trace a request belongs to. This is the one place a request's trace id is decided:
-/// today the client's W3C `traceparent` header when it is valid (else none); once
-/// OpenTelemetry is in, the id of the trace its span joins or starts.
+/// The trace a request belongs to: the trace id of its W3C `traceparent` header when that is
+/// valid (else none). This is the one place a request's trace id is decided. With tracing on,
+/// the request path has pointed that header at the request's server span before the line
+/// begins (`proxy::trace`), so the id is the trace the span joins or starts; off, it is the
+/// client's.
 pub(crate) fn trace_id<B>(request: &Request<B>) -> Option<TraceId> {
     parse_traceparent(request.headers().get("traceparent")?.as_bytes())
 }

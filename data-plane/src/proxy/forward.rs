@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
 use super::access_log::Notes;
+use super::trace::Parent;
 use super::{Proxy, ProxyBody};
 use crate::error::ProxyError;
 use crate::runtime::balance::hash_bytes;
@@ -44,7 +45,9 @@ impl Proxy {
     /// Sends `request` (already routed to `route`) to a node of `upstream` and returns the
     /// response with its body streaming; retries per the route's or upstream's policy.
     /// `form`: where the response headers go (see [`HeadForm`]); `notes`: the access log's, told
-    /// each node tried. `started` is when the first attempt is timed from: the plain path hands
+    /// each node tried; `trace`: where each attempt's client span goes, when the request is
+    /// traced (the attempt's request names that span in its `traceparent`). `started` is when
+    /// the first attempt is timed from: the plain path hands
     /// in the reading its request began with (the routing in between is well under a
     /// microsecond), so a proxied request reads the clock once less.
     ///
@@ -64,6 +67,7 @@ impl Proxy {
         original_host: Option<HeaderValue>,
         form: HeadForm,
         notes: Option<&'a Notes>,
+        trace: Option<Parent<'a>>,
         started: Instant,
     ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + 'a {
         let upgrade = upgrade_protocol(&request);
@@ -109,17 +113,24 @@ impl Proxy {
             loop {
                 let node = &upstream.nodes[index];
                 let in_flight = node.load.start();
+                // Boxed: off, the future carries a null pointer rather than a span's room.
+                let span = trace.map(|parent| {
+                    parent.client_span(&prepared.method, &node.authority, tried.len())
+                });
                 // The request is built in a block that ends before the await: a local of the loop
                 // body would keep its (moved-from) slot in the future's state.
                 let result = {
                     // Without retries there is one attempt: its head is moved, not copied.
-                    let request = build(
+                    let mut request = build(
                         &mut prepared,
                         retries.is_some(),
                         upstream,
                         node,
                         body.take().unwrap_or_else(empty_body),
                     )?;
+                    if let Some(span) = &span {
+                        span.inject(request.headers_mut());
+                    }
                     upstream.client.send(
                         request,
                         Some(&prepared.hop),
@@ -131,6 +142,9 @@ impl Proxy {
                     )
                 }
                 .await;
+                if let Some(span) = span {
+                    span.finish(&result);
+                }
                 let elapsed = started.elapsed();
                 self.state.metrics.record_upstream(elapsed);
                 if let Some(notes) = notes {

@@ -14,6 +14,9 @@
 //! 6. log: the plugins' log phase, the request metrics, and the access log ([`access_log`]),
 //!    whose line the caller finishes once the body is written.
 //!
+//! With tracing on, a client request has a server span from its start to its answer, and each
+//! upstream attempt a client span under it (`trace`).
+//!
 //! Every failure is a [`ProxyError`], turned into the client's JSON answer in one place
 //! ([`Proxy::handle`]'s exit, through [`crate::error::json_response`]).
 
@@ -25,6 +28,7 @@ mod forward;
 pub mod path;
 mod request_body;
 pub mod tls;
+mod trace;
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -38,6 +42,7 @@ use http::header::{HOST, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Either, Full};
+use opentelemetry_sdk::trace::SdkTracer;
 use tokio::net::TcpListener;
 use tracing::{debug, error, warn};
 
@@ -88,6 +93,8 @@ pub struct Options {
 pub struct Proxy {
     state: Arc<State>,
     options: Options,
+    /// Spans are started with it when tracing is on ([`Proxy::traced`]).
+    tracer: Option<SdkTracer>,
 }
 
 /// A client request's answer, and its access-log line waiting for the body to be written
@@ -99,9 +106,12 @@ pub type Answer = (Response<ProxyBody>, Option<access_log::Pending>);
 enum Caller<'a> {
     /// A client: the answer goes on the wire.
     Client,
-    /// An endpoint plugin (`batch-requests`), on behalf of the client request whose line
-    /// takes these notes, if it is logged.
-    Item(Option<&'a access_log::Notes>),
+    /// An endpoint plugin (`batch-requests`), on behalf of a client request: the notes its
+    /// line takes, if it is logged, and its server span, if it is traced.
+    Item(
+        Option<&'a access_log::Notes>,
+        Option<&'a trace::Upstream<'a>>,
+    ),
 }
 
 impl Proxy {
@@ -112,7 +122,17 @@ impl Proxy {
 
     /// A handler serving whatever runtime `state` holds, with `options`.
     pub fn with_options(state: Arc<State>, options: Options) -> Proxy {
-        Proxy { state, options }
+        Proxy {
+            state,
+            options,
+            tracer: None,
+        }
+    }
+
+    /// The same handler, tracing its requests with `tracer` (see [`crate::telemetry`]).
+    pub fn traced(mut self, tracer: SdkTracer) -> Proxy {
+        self.tracer = Some(tracer);
+        self
     }
 
     /// Handles one client request; never fails: errors become JSON responses here. With
@@ -172,6 +192,14 @@ impl Proxy {
             }
             Err(reason) => Err(ProxyError::InvalidPath(reason)),
         };
+        // Before the access log's line begins: it reads the trace from the `traceparent` this
+        // points at the server span.
+        let mut server = match (&self.tracer, caller) {
+            (Some(tracer), Caller::Client) => {
+                trace::ServerSpan::start(tracer, &mut request, remote, runtime.version)
+            }
+            _ => None,
+        };
         let mut pending = match (&self.options.access_log, caller) {
             (Some(log), Caller::Client) => Some(log.begin(&request, remote, started)),
             _ => None,
@@ -180,22 +208,29 @@ impl Proxy {
         if let (Some(pending), Ok(routed)) = (&mut pending, &routed) {
             pending.routed(&routed.route);
         }
-        let notes = match caller {
-            Caller::Client => pending.as_ref().and_then(access_log::Pending::notes),
-            Caller::Item(notes) => notes,
+        if let (Some(server), Ok(routed)) = (&mut server, &routed) {
+            server.routed(&routed.route, routed.path);
+        }
+        let (notes, trace) = match caller {
+            Caller::Client => (
+                pending.as_ref().and_then(access_log::Pending::notes),
+                server.as_deref().map(trace::ServerSpan::upstream),
+            ),
+            Caller::Item(notes, trace) => (notes, trace),
         };
         let result = match routed {
             Err(error) => Err(error),
             // Boxed: the plugin path's state (context, request parts) would otherwise widen
             // the future of every request, plugins or not.
             Ok(routed) if !routed.route.plugins.plugins.is_empty() => Ok(Box::pin(
-                self.forward_with_plugins(&runtime, routed, remote, request, notes),
+                self.forward_with_plugins(&runtime, routed, remote, request, notes, trace),
             )
             .await),
             Ok(Routed {
                 route,
                 params,
                 original_host,
+                path: _,
             }) => match &route.target {
                 RouteTarget::Upstream(upstream) => {
                     self.send_upstream(
@@ -206,6 +241,10 @@ impl Proxy {
                         original_host,
                         form,
                         notes,
+                        trace.map(|upstream| trace::Parent {
+                            upstream,
+                            batch_key: None,
+                        }),
                         started,
                     )
                     .await
@@ -215,6 +254,7 @@ impl Proxy {
                         proxy: self,
                         remote,
                         notes,
+                        trace,
                     };
                     let downstream = batch::Downstream {
                         original_host,
@@ -243,6 +283,9 @@ impl Proxy {
         if let Some(pending) = &mut pending {
             pending.answered(response.status(), runtime.version);
         }
+        if let Some(server) = server {
+            server.answered(response.status());
+        }
         (response, pending)
     }
 
@@ -265,11 +308,13 @@ impl Proxy {
         remote: SocketAddr,
         request: Request<UpstreamBody>,
         notes: Option<&access_log::Notes>,
+        trace: Option<&trace::Upstream<'_>>,
     ) -> Response<ProxyBody> {
         let Routed {
             route,
             params,
             original_host,
+            path: _,
         } = routed;
         let spec = RouteRef {
             id: &route.id,
@@ -301,6 +346,7 @@ impl Proxy {
                             chosen,
                             request,
                             notes,
+                            trace,
                         )
                         .await
                     }
@@ -339,11 +385,13 @@ impl Proxy {
         chosen: Option<&Arc<UpstreamRuntime>>,
         request: Request<UpstreamBody>,
         notes: Option<&access_log::Notes>,
+        trace: Option<&trace::Upstream<'_>>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let dispatch = Dispatcher {
             proxy: self,
             remote,
             notes,
+            trace,
         };
         if let Some(endpoint) = route.plugins.endpoint.as_deref().and_then(|p| p.endpoint()) {
             let request = request.map(|body| body.map_err(std::io::Error::other).boxed_unsync());
@@ -369,6 +417,10 @@ impl Proxy {
             original_host,
             HeadForm::Map,
             notes,
+            trace.map(|upstream| trace::Parent {
+                upstream,
+                batch_key: None,
+            }),
             Instant::now(),
         )
         .await
@@ -414,11 +466,14 @@ pub(crate) struct Dispatcher<'a> {
     remote: SocketAddr,
     /// The client request's access-log notes, if it is logged.
     notes: Option<&'a access_log::Notes>,
+    /// The client request's server span, if it is traced.
+    trace: Option<&'a trace::Upstream<'a>>,
 }
 
 impl Dispatcher<'_> {
     /// Sends `request` to `upstream` as a request of `route` from this client: the upstream's
-    /// balancer, pool, health state and retry policy, the route's timeouts.
+    /// balancer, pool, health state and retry policy, the route's timeouts. `batch_key`: the
+    /// batch sub-request it is, for its spans.
     pub(crate) fn send_upstream<'a>(
         &'a self,
         route: &'a CompiledRoute,
@@ -426,6 +481,7 @@ impl Dispatcher<'_> {
         request: Request<UpstreamBody>,
         original_host: Option<HeaderValue>,
         form: HeadForm,
+        batch_key: Option<&'a str>,
     ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + 'a {
         if let Some(notes) = self.notes {
             notes.subrequest();
@@ -438,6 +494,10 @@ impl Dispatcher<'_> {
             original_host,
             form,
             self.notes,
+            self.trace.map(|upstream| trace::Parent {
+                upstream,
+                batch_key,
+            }),
             Instant::now(),
         )
     }
@@ -455,7 +515,7 @@ impl Dispatch for Dispatcher<'_> {
             if let Some(notes) = self.notes {
                 notes.subrequest();
             }
-            let caller = Caller::Item(self.notes);
+            let caller = Caller::Item(self.notes, self.trace);
             let (response, _) = self
                 .proxy
                 .serve_request(self.remote, request, HeadForm::Map, caller)
@@ -471,6 +531,8 @@ struct Routed {
     params: crate::runtime::router::Params,
     /// See [`original_host`].
     original_host: Option<HeaderValue>,
+    /// Which of the route's paths matched.
+    path: usize,
 }
 
 /// Finds the route for `request`.
@@ -497,8 +559,12 @@ fn route_request(
         query: request.uri().query(),
         client: remote.ip(),
     };
-    let (route, params) = match runtime.router.find(&view) {
-        RouteMatch::Found { route, params } => (route, params),
+    let (route, params, path) = match runtime.router.find(&view) {
+        RouteMatch::Found {
+            route,
+            params,
+            path,
+        } => (route, params, path),
         RouteMatch::NotFound => return Err(ProxyError::RouteNotFound),
         RouteMatch::MethodNotAllowed { allow } => {
             // A CORS preflight asks about the method in `Access-Control-Request-Method`;
@@ -514,6 +580,7 @@ fn route_request(
         route,
         params,
         original_host,
+        path,
     })
 }
 
@@ -546,7 +613,7 @@ fn no_endpoint(route: &CompiledRoute) -> ProxyError {
 fn preflight_route(
     runtime: &Runtime,
     view: &RequestView<'_>,
-) -> Option<(Arc<CompiledRoute>, crate::runtime::router::Params)> {
+) -> Option<(Arc<CompiledRoute>, crate::runtime::router::Params, usize)> {
     if view.method != http::Method::OPTIONS || !view.headers.contains_key(http::header::ORIGIN) {
         return None;
     }
@@ -559,9 +626,11 @@ fn preflight_route(
         ..*view
     };
     match runtime.router.find(&as_announced) {
-        RouteMatch::Found { route, params } if route.plugins.answers_preflight() => {
-            Some((route, params))
-        }
+        RouteMatch::Found {
+            route,
+            params,
+            path,
+        } if route.plugins.answers_preflight() => Some((route, params, path)),
         _ => None,
     }
 }

@@ -450,6 +450,7 @@ impl Exchange<'_> {
                 self.original_host.clone(),
                 // Only the status and the body go into the merged answer.
                 HeadForm::Ignored,
+                Some(&sub.name),
             )
             .await
             .map_err(|e| {

@@ -93,6 +93,8 @@ pub enum RouteMatch {
         route: Arc<CompiledRoute>,
         /// Named path segments, in pattern order.
         params: Params,
+        /// Which of the route's paths (`spec.paths`) matched.
+        path: usize,
     },
     /// No route matches the request.
     NotFound,
@@ -479,6 +481,7 @@ impl Lookup<'_> {
         Some(RouteMatch::Found {
             route: Arc::clone(&entry.route),
             params,
+            path: entry.path,
         })
     }
 }

@@ -372,7 +372,7 @@ fn parse_case(request: &str) -> Case {
 /// Renders an answer the way the table writes expectations.
 fn render(answer: &RouteMatch) -> String {
     match answer {
-        RouteMatch::Found { route, params } => {
+        RouteMatch::Found { route, params, .. } => {
             let mut out = route.id.clone();
             for (name, value) in params {
                 out.push_str(&format!(" {name}={value}"));
