@@ -97,6 +97,12 @@ pub struct Config {
 
 /// The rule the schema cannot say: `regex_uri`'s pattern compiles with the data plane's engine.
 pub fn check(config: &Value, at: &str, out: &mut Vec<Violation>) {
+    check_regex_uri(config, at, out);
+}
+
+/// `regex_uri`'s pattern (`[pattern, replacement]`, as `proxy-rewrite` and `redirect` take it)
+/// compiles with the data plane's engine.
+pub fn check_regex_uri(config: &Value, at: &str, out: &mut Vec<Violation>) {
     if let Some(pattern) = config.pointer("/regex_uri/0").and_then(Value::as_str)
         && let Err(message) = compile_regex(pattern)
     {

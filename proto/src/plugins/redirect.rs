@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::schema::{Violation, compile_regex, rule};
+use crate::schema::{Violation, rule};
 
 /// A variable of a `uri` template.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -155,11 +155,7 @@ pub struct Config {
 /// The rules the schema cannot say: `regex_uri`'s pattern compiles with the data plane's
 /// engine, and `uri` names only variables there are.
 pub fn check(config: &Value, at: &str, out: &mut Vec<Violation>) {
-    if let Some(pattern) = config.pointer("/regex_uri/0").and_then(Value::as_str)
-        && let Err(message) = compile_regex(pattern)
-    {
-        out.push(Violation::new(format!("{at}/regex_uri/0"), message));
-    }
+    super::proxy_rewrite::check_regex_uri(config, at, out);
     if let Some(uri) = config.get("uri").and_then(Value::as_str)
         && let Err(message) = parse_template(uri)
     {
