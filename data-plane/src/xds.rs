@@ -406,6 +406,7 @@ impl XdsClient {
                 build_version: env!("CARGO_PKG_VERSION").to_owned(),
                 plugins,
                 instance_id: self.instance_id.clone(),
+                labels: Default::default(),
             }),
             ..self.reply(String::new(), None, self.applied.lock().await.as_ref())
         };
@@ -520,6 +521,7 @@ impl XdsClient {
             config_source: applied
                 .map(|_| self.state.config_source().as_str().to_owned())
                 .unwrap_or_default(),
+            report: None,
         }
     }
 }

@@ -20,6 +20,10 @@ pub mod pb {
 
     /// The `type_url` of a whole-config snapshot on the config stream.
     pub const SNAPSHOT_TYPE_URL: &str = "type.gateway/Snapshot";
+    /// A data plane's report: traffic per version and rehashed credentials; never answered.
+    pub const REPORT_TYPE_URL: &str = "type.gateway/Report";
+    /// The control plane's fleet message: how many data planes are live; never answered.
+    pub const FLEET_TYPE_URL: &str = "type.gateway/Fleet";
 }
 
 pub use model::{Kind, ResourceKey};
