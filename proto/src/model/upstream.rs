@@ -22,6 +22,10 @@ pub struct Upstream {
     /// Retries of failed attempts on other nodes; none by default.
     #[serde(default)]
     pub retries: Option<Retries>,
+    /// Hedged requests: an idempotent request not answered within a delay is sent to another
+    /// node too, and the first good answer wins; none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<Hedge>,
     /// Active and passive health checking; none by default.
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
@@ -192,6 +196,66 @@ pub enum RetryOn {
     /// The node answered 504.
     #[serde(rename = "status_504")]
     Status504,
+}
+
+/// Hedged requests: when the first attempt of an idempotent request has not answered (its
+/// response head) after `delay_ms`, the same request goes to another node as well; the first
+/// good answer wins and the others are cancelled. Hedges take tokens from the retry budget.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hedge {
+    /// How long the first attempt (and each hedge after it) may go unanswered before the next.
+    pub delay_ms: HedgeDelay,
+    /// Hedges sent at most per request, on top of the first attempt.
+    #[serde(default = "default_max_extra")]
+    pub max_extra: u32,
+}
+
+/// Default and bounds of [`Hedge::max_extra`].
+pub const DEFAULT_HEDGE_MAX_EXTRA: u32 = 1;
+/// Most hedges one request may send.
+pub const MAX_HEDGE_EXTRA: u32 = 3;
+
+fn default_max_extra() -> u32 {
+    DEFAULT_HEDGE_MAX_EXTRA
+}
+
+/// How long to wait before hedging: a fixed delay, or the first node's observed latency.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum HedgeDelay {
+    /// A fixed number of milliseconds (`"delay_ms": 30`).
+    Millis(u64),
+    /// The 95th percentile of the first attempt's node's recent latencies (`"delay_ms": "p95"`).
+    P95,
+}
+
+/// The one word `delay_ms` takes instead of a number.
+const HEDGE_DELAY_P95: &str = "p95";
+
+impl Serialize for HedgeDelay {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            HedgeDelay::Millis(ms) => serializer.serialize_u64(*ms),
+            HedgeDelay::P95 => serializer.serialize_str(HEDGE_DELAY_P95),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HedgeDelay {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Millis(u64),
+            Word(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Millis(ms) => Ok(HedgeDelay::Millis(ms)),
+            Raw::Word(word) if word == HEDGE_DELAY_P95 => Ok(HedgeDelay::P95),
+            Raw::Word(word) => Err(serde::de::Error::custom(format!(
+                "delay_ms is a number of milliseconds or \"p95\", not {word:?}"
+            ))),
+        }
+    }
 }
 
 /// Health checking of an upstream's nodes.

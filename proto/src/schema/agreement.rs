@@ -487,3 +487,102 @@ fn cors_stars_are_what_the_data_plane_reads() {
         }
     }
 }
+
+#[test]
+fn hedge_settings_mean_the_same_to_the_served_schema_and_the_model() {
+    use crate::model::{Hedge, HedgeDelay};
+    let node = json!([{"host": "h", "port": 1}]);
+    // (hedge, what the model reads from it; None: refused)
+    let cases = [
+        (
+            json!({"delay_ms": 30, "max_extra": 1}),
+            Some(Hedge {
+                delay_ms: HedgeDelay::Millis(30),
+                max_extra: 1,
+            }),
+        ),
+        (
+            json!({"delay_ms": 1}),
+            Some(Hedge {
+                delay_ms: HedgeDelay::Millis(1),
+                max_extra: 1,
+            }),
+        ),
+        (
+            json!({"delay_ms": 20.0, "max_extra": 3}),
+            Some(Hedge {
+                delay_ms: HedgeDelay::Millis(20),
+                max_extra: 3,
+            }),
+        ),
+        (
+            json!({"delay_ms": "p95", "max_extra": 2}),
+            Some(Hedge {
+                delay_ms: HedgeDelay::P95,
+                max_extra: 2,
+            }),
+        ),
+        (json!({"delay_ms": 0}), None),
+        (json!({"delay_ms": -5}), None),
+        (json!({"delay_ms": 2.5}), None),
+        (json!({"delay_ms": "p99"}), None),
+        (json!({"delay_ms": "30"}), None),
+        (json!({"delay_ms": null}), None),
+        (json!({"max_extra": 1}), None),
+        (json!({"delay_ms": 30, "max_extra": 0}), None),
+        (json!({"delay_ms": 30, "max_extra": 4}), None),
+        (json!({"delay_ms": 30, "extra": 1}), None),
+    ];
+    for (hedge, expected) in cases {
+        let sub = json!({"name": "a", "upstream_id": "u", "path": "/a", "hedge": hedge});
+        let documents = [
+            (
+                Kind::Upstreams,
+                json!({"nodes": node, "hedge": hedge}),
+                "/hedge",
+            ),
+            (
+                Kind::Routes,
+                json!({"paths": ["/"], "upstream_id": "u", "hedge": hedge}),
+                "/hedge",
+            ),
+            (
+                Kind::Routes,
+                json!({"paths": ["/"], "upstream": {"nodes": node, "hedge": hedge}}),
+                "/upstream/hedge",
+            ),
+            (
+                Kind::Routes,
+                json!({"paths": ["/"], "batch": {"requests": [sub]}}),
+                "/batch/requests/0/hedge",
+            ),
+        ];
+        for (kind, document, at) in documents {
+            assert_eq!(
+                served_validator(kind).is_valid(&document),
+                expected.is_some(),
+                "served schema on {document}"
+            );
+            match (validate_resource(kind, &document), expected) {
+                (Ok(parsed), Some(expected)) => {
+                    let read = match parsed {
+                        Parsed::Upstream(u) => u.hedge,
+                        Parsed::Route(r) => r
+                            .hedge
+                            .or(r.upstream.and_then(|u| u.hedge))
+                            .or(r.batch.and_then(|b| b.requests[0].hedge)),
+                        other => panic!("{other:?}"),
+                    };
+                    assert_eq!(read, Some(expected), "{document}");
+                }
+                (Err(violations), None) => assert!(
+                    violations
+                        .iter()
+                        .all(|v| v.rule == Rule::Schema && v.pointer.starts_with(at)),
+                    "{document}: {violations:?}"
+                ),
+                (result, expected) => panic!("{document}: {result:?}, expected {expected:?}"),
+            }
+        }
+    }
+}

@@ -68,6 +68,7 @@ pub(super) fn upstream_body_properties() -> serde_json::Map<String, Value> {
     );
     props.insert("timeouts".into(), timeouts_schema());
     props.insert("retries".into(), retries_schema());
+    props.insert("hedge".into(), hedge_schema());
     props.insert(
         "health_check".into(),
         json!({
@@ -173,6 +174,32 @@ pub(super) fn retries_schema() -> Value {
             "non_idempotent": {"type": "boolean", "default": false}
         },
         "required": ["count"],
+        "additionalProperties": false
+    })
+}
+
+/// The schema of `hedge`, shared by upstreams, the route-level override and batch
+/// sub-requests.
+pub(crate) fn hedge_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "Hedged requests: an idempotent request (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) whose body is empty or held whole, not answered after delay_ms, is sent to another node too; the first good answer wins and the others are cancelled. Each hedge takes a token from the retry budget.",
+        "properties": {
+            "delay_ms": {
+                "description": "Milliseconds to wait for an answer before hedging, or \"p95\": the 95th percentile of the first node's recent latencies.",
+                "oneOf": [
+                    {"type": "integer", "minimum": 1, "maximum": 3600000},
+                    {"const": "p95"}
+                ]
+            },
+            "max_extra": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": crate::model::MAX_HEDGE_EXTRA,
+                "default": crate::model::DEFAULT_HEDGE_MAX_EXTRA
+            }
+        },
+        "required": ["delay_ms"],
         "additionalProperties": false
     })
 }
