@@ -6,7 +6,7 @@ Kubernetes version): every manifest file as it is, and every kustomization rende
 included); each kustomization lists only files that exist. For the Kubernetes Deployments and
 the compose file's services alike: every environment variable is one the binary reads, every
 container port is a listener's, every probe path is served. The Dockerfile ships every binary
-of the workspace. Exits non-zero if anything fails."""
+of the workspace, the data plane profile-guided by the workspace's own training load. Exits non-zero if anything fails."""
 import pathlib
 import subprocess
 import sys
@@ -105,13 +105,41 @@ def check_compose(path: pathlib.Path, binaries: pathlib.Path) -> list[str]:
 
 
 def check_dockerfile(path: pathlib.Path) -> list[str]:
-    """Every binary the workspace builds is copied into the image."""
+    """The image ships every binary the workspace builds, the data plane profile-guided: the
+    build stage runs scripts/release.sh into /out and the image copies /out; release.sh copies
+    control-plane and gatewayctl from the release build and the data plane that
+    benches/load/pgo.sh built, which instruments it, trains it with the workspace's own load
+    (benches/src/bin/train-load.rs, no nginx or wrk) and builds it from the profile."""
+    root = path.parent.parent
     text = path.read_text()
-    return [
-        f"{path}: does not ship {binary}"
-        for binary in ("control-plane", "data-plane", "gatewayctl")
-        if f"target/release/{binary}" not in text
+    release = root / "scripts" / "release.sh"
+    pgo = root / "benches" / "load" / "pgo.sh"
+    problems = [
+        f"{path}: {what}"
+        for what, needle in (
+            ("does not build with scripts/release.sh into /out", "OUT=/out scripts/release.sh"),
+            ("does not ship /out", "COPY --from=build /out/"),
+            ("has no llvm-profdata for the profile-guided build", "rustup component add llvm-tools"),
+        )
+        if needle not in text
     ]
+    release_text = release.read_text() if release.exists() else ""
+    problems += [
+        f"{release}: does not ship {binary}"
+        for binary in ("target/release/control-plane", "target/release/gatewayctl")
+        if binary not in release_text
+    ]
+    if "benches/load/pgo.sh" not in release_text:
+        problems.append(f"{release}: does not ship the profile-guided data plane")
+    pgo_text = pgo.read_text() if pgo.exists() else ""
+    problems += [
+        f"{pgo}: has no {step}"
+        for step in ("-Cprofile-generate", "target/release/train-load", "-Cprofile-use")
+        if step not in pgo_text
+    ]
+    if not (root / "benches" / "src" / "bin" / "train-load.rs").exists():
+        problems.append("benches/src/bin/train-load.rs (the training load) is missing")
+    return problems
 
 
 def check_against_binaries(rendered: list[str], binaries: pathlib.Path) -> list[str]:

@@ -14,8 +14,6 @@
 #   PROFILE=churn benches/load/peers.sh   instead, P8: the plain route's p99 with and without 20 route
 #                                         changes/s on a config of 5,000 more routes (CHURN_RATE,
 #                                         CHURN_ROUTES)
-#   PROFILE=train benches/load/peers.sh   instead, only load each route in turn (benches/load/pgo.sh
-#                                         runs it on an instrumented data plane)
 #   PROFILE=p13 benches/load/peers.sh     instead, P13: alternate the plain route on data planes with
 #                                         tracing (100% sampled, OTLP/gRPC to benches' otlp-sink) and
 #                                         the access log both off, each alone, and both on; req/s, CPU
@@ -206,19 +204,6 @@ if [ "$PROFILE" = callgrind ]; then
   [ -n "$requests" ] && [ "${instructions:-0}" -gt 0 ] || die "no callgrind dump or no wrk count"
   echo "peers: $requests requests, $instructions instructions, $((instructions / requests)) per request"
   echo "peers: dump in $WORK (callgrind_annotate $WORK/callgrind.out.*)" >&2
-  exit 0
-fi
-
-if [ "$PROFILE" = train ]; then
-  # The load a profile-guided build learns from (benches/load/pgo.sh): each route in turn.
-  "$PEERBENCH" up
-  trap '"$PEERBENCH" down; cleanup' EXIT
-  for url in "$URL" "$AGG_URL" "$PLUGINS_URL"; do
-    out=$(taskset -c 1 wrk -t1 -c"${CONNECTIONS:-32}" -d"${DURATION:-10}"s "$url")
-    # A profile of error answers would teach the compiler the wrong paths.
-    if grep -q 'Non-2xx\|Socket errors' <<<"$out"; then die "errors while training on $url: $out"; fi
-    echo "peers: trained on $url: $(awk '/Requests\/sec/ {print $2}' <<<"$out") req/s" >&2
-  done
   exit 0
 fi
 

@@ -23,8 +23,12 @@ use tokio::net::TcpListener;
 /// How long convergence may take before a test fails.
 pub const CONVERGE: Duration = Duration::from_secs(15);
 
-/// The path of a workspace binary, built next to this test executable.
+/// The path of a workspace binary, built next to this test executable; an absolute path is
+/// taken as it is (a bench tool running another build, e.g. an instrumented data plane).
 pub fn binary(name: &str) -> PathBuf {
+    if std::path::Path::new(name).is_absolute() {
+        return PathBuf::from(name);
+    }
     let exe = std::env::current_exe().expect("executable path");
     // Tests run from target/<profile>/deps/, examples and bench tools from target/<profile>/
     // or below it: the binaries sit in target/<profile>/.
