@@ -93,6 +93,7 @@ pub fn respond<B>(state: &State, request: &Request<B>) -> Response<ProxyBody> {
             // The `prometheus` plugin's per-route series.
             env.prometheus.render(&mut text);
             env.basic_auth.render(&mut text);
+            env.proxy_cache.render(&mut text);
             let mut response = Response::new(Either::Right(Full::new(Bytes::from(text))));
             response.headers_mut().insert(
                 CONTENT_TYPE,

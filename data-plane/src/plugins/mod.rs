@@ -43,6 +43,7 @@ pub mod key_source;
 pub mod limit_count;
 pub mod limit_req;
 pub mod prometheus;
+pub mod proxy_cache;
 pub mod proxy_rewrite;
 pub mod redirect;
 pub mod request_id;
@@ -214,6 +215,11 @@ impl<'r> RequestCtx<'r> {
     /// (the chain may have grown a consumer's plugins during the access phase).
     pub fn request_body_limit(&self) -> Option<u64> {
         self.chain.body_limit
+    }
+
+    /// The cache of the chain in force ([`Plugin::cache`]), if it has one.
+    pub fn cache(&self) -> Option<Arc<dyn Plugin>> {
+        self.chain.cache.clone()
     }
 
     /// Runs the request body phase over the whole body; `Err` is the response to send
@@ -403,6 +409,12 @@ pub trait Plugin: Send + Sync + fmt::Debug {
     fn answers_preflight(&self) -> bool {
         false
     }
+    /// A plugin that answers requests from stored answers and stores what the target answers
+    /// (`proxy-cache`): the request path asks it after the request phases, and hands it the
+    /// target's answer.
+    fn cache(&self) -> Option<&proxy_cache::ProxyCache> {
+        None
+    }
 }
 
 /// The body of a request an [`Endpoint`] is given, or of an answer [`Dispatch`] returns.
@@ -435,6 +447,8 @@ pub struct PluginChain {
     /// The smallest [`Plugin::request_body_limit`] of the chain: `Some` when the request body
     /// phase runs.
     pub body_limit: Option<u64>,
+    /// The chain's cache ([`Plugin::cache`]), if it has one.
+    pub cache: Option<Arc<dyn Plugin>>,
 }
 
 impl PluginChain {
@@ -442,10 +456,12 @@ impl PluginChain {
         let mut plugins: Vec<Arc<dyn Plugin>> = map.into_values().collect();
         plugins.sort_by_key(|p| std::cmp::Reverse(p.priority()));
         let body_limit = plugins.iter().filter_map(|p| p.request_body_limit()).min();
+        let cache = plugins.iter().find(|p| p.cache().is_some()).cloned();
         PluginChain {
             plugins,
             endpoint: None,
             body_limit,
+            cache,
         }
     }
 
@@ -507,6 +523,8 @@ pub struct BuildEnv {
     pub prometheus: Arc<prometheus::Registry>,
     /// `basic-auth`'s password verifications (the KDF's bounded pool, the cache of successes).
     pub basic_auth: Arc<basic_auth::Verifier>,
+    /// `proxy-cache`'s stores (and the batch sub-request caches'), kept while their config is.
+    pub proxy_cache: Arc<proxy_cache::store::Caches>,
     /// The ids of the named upstreams of the snapshot being compiled (for `traffic-split`).
     /// Unlike the fields above it is per snapshot: `Runtime::compile` replaces it before
     /// building any plugin.
@@ -549,6 +567,9 @@ pub fn build(
         "traffic-split" => Arc::new(traffic_split::TrafficSplit::build(priority, config, env)?),
         "response-rewrite" => Arc::new(response_rewrite::ResponseRewrite::build(priority, config)?),
         "prometheus" => Arc::new(prometheus::Prometheus::build(priority, config, scope, env)?),
+        "proxy-cache" => Arc::new(proxy_cache::ProxyCache::build(
+            priority, config, scope, env,
+        )?),
         "uri-blocker" => Arc::new(uri_blocker::UriBlocker::build(priority, config)?),
         "request-validation" => Arc::new(request_validation::RequestValidation::build(
             priority, config,

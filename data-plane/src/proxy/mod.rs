@@ -22,6 +22,7 @@
 
 pub mod access_log;
 pub mod batch;
+mod cache;
 pub mod downstream;
 pub mod filtered;
 mod forward;
@@ -326,6 +327,7 @@ impl Proxy {
         headers::drop_connection_listed(&mut parts.headers);
         let phases = ctx.run_request_phases(&mut parts).await;
         let (phases, body) = request_body::phase(&mut ctx, &parts, body, phases).await;
+        let (phases, fetch) = cache::lookup(&ctx, &parts, phases).await;
         if let Some(notes) = notes {
             notes.identified(ctx.consumer.as_ref(), ctx.request_id.as_ref());
         }
@@ -355,6 +357,7 @@ impl Proxy {
                     Ok(_) => true,
                     Err(error) => error.origin() == Origin::Upstream,
                 };
+                let result = cache::complete(fetch, result);
                 result.unwrap_or_else(|error| self.error_response(remote, error))
             }
         };

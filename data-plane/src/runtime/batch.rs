@@ -14,6 +14,10 @@ use http::header::HeaderName;
 use serde_json::Value;
 
 use super::{CompileError, UpstreamRuntime};
+use crate::plugins::proxy_cache::store::{Caches, Store};
+
+/// The bound of a batch route's cache (its sub-requests with `cache`, together).
+pub const BATCH_CACHE_BYTES: u64 = 16 << 20;
 
 /// A batch ready for the request path.
 #[derive(Debug)]
@@ -64,6 +68,17 @@ pub struct CompiledSubRequest {
     /// Whether its answer is kept as the node's bytes (the request path's `Answer::Raw`): no
     /// other sub-request reads it and the merge is not `deep`.
     pub keep_raw: bool,
+    /// Where its answers are kept, and for how long (`cache`).
+    pub cache: Option<SubRequestCache>,
+}
+
+/// A sub-request's cache: the batch route's store, and how long an answer is reused.
+#[derive(Debug)]
+pub struct SubRequestCache {
+    /// The route's batch store, shared by its cached sub-requests.
+    pub store: Arc<Store>,
+    /// How long an answer is reused.
+    pub ttl: Duration,
 }
 
 /// A configured sub-request body.
@@ -76,7 +91,9 @@ pub enum BodyTemplate {
 }
 
 impl CompiledBatch {
-    /// Compiles `spec`, the batch of route `route`, against the runtime's `upstreams`.
+    /// Compiles `spec`, the batch of route `route`, against the runtime's `upstreams`; the
+    /// store of its cached sub-requests comes from `caches` (the same one while the batch is
+    /// unchanged).
     ///
     /// The schema already checked all of this on write; it is checked again because a
     /// snapshot built by hand (or by a buggy control plane) must be NACKed, not served.
@@ -84,6 +101,7 @@ impl CompiledBatch {
         route: &str,
         spec: &Batch,
         upstreams: &HashMap<String, Arc<UpstreamRuntime>>,
+        caches: &Caches,
     ) -> Result<CompiledBatch, CompileError> {
         let invalid = |reason: String| CompileError::InvalidBatch {
             route: route.to_owned(),
@@ -101,6 +119,15 @@ impl CompiledBatch {
         let template = |name: &str, text: &str| {
             Template::parse(text).map_err(|e| invalid(format!("sub-request {name:?}: {e}")))
         };
+        let store = spec.requests.iter().any(|r| r.cache.is_some()).then(|| {
+            // Any change to the batch starts an empty store.
+            let fingerprint = serde_json::to_string(spec).unwrap_or_default();
+            caches.store(
+                &format!("routes/{route}/batch"),
+                &fingerprint,
+                BATCH_CACHE_BYTES,
+            )
+        });
         let mut requests = Vec::with_capacity(spec.requests.len());
         for sub in &spec.requests {
             let upstream = upstreams.get(&sub.upstream_id).cloned().ok_or_else(|| {
@@ -162,6 +189,13 @@ impl CompiledBatch {
                 group: sub.group.clone(),
                 deps,
                 keep_raw: spec.merge != Merge::Deep,
+                cache: sub
+                    .cache
+                    .zip(store.as_ref())
+                    .map(|(cache, store)| SubRequestCache {
+                        store: Arc::clone(store),
+                        ttl: Duration::from_secs(cache.ttl_s),
+                    }),
             });
         }
         // An answer another sub-request reads is parsed: templates point into it.

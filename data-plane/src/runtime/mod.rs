@@ -234,7 +234,8 @@ impl Runtime {
                     RouteTarget::Upstream(upstream)
                 }
                 (None, None, Some(batch)) => {
-                    RouteTarget::Batch(Arc::new(CompiledBatch::compile(id, batch, &upstreams)?))
+                    let batch = CompiledBatch::compile(id, batch, &upstreams, &env.proxy_cache)?;
+                    RouteTarget::Batch(Arc::new(batch))
                 }
                 // A plugin of the route's own answers its requests (`batch-requests`).
                 (None, None, None) if !matches!(&chain, Ok(c) if c.endpoint.is_none()) => {

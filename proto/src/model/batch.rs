@@ -71,6 +71,17 @@ pub struct SubRequest {
     /// For `merge: deep`: the key this answer is nested under before merging.
     #[serde(default)]
     pub group: Option<String>,
+    /// Keeps this sub-request's answers for a while (the data plane's batch cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<SubRequestCache>,
+}
+
+/// A batch sub-request's cache: a 2xx answer to a `GET` or `HEAD` is kept `ttl_s` seconds,
+/// keyed by method, upstream and the rendered path with its query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubRequestCache {
+    /// Seconds an answer is reused.
+    pub ttl_s: u64,
 }
 
 /// How the answers of a batch become one document.

@@ -21,6 +21,7 @@ pub mod ip_restriction;
 pub mod limit_count;
 pub mod limit_req;
 pub mod prometheus;
+pub mod proxy_cache;
 pub mod proxy_rewrite;
 pub mod redirect;
 pub mod request_id;
@@ -97,6 +98,12 @@ pub static PLUGINS: &[PluginDef] = &[
         priority: 2500,
         description: "Authenticates a consumer by an API key in a header or query argument.",
         schema: auth::key_auth_schema,
+    },
+    PluginDef {
+        name: "proxy-cache",
+        priority: 1085,
+        description: "Answers from a bounded in-memory cache of the data plane: keys from templates, Cache-Control and Vary honoured, one upstream request per missing key, PURGE with a key.",
+        schema: proxy_cache::schema,
     },
     PluginDef {
         name: "proxy-rewrite",

@@ -75,7 +75,16 @@ pub(super) fn batch_schema() -> Value {
                         "required": {"type": "boolean", "default": true},
                         "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 3600000},
                         "hedge": super::upstream::hedge_schema(),
-                        "group": {"type": "string", "minLength": 1, "maxLength": 256}
+                        "group": {"type": "string", "minLength": 1, "maxLength": 256},
+                        "cache": {
+                            "type": "object",
+                            "properties": {
+                                "ttl_s": {"type": "integer", "minimum": 1, "maximum": 86400}
+                            },
+                            "required": ["ttl_s"],
+                            "additionalProperties": false,
+                            "description": "Keep this sub-request's 2xx answer for ttl_s seconds, keyed by method, upstream and path with query; only GET and HEAD sub-requests are cached. The batch then recomputes only the parts that expired."
+                        }
                     },
                     "required": ["name", "upstream_id", "path"],
                     "additionalProperties": false

@@ -76,7 +76,7 @@ pub(super) fn route_schema() -> Value {
         json!({
             "type": "array",
             "uniqueItems": true,
-            "items": {"enum": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"]}
+            "items": {"enum": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "PURGE"]}
         }),
     );
     props.insert(

@@ -20,6 +20,7 @@ pub mod merge;
 pub mod template;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared, join_all};
@@ -34,6 +35,7 @@ use tracing::debug;
 
 use crate::error::{ProxyError, json_bytes, json_response};
 use crate::metrics::BatchOutcome;
+use crate::plugins::proxy_cache::store::{CacheStatus, Entry, Freshness};
 use crate::proxy::{Dispatcher, ProxyBody};
 use crate::runtime::CompiledRoute;
 use crate::runtime::batch::{BodyTemplate, CompiledBatch, CompiledSubRequest};
@@ -437,6 +439,26 @@ impl Exchange<'_> {
             headers,
             body,
         } = prepared;
+        // A cached sub-request's key: what it asks of which upstream.
+        let cached = sub
+            .cache
+            .as_ref()
+            .filter(|_| method == Method::GET || method == Method::HEAD)
+            .map(|cache| {
+                let key = format!("{method} {} {path_and_query}", sub.upstream.key);
+                (cache, key)
+            });
+        if let Some((cache, key)) = &cached {
+            if let Some(entry) = cache
+                .store
+                .get(key)
+                .filter(|e| e.freshness() == Freshness::Fresh)
+            {
+                cache.store.record(CacheStatus::Hit);
+                return Ok((entry.status, parse_body(entry.body.clone(), sub.keep_raw)));
+            }
+            cache.store.record(CacheStatus::Miss);
+        }
         let mut request = Request::new(Either::Right(Full::new(body)));
         *request.method_mut() = method;
         *request.uri_mut() = Uri::from(path_and_query);
@@ -465,6 +487,18 @@ impl Exchange<'_> {
                 status,
                 format!("the upstream answered {status}"),
             ));
+        }
+        if let Some((cache, key)) = cached {
+            let entry = Entry::new(
+                status,
+                HeaderMap::new(),
+                body.clone(),
+                Vec::new(),
+                cache.ttl,
+                Duration::ZERO,
+                Duration::ZERO,
+            );
+            cache.store.insert(key, entry);
         }
         Ok((status, parse_body(body, sub.keep_raw)))
     }
