@@ -70,6 +70,22 @@ pub struct DataPlane {
     pub last_rejected: Option<Rejection>,
     /// Another live data plane uses the same node id (a misconfiguration: give each its own).
     pub duplicate_node_id: bool,
+    /// Its `--labels`.
+    pub labels: BTreeMap<String, String>,
+    /// Its latest traffic report, per config version it still counts, oldest first: requests
+    /// and 5xx answers since the process started.
+    pub traffic: Vec<VersionTraffic>,
+}
+
+/// Requests one data-plane process served with one config version, as it last reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct VersionTraffic {
+    /// The config version.
+    pub version: u64,
+    /// Requests answered.
+    pub requests: u64,
+    /// Of those, answered 5xx.
+    pub errors_5xx: u64,
 }
 
 /// Fleet counts for `/api/v1/status`.
@@ -98,6 +114,8 @@ pub struct Hello {
     pub serving: Option<u64>,
     /// Where that config came from.
     pub config_source: Option<String>,
+    /// Its `--labels`.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Identifies one stream of one data-plane process.
@@ -181,6 +199,8 @@ impl Fleet {
             applied_version: hello.serving,
             config_source: hello.config_source.clone(),
             rejected: None,
+            labels: hello.labels.clone(),
+            traffic: BTreeMap::new(),
         };
         let mut local = self.local();
         local.records.insert(key.clone(), record);
@@ -294,6 +314,23 @@ impl Fleet {
         });
     }
 
+    /// Records a traffic report: the process's cumulative counts per config version. Counts
+    /// that did not change are not written again.
+    pub fn reported(&self, handle: &StreamHandle, traffic: &[gateway_proto::pb::VersionTraffic]) {
+        let traffic: BTreeMap<u64, [u64; 2]> = traffic
+            .iter()
+            .filter_map(|t| Some((t.version.parse().ok()?, [t.requests, t.errors_5xx])))
+            .collect();
+        let unchanged = self
+            .local()
+            .records
+            .get(&handle.key)
+            .is_some_and(|r| r.traffic == traffic);
+        if !unchanged {
+            self.update(handle, |record| record.traffic = traffic);
+        }
+    }
+
     /// Records that the stream closed.
     pub fn disconnected(&self, handle: &StreamHandle) {
         self.update(handle, |record| record.connected = false);
@@ -398,6 +435,16 @@ impl Fleet {
                     }),
                     duplicate_node_id: connected
                         && live_per_node.get(row.node_id.as_str()) > Some(&1),
+                    labels: row.labels.clone(),
+                    traffic: row
+                        .traffic
+                        .iter()
+                        .map(|(&version, &[requests, errors_5xx])| VersionTraffic {
+                            version,
+                            requests,
+                            errors_5xx,
+                        })
+                        .collect(),
                 }
             })
             .collect())
@@ -449,6 +496,7 @@ mod tests {
             address: None,
             serving,
             config_source: None,
+            labels: BTreeMap::new(),
         }
     }
 
@@ -543,6 +591,45 @@ mod tests {
         let nodes = fleet.list().await.unwrap();
         assert_eq!(nodes.len(), 2);
         assert!(nodes.iter().all(|n| n.connected && n.duplicate_node_id));
+    }
+
+    #[tokio::test]
+    async fn labels_and_the_latest_traffic_report_are_kept_with_the_row() {
+        let store = sqlite_store().await;
+        let fleet = Fleet::new(store.clone(), "cp-a", Duration::from_secs(3600));
+        let mut hi = hello("dp", "i1", Some(4));
+        hi.labels.insert("zone".to_owned(), "a".to_owned());
+        let handle = fleet.connected(&hi);
+        let report = |version: &str, requests, errors_5xx| gateway_proto::pb::VersionTraffic {
+            version: version.to_owned(),
+            requests,
+            errors_5xx,
+        };
+        fleet.reported(&handle, &[report("4", 10, 1)]);
+        fleet.reported(
+            &handle,
+            &[report("4", 12, 1), report("5", 3, 0), report("x", 1, 1)],
+        );
+        fleet.flush().await.unwrap();
+        // Another replica reads what this one wrote.
+        let other = Fleet::new(store, "cp-b", Duration::from_secs(3600));
+        let nodes = other.list().await.unwrap();
+        assert_eq!(nodes[0].labels.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(
+            nodes[0].traffic,
+            [
+                VersionTraffic {
+                    version: 4,
+                    requests: 12,
+                    errors_5xx: 1
+                },
+                VersionTraffic {
+                    version: 5,
+                    requests: 3,
+                    errors_5xx: 0
+                },
+            ]
+        );
     }
 
     #[tokio::test]

@@ -141,6 +141,11 @@ impl ConfigDiscovery for XdsServer {
             address,
             serving,
             config_source: Some(first.config_source.clone()).filter(|s| !s.is_empty()),
+            labels: node
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         });
         tracing::info!(node = %node.id, ?address, ?serving, same_store, "data plane connected");
 
@@ -321,6 +326,11 @@ impl Session {
     }
 
     fn on_request(&mut self, request: DiscoveryRequest) {
+        if request.type_url == pb::REPORT_TYPE_URL {
+            // Not an answer to a response: never stale, never a change of what is served.
+            self.on_report(request.report.unwrap_or_default());
+            return;
+        }
         let Some(flight) = self
             .in_flight
             .filter(|f| request.response_nonce == f.nonce.to_string())
@@ -360,6 +370,13 @@ impl Session {
                     .nacked(&self.handle, flight.version, self.serving, &error.message);
             }
         }
+    }
+
+    /// A data plane's report: its traffic per config version goes to the fleet (staged
+    /// rollouts compare it). Its `rehashed` credentials are the credential-rehash commit's to
+    /// handle, not this stream's.
+    fn on_report(&mut self, report: pb::Report) {
+        self.fleet.reported(&self.handle, &report.traffic);
     }
 }
 

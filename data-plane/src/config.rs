@@ -41,6 +41,26 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_NODE_ID", value_parser = parse_node_id)]
     pub node_id: Option<String>,
 
+    /// Labels of this data plane, `key=value` comma-separated (`zone=a,tier=edge`): shown in
+    /// the fleet view, and staged rollouts may choose their cohorts by them.
+    #[arg(
+        long,
+        env = "GATEWAY_LABELS",
+        value_delimiter = ',',
+        value_parser = parse_label
+    )]
+    pub labels: Vec<(String, String)>,
+
+    /// How often traffic per config version is reported to the control plane, when it
+    /// changed (milliseconds; staged rollouts compare a canary's 5xx rate with the rest's).
+    #[arg(
+        long,
+        env = "GATEWAY_REPORT_INTERVAL_MS",
+        default_value_t = 2000,
+        value_parser = clap::value_parser!(u64).range(10..=600_000)
+    )]
+    pub report_interval_ms: u64,
+
     /// Directory where every applied config version is kept, so that a data plane restarted
     /// while no control plane answers serves its last config.
     #[arg(long, env = "GATEWAY_CACHE_DIR")]
@@ -169,6 +189,31 @@ fn parse_control_plane(text: &str) -> Result<Uri, String> {
     Ok(uri)
 }
 
+/// One `key=value` label: the key as a resource label's key (letters, digits, `.`, `_`, `-`,
+/// `/`), the value non-empty and printable.
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: a label is key=value"))?;
+    let (key, value) = (key.trim(), value.trim());
+    let key_ok = !key.is_empty()
+        && key.len() <= 63
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+    if !key_ok {
+        return Err(format!(
+            "{key:?}: a label key is 1 to 63 letters, digits, '.', '_', '-' or '/'"
+        ));
+    }
+    if value.is_empty() || value.len() > 256 || value.chars().any(char::is_control) {
+        return Err(format!(
+            "{value:?}: a label value is 1 to 256 printable characters"
+        ));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
 fn parse_node_id(text: &str) -> Result<String, String> {
     let id = text.trim();
     if id.is_empty() {
@@ -187,6 +232,21 @@ mod tests {
     }
 
     #[test]
+    fn labels_are_key_value_pairs() {
+        let config = parse(&["--labels", "zone=a, tier=edge"]).unwrap();
+        assert_eq!(
+            config.labels,
+            [
+                ("zone".to_owned(), "a".to_owned()),
+                ("tier".to_owned(), "edge".to_owned())
+            ]
+        );
+        for bad in ["zone", "=a", "zone=", "zo ne=a"] {
+            assert!(parse(&["--labels", bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn defaults_follow_the_spec() {
         // The GATEWAY_* variables are not set in the test environment.
         let config = parse(&[]).unwrap();
@@ -198,6 +258,8 @@ mod tests {
         );
         assert!(config.cache_dir.is_none());
         assert_eq!(config.access_log, AccessLogTarget::Off);
+        assert!(config.labels.is_empty());
+        assert_eq!(config.report_interval_ms, 2000);
         assert!(!config.expose_config_version);
         assert!(config.worker_threads() >= 1);
         assert!(!config.node_id().is_empty());

@@ -11,6 +11,8 @@
 //! - [`background`]: the low-priority thread that applies config versions.
 //! - [`status`]: `/healthz`, `/readyz` and `/metrics` ([`metrics`]).
 //! - [`error`]: the request path's one error type and its JSON responses.
+//! - [`report`]: traffic per config version and rehashed credentials, reported on the config
+//!   stream.
 //! - [`clock`]: cheap millisecond and second readings for the request path's bookkeeping.
 //! - [`state`]: what all of the above share — the one `ArcSwap<Runtime>`.
 //! - [`telemetry`]: OpenTelemetry's tracer and OTLP exporter, from the environment, and the
@@ -30,6 +32,7 @@ pub mod error;
 pub mod metrics;
 pub mod plugins;
 pub mod proxy;
+pub mod report;
 pub mod runtime;
 pub mod state;
 pub mod status;
@@ -248,7 +251,10 @@ impl DataPlane {
         .ok()
         .flatten()
         .map(|client| {
-            let mut client = client.disable_plugins(config.disable_plugins.iter().cloned());
+            let mut client = client
+                .disable_plugins(config.disable_plugins.iter().cloned())
+                .labels(config.labels.iter().cloned())
+                .report_every(std::time::Duration::from_millis(config.report_interval_ms));
             if let Some(dir) = &config.cache_dir {
                 client = client.cache_in(dir.clone());
             }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::metrics::Metrics;
+use crate::report::Reports;
 use crate::runtime::Runtime;
 
 /// The data plane's shared state: the runtime being served, readiness and metrics.
@@ -22,6 +23,8 @@ pub struct State {
     source: AtomicU8,
     /// Every exported metric.
     pub metrics: Metrics,
+    /// Traffic per config version and rehashed credentials, for the config stream's reports.
+    reports: Reports,
 }
 
 impl Default for State {
@@ -32,6 +35,7 @@ impl Default for State {
             draining: AtomicBool::new(false),
             source: AtomicU8::new(ConfigSource::Stream as u8),
             metrics: Metrics::default(),
+            reports: Reports::default(),
         }
     }
 }
@@ -65,6 +69,8 @@ impl State {
     pub fn install_from(&self, runtime: Runtime, source: ConfigSource) {
         self.source.store(source as u8, Ordering::Relaxed);
         let version = runtime.version;
+        // Counted from its first request on.
+        self.reports.track(version);
         let runtime = Arc::new(runtime);
         let previous = self.runtime.swap(Arc::clone(&runtime));
         // Active health checks follow the new upstreams; retired ones stop probing.
@@ -74,6 +80,12 @@ impl State {
         // the runtime stored before it.
         self.ready.store(true, Ordering::Release);
         self.metrics.record_config_applied(version);
+    }
+
+    /// What the config stream reports to the control plane: the request path counts its
+    /// requests here ([`Reports::record`]).
+    pub fn reports(&self) -> &Reports {
+        &self.reports
     }
 
     /// The applied config version, or `None` before the first snapshot.

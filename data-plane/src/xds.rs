@@ -22,7 +22,7 @@
 
 pub mod cache;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +54,9 @@ const INVALID_ARGUMENT: i32 = 3;
 /// `google.rpc.Code.FAILED_PRECONDITION`, the code of a NACK for a delta whose base is not the
 /// version served: the control plane answers with the whole config.
 const FAILED_PRECONDITION: i32 = 9;
+
+/// How often traffic per config version is reported, when it changed (`--report-interval-ms`).
+pub const DEFAULT_REPORT_EVERY: Duration = Duration::from_secs(2);
 
 /// How long a data plane started with a disk cache waits for a control plane before it serves
 /// the cached config.
@@ -196,6 +199,10 @@ pub struct XdsClient {
     state: Arc<State>,
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
     disabled_plugins: Arc<BTreeSet<String>>,
+    /// Sent in `Node.labels`: rollouts may choose cohorts by them.
+    labels: HashMap<String, String>,
+    /// How often traffic is reported, when it changed.
+    report_every: Duration,
     cache_dir: Option<PathBuf>,
     cache: Option<CacheWriter>,
     /// What is served; held across each apply (which may take a while for a large config).
@@ -294,6 +301,8 @@ impl XdsClient {
             state,
             authorization,
             disabled_plugins: Arc::default(),
+            labels: HashMap::new(),
+            report_every: DEFAULT_REPORT_EVERY,
             cache_dir: None,
             cache: None,
             applied: tokio::sync::Mutex::new(None),
@@ -304,6 +313,18 @@ impl XdsClient {
     /// Refuses configs that use any of `plugins`.
     pub fn disable_plugins(mut self, plugins: impl IntoIterator<Item = String>) -> Self {
         self.disabled_plugins = Arc::new(plugins.into_iter().collect());
+        self
+    }
+
+    /// Names this data plane's labels to the control plane.
+    pub fn labels(mut self, labels: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.labels = labels.into_iter().collect();
+        self
+    }
+
+    /// Reports traffic every `every` (when it changed) instead of [`DEFAULT_REPORT_EVERY`].
+    pub fn report_every(mut self, every: Duration) -> Self {
+        self.report_every = every;
         self
     }
 
@@ -406,7 +427,7 @@ impl XdsClient {
                 build_version: env!("CARGO_PKG_VERSION").to_owned(),
                 plugins,
                 instance_id: self.instance_id.clone(),
-                labels: Default::default(),
+                labels: self.labels.clone(),
             }),
             ..self.reply(String::new(), None, self.applied.lock().await.as_ref())
         };
@@ -424,20 +445,51 @@ impl XdsClient {
         };
         info!(control_plane = %endpoint.uri(), node_id = %self.node_id, "config stream open");
         self.state.metrics.set_config_stream_connected(true);
+        let reports = self.state.reports();
+        let mut report_tick = tokio::time::interval(self.report_every);
+        report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // What this control plane was last told: a new stream reports at its first tick.
+        let mut reported: Vec<pb::VersionTraffic> = Vec::new();
         let end = loop {
-            match responses.message().await {
-                Ok(Some(response)) => {
-                    *received = true;
-                    let reply = self.apply(response).await;
-                    if requests.send(reply).await.is_err() {
-                        // The transport dropped the request stream; the response stream will
-                        // report why, but there is no point waiting for it.
-                        break SessionEnd::Closed;
+            // Each branch's future is cancel-safe: tonic's `message` keeps a partly read
+            // message in the stream, and a `Notify` keeps the wake-up it was not awaited for.
+            let rehashed = tokio::select! {
+                message = responses.message() => match message {
+                    Ok(Some(response)) => {
+                        *received = true;
+                        let reply = self.apply(response).await;
+                        if requests.send(reply).await.is_err() {
+                            // The transport dropped the request stream; the response stream
+                            // will report why, but there is no point waiting for it.
+                            break SessionEnd::Closed;
+                        }
+                        continue;
                     }
-                }
-                Ok(None) => break SessionEnd::Closed,
-                Err(status) => break SessionEnd::Status(status),
+                    Ok(None) => break SessionEnd::Closed,
+                    Err(status) => break SessionEnd::Status(status),
+                },
+                _ = report_tick.tick() => Vec::new(),
+                () = reports.rehash_queued() => reports.take_rehashed(),
+            };
+            let traffic = reports.traffic();
+            if rehashed.is_empty() && traffic == reported {
+                continue;
             }
+            let report = pb::DiscoveryRequest {
+                type_url: pb::REPORT_TYPE_URL.to_owned(),
+                report: Some(pb::Report {
+                    traffic: traffic.clone(),
+                    rehashed,
+                }),
+                ..pb::DiscoveryRequest::default()
+            };
+            if let Err(unsent) = requests.send(report).await {
+                if let Some(report) = unsent.0.report {
+                    reports.put_back(report.rehashed);
+                }
+                break SessionEnd::Closed;
+            }
+            reported = traffic;
         };
         self.state.metrics.set_config_stream_connected(false);
         end

@@ -18,6 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "config",
             "error",
             "metrics",
+            "report",
             "telemetry",
         ],
     ),

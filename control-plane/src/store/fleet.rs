@@ -1,6 +1,8 @@
 //! The data-plane fleet as every replica sees it: one row per data-plane process, written by
 //! the replica that holds its config stream (see `crate::fleet`).
 
+use std::collections::BTreeMap;
+
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -46,11 +48,16 @@ pub struct DataPlaneRecord {
     pub config_source: Option<String>,
     /// The last version it refused.
     pub rejected: Option<RejectionRecord>,
+    /// Its `--labels`.
+    pub labels: BTreeMap<String, String>,
+    /// Its latest traffic report: per config version, `[requests, errors_5xx]` served since
+    /// the process started.
+    pub traffic: BTreeMap<u64, [u64; 2]>,
 }
 
 const COLUMNS: &str = "node_id, instance_id, stream_id, address, build_version, control_plane_id, \
      cp_instance, connected, connected_at, last_seen, applied_version, config_source, \
-     rejected_version, rejected_error, rejected_at";
+     rejected_version, rejected_error, rejected_at, labels, traffic";
 
 impl Store {
     /// Writes a data plane's row. A newer stream of the same process is never overwritten by
@@ -71,7 +78,8 @@ impl Store {
                config_source = excluded.config_source, \
                rejected_version = COALESCE(excluded.rejected_version, data_planes.rejected_version), \
                rejected_error = COALESCE(excluded.rejected_error, data_planes.rejected_error), \
-               rejected_at = COALESCE(excluded.rejected_at, data_planes.rejected_at) \
+               rejected_at = COALESCE(excluded.rejected_at, data_planes.rejected_at), \
+               labels = excluded.labels, traffic = excluded.traffic \
              WHERE data_planes.stream_id = excluded.stream_id \
                 OR data_planes.connected_at <= excluded.connected_at"
         ))
@@ -90,6 +98,8 @@ impl Store {
         .bind(rejected.map(|r| to_i64(r.version)).transpose()?)
         .bind(rejected.map(|r| r.error.clone()))
         .bind(rejected.map(|r| r.at))
+        .bind(json_text(&record.labels)?)
+        .bind(json_text(&record.traffic)?)
         .execute(&self.pool)
         .await
         .map_err(StoreError::classify)?;
@@ -186,5 +196,28 @@ fn decode_data_plane(row: &AnyRow) -> Result<DataPlaneRecord> {
         applied_version: optional_version("applied_version")?,
         config_source: row.try_get("config_source")?,
         rejected,
+        labels: json_column(row, "labels")?,
+        traffic: json_column(row, "traffic")?,
     })
+}
+
+/// A map as its JSON text; none when empty (a row from before the column reads the same).
+fn json_text<K: serde::Serialize, V: serde::Serialize>(
+    map: &BTreeMap<K, V>,
+) -> Result<Option<String>> {
+    if map.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(map)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt(format!("cannot encode a fleet row: {e}")))
+}
+
+/// A JSON map column; NULL reads as empty.
+fn json_column<T: serde::de::DeserializeOwned + Default>(row: &AnyRow, column: &str) -> Result<T> {
+    match row.try_get::<Option<String>, _>(column)? {
+        None => Ok(T::default()),
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("data_planes.{column}: {e}"))),
+    }
 }

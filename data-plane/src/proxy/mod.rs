@@ -271,6 +271,12 @@ impl Proxy {
             Err(error) => self.error_response(remote, error),
         };
         self.state.metrics.record_request(response.status());
+        if let Caller::Client = caller {
+            // Batch sub-requests are the client request's own parts: counted once, as it.
+            self.state
+                .reports()
+                .record(runtime.version, response.status().as_u16());
+        }
         self.state
             .metrics
             .record_request_duration(started.elapsed());
