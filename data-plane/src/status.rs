@@ -84,6 +84,7 @@ pub fn respond<B>(state: &State, request: &Request<B>) -> Response<ProxyBody> {
             let mut text = state.metrics.render();
             let runtime = state.runtime();
             crate::runtime::health::render_metrics(&runtime, &mut text);
+            crate::runtime::hedge::render_metrics(&runtime, &mut text);
             runtime.certificates.render_metrics(&mut text);
             let env = runtime.plugins.env();
             crate::plugins::limit_count::RedisCounters::render_metrics(

@@ -8,11 +8,14 @@
 //!   request is never re-sent after its body was partly sent;
 //! - each retry goes to a node not tried yet, and takes a token from the upstream's retry budget
 //!   (20% of requests + 10/s over 10 s), so a failing upstream sees at most ~1.2× its load.
+//!
+//! Hedged requests (`hedge`) take their own, boxed path: `hedge.rs`.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use gateway_proto::model::{HashSource, PassHost, Retries, RetryOn};
+use futures_util::future;
+use gateway_proto::model::{HashSource, Hedge, PassHost, Retries, RetryOn};
 use http::header::{CONNECTION, COOKIE, HeaderValue, UPGRADE};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -46,7 +49,8 @@ impl Proxy {
     /// response with its body streaming; retries per the route's or upstream's policy.
     /// `form`: where the response headers go (see [`HeadForm`]); `notes`: the access log's, told
     /// each node tried; `trace`: where each attempt's client span goes, when the request is
-    /// traced (the attempt's request names that span in its `traceparent`). `started` is when
+    /// traced (the attempt's request names that span in its `traceparent`); `hedge`: a batch
+    /// sub-request's hedging policy, over the route's and the upstream's. `started` is when
     /// the first attempt is timed from: the plain path hands
     /// in the reading its request began with (the routing in between is well under a
     /// microsecond), so a proxied request reads the clock once less.
@@ -68,6 +72,7 @@ impl Proxy {
         form: HeadForm,
         notes: Option<&'a Notes>,
         trace: Option<Parent<'a>>,
+        hedge: Option<&'a Hedge>,
         started: Instant,
     ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + 'a {
         let upgrade = upgrade_protocol(&request);
@@ -97,11 +102,42 @@ impl Proxy {
         let retries = retries.filter(|r| {
             bodiless && upgrade.is_none() && (is_idempotent(&parts.method) || r.non_idempotent)
         });
+        let hedge = hedge
+            .or(route.spec.hedge.as_ref())
+            .or(upstream.spec.hedge.as_ref())
+            .filter(|_| upgrade.is_none() && is_idempotent(&parts.method));
+        if let Some(hedge) = hedge {
+            // Only a body that can be sent again: none, or one held whole (a batch's).
+            if bodiless || matches!(body, Either::Right(_)) {
+                let body = match body {
+                    Either::Right(whole) if !bodiless => Some(whole),
+                    _ => None,
+                };
+                upstream.budget.record_request();
+                let plan = hedge::Plan {
+                    route,
+                    upstream,
+                    hedge,
+                    retries,
+                    prepared: prepare(parts, remote, original_host, None),
+                    body,
+                    key,
+                    form,
+                    connect_timeout,
+                    read_timeout,
+                    notes,
+                    trace,
+                    started,
+                };
+                return future::Either::Left(Box::pin(self.send_hedged(plan)));
+            }
+            // A streamed body: sent once, unhedged.
+        }
         let mut body = if bodiless { None } else { Some(body) };
         let mut prepared = prepare(parts, remote, original_host, upgrade.as_ref());
         upstream.budget.record_request();
 
-        async move {
+        future::Either::Right(async move {
             let mut tried: Vec<usize> = Vec::new();
             let mut started = started;
             let mut index =
@@ -115,7 +151,7 @@ impl Proxy {
                 let in_flight = node.load.start();
                 // Boxed: off, the future carries a null pointer rather than a span's room.
                 let span = trace.map(|parent| {
-                    parent.client_span(&prepared.method, &node.authority, tried.len())
+                    parent.client_span(&prepared.method, &node.authority, tried.len(), false)
                 });
                 // The request is built in a block that ends before the await: a local of the loop
                 // body would keep its (moved-from) slot in the future's state.
@@ -156,6 +192,7 @@ impl Proxy {
                     node.load.observe_failure(elapsed);
                 } else {
                     node.load.observe_latency(elapsed);
+                    node.latency.observe(elapsed);
                 }
                 if node
                     .health
@@ -215,7 +252,7 @@ impl Proxy {
                 hold_in_flight(response.body_mut(), in_flight);
                 return Ok(response.map(Either::Left));
             }
-        }
+        })
     }
 }
 
@@ -393,6 +430,8 @@ fn build(
     };
     Ok(request)
 }
+
+mod hedge;
 
 #[cfg(test)]
 mod tests;

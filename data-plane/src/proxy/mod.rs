@@ -246,6 +246,7 @@ impl Proxy {
                             upstream,
                             batch_key: None,
                         }),
+                        None,
                         started,
                     )
                     .await
@@ -430,6 +431,7 @@ impl Proxy {
                 upstream,
                 batch_key: None,
             }),
+            None,
             Instant::now(),
         )
         .await
@@ -482,7 +484,12 @@ pub(crate) struct Dispatcher<'a> {
 impl Dispatcher<'_> {
     /// Sends `request` to `upstream` as a request of `route` from this client: the upstream's
     /// balancer, pool, health state and retry policy, the route's timeouts. `batch_key`: the
-    /// batch sub-request it is, for its spans.
+    /// batch sub-request it is, for its spans; `hedge`: its hedging policy, over the route's
+    /// and the upstream's.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "passed on as they are to `Proxy::send_upstream`"
+    )]
     pub(crate) fn send_upstream<'a>(
         &'a self,
         route: &'a CompiledRoute,
@@ -491,6 +498,7 @@ impl Dispatcher<'_> {
         original_host: Option<HeaderValue>,
         form: HeadForm,
         batch_key: Option<&'a str>,
+        hedge: Option<&'a gateway_proto::model::Hedge>,
     ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + 'a {
         if let Some(notes) = self.notes {
             notes.subrequest();
@@ -507,6 +515,7 @@ impl Dispatcher<'_> {
                 upstream,
                 batch_key,
             }),
+            hedge,
             Instant::now(),
         )
     }

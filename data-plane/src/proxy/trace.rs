@@ -46,7 +46,7 @@ use crate::telemetry::{TRACEPARENT, TRACESTATE, format_traceparent, parse_tracep
 /// Attributes a server span holds at most (the vector is made once, at this size).
 const SERVER_ATTRIBUTES: usize = 13;
 /// Attributes a client span holds at most.
-const CLIENT_ATTRIBUTES: usize = 7;
+const CLIENT_ATTRIBUTES: usize = 8;
 
 /// A sampled client request's server span, and the parent its upstream attempts start from.
 pub(crate) struct ServerSpan<'a> {
@@ -211,7 +211,8 @@ impl<'a> ServerSpan<'a> {
 
 impl Parent<'_> {
     /// Starts the client span of an attempt to send `method` to `node`, after `resends`
-    /// earlier attempts of the same request.
+    /// earlier attempts of the same request; `hedge`: the attempt is a hedge, sent while an
+    /// earlier one was still running (`gateway.hedge`).
     #[cold]
     #[inline(never)]
     pub(crate) fn client_span(
@@ -219,6 +220,7 @@ impl Parent<'_> {
         method: &Method,
         node: &Authority,
         resends: usize,
+        hedge: bool,
     ) -> Box<ClientSpan> {
         let (method, known) = method_attribute(method);
         let mut attributes = Vec::with_capacity(CLIENT_ATTRIBUTES);
@@ -236,6 +238,9 @@ impl Parent<'_> {
         }
         if let Some(key) = self.batch_key {
             attributes.push(KeyValue::new("gateway.batch.key", key.to_owned()));
+        }
+        if hedge {
+            attributes.push(KeyValue::new("gateway.hedge", true));
         }
         let builder = SpanBuilder::from_name(if known { method } else { "HTTP" })
             .with_kind(SpanKind::Client)
@@ -296,6 +301,16 @@ impl ClientSpan {
                 self.span.set_status(Status::error(error.to_string()));
             }
         }
+        self.span.end();
+    }
+
+    /// The attempt was cancelled before its answer, because another attempt of a hedged
+    /// request answered first: the span ends marked `gateway.hedge.cancelled`, not an error.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn cancelled(mut self: Box<Self>) {
+        self.span
+            .set_attribute(KeyValue::new("gateway.hedge.cancelled", true));
         self.span.end();
     }
 }

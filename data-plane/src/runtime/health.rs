@@ -417,7 +417,7 @@ pub fn render_metrics(runtime: &Runtime, out: &mut String) {
 }
 
 /// Escapes a Prometheus label value (backslash, quote, newline).
-fn escape_label(value: &str) -> String {
+pub(super) fn escape_label(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

@@ -17,6 +17,7 @@
 pub mod balance;
 pub mod batch;
 pub mod health;
+pub mod hedge;
 pub mod router;
 pub mod tls;
 pub mod upstream;

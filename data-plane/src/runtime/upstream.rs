@@ -20,6 +20,7 @@ use tracing::warn;
 
 use crate::runtime::balance::{Balancer, Candidates, NodeLoad};
 use crate::runtime::health::{Checker, NodeHealth};
+use crate::runtime::hedge::{HedgeCounters, LatencyHistogram};
 use crate::runtime::{CompileError, Runtime};
 use crate::transport::client::{TransportKey, UpstreamClient};
 
@@ -44,8 +45,11 @@ pub struct UpstreamRuntime {
     pub hash_on: Option<HashOn>,
     /// Retries, unless the route overrides them.
     pub retries: Option<Retries>,
-    /// Limits retries to a share of requests, so a sick upstream is not hammered.
+    /// Limits retries to a share of requests, so a sick upstream is not hammered. Hedges
+    /// take from it too.
     pub budget: Arc<RetryBudget>,
+    /// Hedges by outcome, shared across snapshots like the budget.
+    pub hedges: Arc<HedgeCounters>,
     /// The pooled transport for this upstream's scheme, TLS and pool settings.
     pub client: Arc<UpstreamClient>,
     /// The active health checker's task handle.
@@ -71,6 +75,9 @@ pub struct Node {
     pub health: Arc<NodeHealth>,
     /// Idle HTTP/1.1 connections (`scheme: http`), shared across snapshots.
     pub connections: Arc<crate::transport::h1::Pool>,
+    /// Recent latencies, for hedging after the node's 95th percentile; shared across
+    /// snapshots.
+    pub latency: Arc<LatencyHistogram>,
 }
 
 impl UpstreamRuntime {
@@ -117,6 +124,7 @@ impl UpstreamRuntime {
             nodes.push(Node {
                 load: same.map(|n| Arc::clone(&n.load)).unwrap_or_default(),
                 connections: same.map(|n| Arc::clone(&n.connections)).unwrap_or_default(),
+                latency: same.map(|n| Arc::clone(&n.latency)).unwrap_or_default(),
                 // Without health checks a verdict can never change again: start clean rather
                 // than show a stale one forever.
                 health: same
@@ -154,6 +162,7 @@ impl UpstreamRuntime {
             hash_on: spec.hash_on.clone(),
             retries: spec.retries.clone().filter(|r| r.count > 0),
             budget: before.map(|u| Arc::clone(&u.budget)).unwrap_or_default(),
+            hedges: before.map(|u| Arc::clone(&u.hedges)).unwrap_or_default(),
             client,
             checker: Checker::default(),
             nodes,

@@ -473,6 +473,7 @@ impl Exchange<'_> {
                 // Only the status and the body go into the merged answer.
                 HeadForm::Ignored,
                 Some(&sub.name),
+                sub.hedge.as_ref(),
             )
             .await
             .map_err(|e| {
