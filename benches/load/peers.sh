@@ -74,14 +74,18 @@ value_of() {
   die "no $2= line in $1"
 }
 
-echo "peers: building release binaries" >&2
-(cd "$ROOT" && cargo build --release -q -p control-plane -p data-plane --bins)
+# BUILD=0 uses the binaries as they are (benches/load/all.sh builds once for all its steps).
+BUILD=${BUILD:-1}
+if [ "$BUILD" = 1 ]; then
+  echo "peers: building release binaries" >&2
+  (cd "$ROOT" && cargo build --release -q -p control-plane -p data-plane --bins)
+fi
 BIN=$ROOT/target/release
 
 # The local OTLP collector the P13 measurements export to (benches/src/bin/otlp-sink.rs), on
 # cpu 1 beside wrk and the upstreams. Sets OTLP_URL.
 start_sink() {
-  (cd "$ROOT" && cargo build --release -q -p gateway-benches --bin otlp-sink)
+  [ "$BUILD" = 0 ] || (cd "$ROOT" && cargo build --release -q -p gateway-benches --bin otlp-sink)
   taskset -c 1 "$BIN/otlp-sink" 127.0.0.1:0 >"$WORK/sink.out" 2>"$WORK/sink.log" &
   pids+=($!)
   OTLP_URL=$(value_of "$WORK/sink.out" otlp_url)
@@ -109,7 +113,11 @@ if [ "$PROFILE" = callgrind ]; then
   # Counting starts with `callgrind_control -z` after the warm-up, so start-up is not counted.
   # CALLGRIND_ARGS adds options, e.g. --separate-callers=3 to see who calls memcpy.
   # shellcheck disable=SC2206
-  wrap+=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" --dump-instr=no ${CALLGRIND_ARGS:-})
+  # Names written in full in every dump (compressed, a dump after `-z` names only what is new
+  # since the last, and callgrind_annotate puts everything under main): read the dump with
+  # benches/load/callgrind-by-file.py, as fat LTO inlines the request path into a few symbols.
+  wrap+=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" --dump-instr=no
+    --compress-strings=no --compress-pos=no ${CALLGRIND_ARGS:-})
 fi
 # Starts data-plane binary $2 as node $1 on cpu 0, output in $WORK/$1.out and .log; any further
 # arguments wrap it (valgrind). Sets STARTED_PID, STARTED_PROXY and STARTED_STATUS.
@@ -203,7 +211,7 @@ if [ "$PROFILE" = callgrind ]; then
   instructions=$(cat "$WORK"/callgrind.out.* 2>/dev/null | awk '/^summary:/ {s += $2} END {print s}')
   [ -n "$requests" ] && [ "${instructions:-0}" -gt 0 ] || die "no callgrind dump or no wrk count"
   echo "peers: $requests requests, $instructions instructions, $((instructions / requests)) per request"
-  echo "peers: dump in $WORK (callgrind_annotate $WORK/callgrind.out.*)" >&2
+  echo "peers: dump in $WORK (benches/load/callgrind-by-file.py $WORK/callgrind.out.1 $requests)" >&2
   exit 0
 fi
 
@@ -214,7 +222,7 @@ if [ "$PROFILE" = floor ]; then
   # and kernel time per request (/proc/PID/stat) and how busy each core was (/proc/stat). If
   # the relay, with its core partly idle, gets no more req/s than nginx, no proxy can: the
   # CPU criterion of P1 applies, and the relay's CPU is the floor it can be met against.
-  (cd "$ROOT" && cargo build --release -q -p gateway-benches --bin blind-relay)
+  [ "$BUILD" = 0 ] || (cd "$ROOT" && cargo build --release -q -p gateway-benches --bin blind-relay)
   PEERS_DIR=$WORK/peerbench
   RUN_DIR=$PEERS_DIR "$PEERBENCH" up
   trap '"$PEERBENCH" down; cleanup' EXIT
