@@ -12,7 +12,7 @@
 //! Hedged requests (`hedge`) take their own, boxed path: `hedge.rs`.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::future;
 use gateway_proto::model::{HashSource, Hedge, PassHost, Retries, RetryOn};
@@ -181,25 +181,8 @@ impl Proxy {
                 if let Some(span) = span {
                     span.finish(&result);
                 }
-                let elapsed = started.elapsed();
-                self.state.metrics.record_upstream(elapsed);
-                if let Some(notes) = notes {
-                    notes.tried(&node.authority, elapsed);
-                }
-                let failure = failure_of(&result);
-                let node_failed = failure.is_some_and(|f| f != Failure::Client);
-                if node_failed {
-                    node.load.observe_failure(elapsed);
-                } else {
-                    node.load.observe_latency(elapsed);
-                    node.latency.observe(elapsed);
-                }
-                if node
-                    .health
-                    .record_request(!node_failed, upstream.passive_check())
-                {
-                    warn!(upstream = %upstream.key, node = %node.authority, "node ejected by passive health checks");
-                }
+                let failure =
+                    self.record_attempt(upstream, node, started.elapsed(), &result, notes);
                 let may_retry = retries.is_some_and(|policy| {
                     failure.is_some_and(|f| f.allows_retry(policy))
                         && tried.len() < policy.count as usize
@@ -253,6 +236,40 @@ impl Proxy {
                 return Ok(response.map(Either::Left));
             }
         })
+    }
+}
+
+impl Proxy {
+    /// Records an attempt on `node` that ended with `result` after `elapsed`: the upstream
+    /// metric, the access log's notes, the node's latency and passive health. Returns how the
+    /// attempt failed, if it did.
+    fn record_attempt<B>(
+        &self,
+        upstream: &UpstreamRuntime,
+        node: &Node,
+        elapsed: Duration,
+        result: &Result<Response<B>, ProxyError>,
+        notes: Option<&Notes>,
+    ) -> Option<Failure> {
+        self.state.metrics.record_upstream(elapsed);
+        if let Some(notes) = notes {
+            notes.tried(&node.authority, elapsed);
+        }
+        let failure = failure_of(result);
+        let node_failed = failure.is_some_and(|f| f != Failure::Client);
+        if node_failed {
+            node.load.observe_failure(elapsed);
+        } else {
+            node.load.observe_latency(elapsed);
+            node.latency.observe(elapsed);
+        }
+        if node
+            .health
+            .record_request(!node_failed, upstream.passive_check())
+        {
+            warn!(upstream = %upstream.key, node = %node.authority, "node ejected by passive health checks");
+        }
+        failure
     }
 }
 

@@ -35,7 +35,7 @@ use tracing::debug;
 use super::super::access_log::Notes;
 use super::super::trace::{ClientSpan, Parent};
 use super::super::{Proxy, ProxyBody};
-use super::{Failure, Prepared, build, failure_of};
+use super::{Failure, Prepared, build};
 use crate::error::ProxyError;
 use crate::runtime::hedge::{HedgeOutcome, delay};
 use crate::runtime::{CompiledRoute, UpstreamRuntime};
@@ -204,21 +204,9 @@ impl Proxy {
             if let Some(span) = attempt.span {
                 span.finish(&result);
             }
-            let elapsed = attempt.started.elapsed();
-            self.state.metrics.record_upstream(elapsed);
-            if let Some(notes) = notes {
-                notes.tried(&node.authority, elapsed);
-            }
-            let failure = failure_of(&result);
+            let failure =
+                self.record_attempt(upstream, node, attempt.started.elapsed(), &result, notes);
             let node_failed = failure.is_some_and(|f| f != Failure::Client);
-            if node_failed {
-                node.load.observe_failure(elapsed);
-            } else {
-                node.load.observe_latency(elapsed);
-                node.latency.observe(elapsed);
-            }
-            node.health
-                .record_request(!node_failed, upstream.passive_check());
 
             if node_failed {
                 if attempt.hedge {
