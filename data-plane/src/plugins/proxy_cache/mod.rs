@@ -42,6 +42,7 @@ pub mod control;
 pub mod key;
 pub mod store;
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,28 +105,13 @@ impl ProxyCache {
     ) -> Result<ProxyCache, String> {
         let fingerprint = config.to_string();
         let config: Config = serde_json::from_value(config.clone()).map_err(|e| e.to_string())?;
-        let key = config
-            .cache_key
-            .iter()
-            .map(|item| {
-                KeyPart::parse(item).ok_or_else(|| format!("cache_key: {item:?} names no variable"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let bypass = config
-            .cache_bypass
-            .iter()
-            .map(|item| {
-                Var::parse(item).ok_or_else(|| format!("cache_bypass: {item:?} is no variable"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let statuses = config
-            .cache_http_status
-            .iter()
-            .map(|&s| {
-                StatusCode::from_u16(s)
-                    .map_err(|_| format!("cache_http_status: {s} is not a status"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let key = each(&config.cache_key, "cache_key", |item| KeyPart::parse(item))?;
+        let bypass = each(&config.cache_bypass, "cache_bypass", |item| {
+            Var::parse(item)
+        })?;
+        let statuses = each(&config.cache_http_status, "cache_http_status", |&code| {
+            StatusCode::from_u16(code).ok()
+        })?;
         let capacity = config.max_size_mb.saturating_mul(1 << 20);
         Ok(ProxyCache {
             priority,
@@ -290,6 +276,18 @@ impl Plugin for ProxyCache {
     }
 }
 
+/// Every item of `items` read by `read`; the first it cannot read fails the compile.
+fn each<T: fmt::Debug, U>(
+    items: &[T],
+    field: &str,
+    read: impl Fn(&T) -> Option<U>,
+) -> Result<Vec<U>, String> {
+    items
+        .iter()
+        .map(|item| read(item).ok_or_else(|| format!("{field}: {item:?} is not valid here")))
+        .collect()
+}
+
 /// Compares a given secret with the configured one in time that depends on the length only.
 fn same_secret(given: &[u8], secret: &[u8]) -> bool {
     given.len() == secret.len()
@@ -436,7 +434,11 @@ impl Fetch {
                 if name.is_empty() {
                     continue;
                 }
-                // `*`, or a name that is no header name: nothing could ever match it.
+                // `*` (a valid header name, so said first), or a name that is no header
+                // name: nothing could ever match it.
+                if name == "*" {
+                    return None;
+                }
                 let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
                 let value = joined(&self.request_headers, &name);
                 vary.push((name, value));
@@ -529,3 +531,6 @@ impl BodyFilter for Capture {
         self.length
     }
 }
+
+#[cfg(test)]
+mod tests;
