@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::store::{DataPlaneRecord, RejectionRecord, Store, StoreError, now_ms};
 
@@ -30,6 +30,11 @@ const LIVENESS: Duration = Duration::from_secs(15);
 const PRIOR_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often rows older than the retention window are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How often the live data planes are counted in the store: a data plane joining or leaving
+/// through any replica reaches every replica's streams within about this (plus the writer's
+/// own delay), and a killed replica's data planes once their rows age past [`LIVENESS`].
+const LIVE_COUNT_EVERY: Duration = Duration::from_secs(1);
+
 
 /// A version a data plane refused, and why.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -143,6 +148,9 @@ pub struct Fleet {
     /// The rows of the streams this replica holds, and of closed ones not yet written.
     local: Mutex<Local>,
     wake_writer: Notify,
+    /// How many data planes are live across every replica, as last counted in the store
+    /// (0 until first counted).
+    live: watch::Sender<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -162,6 +170,7 @@ impl Fleet {
             retention,
             local: Mutex::default(),
             wake_writer: Notify::new(),
+            live: watch::Sender::new(0),
         }
     }
 
@@ -405,6 +414,44 @@ impl Fleet {
         }
     }
 
+    /// How many data planes are live across every replica (0 until first counted); the
+    /// receiver sees each change, for `limit-count`'s `fleet` policy.
+    pub fn live_data_planes(&self) -> watch::Receiver<u32> {
+        self.live.subscribe()
+    }
+
+    /// Counts the live data planes in the store every [`LIVE_COUNT_EVERY`], for as long as the
+    /// process runs, and publishes the count when it changes. While the store is away the last
+    /// count stands.
+    pub async fn run_live_count(&self) {
+        let mut tick = tokio::time::interval(LIVE_COUNT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.count_live().await;
+        }
+    }
+
+    /// Counts the live data planes once and publishes a change.
+    async fn count_live(&self) {
+        let liveness = i64::try_from(LIVENESS.as_millis()).unwrap_or(i64::MAX);
+        match self
+            .store
+            .count_live_data_planes(now_ms().saturating_sub(liveness))
+            .await
+        {
+            Ok(live) => {
+                let live = u32::try_from(live).unwrap_or(u32::MAX);
+                self.live.send_if_modified(|last| {
+                    let changed = *last != live;
+                    *last = live;
+                    changed
+                });
+            }
+            Err(error) => tracing::debug!(%error, "cannot count the live data planes"),
+        }
+    }
+
     /// Every data plane any replica has seen, by node id.
     pub async fn list(&self) -> Result<Vec<DataPlane>, StoreError> {
         let rows = self.store.data_planes().await?;
@@ -630,6 +677,28 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn the_live_count_follows_streams_of_every_replica() {
+        let store = sqlite_store().await;
+        let a = Fleet::new(store.clone(), "cp-a", Duration::from_secs(3600));
+        let b = Fleet::new(store, "cp-b", Duration::from_secs(3600));
+        let mut live = a.live_data_planes();
+        assert_eq!(*live.borrow_and_update(), 0, "not counted yet");
+        let one = a.connected(&hello("one", "i1", None));
+        let _two = b.connected(&hello("two", "i1", None));
+        a.flush().await.unwrap();
+        b.flush().await.unwrap();
+        a.count_live().await;
+        assert!(live.has_changed().unwrap());
+        assert_eq!(*live.borrow_and_update(), 2, "b's stream counts on a");
+        a.count_live().await;
+        assert!(!live.has_changed().unwrap(), "the same count is no change");
+        a.disconnected(&one);
+        a.flush().await.unwrap();
+        a.count_live().await;
+        assert_eq!(*live.borrow_and_update(), 1);
     }
 
     #[tokio::test]

@@ -212,6 +212,8 @@ async fn run(
     tokio::spawn(config.clone().follow_store());
     let writer = fleet.clone();
     tokio::spawn(async move { writer.run_writer().await });
+    let counter = fleet.clone();
+    tokio::spawn(async move { counter.run_live_count().await });
 
     let app = api::router(
         AppState {

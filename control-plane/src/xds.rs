@@ -13,6 +13,12 @@
 //! and never sent to that data plane again; the next version is. A data plane that serves a
 //! newer version of this store than this replica has (it came from a replica that is ahead)
 //! is sent nothing until this replica catches up: it never goes backwards.
+//!
+//! Beside the config, a stream carries fleet messages (`type.gateway/Fleet`): how many data
+//! planes are live across every replica, for `limit-count`'s `fleet` policy. One goes out once
+//! the data plane has answered its first response, then one whenever the count changes. They
+//! carry no version and no nonce and are never answered, so they do not count as the one
+//! unanswered response.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -208,6 +214,8 @@ impl Session {
         let mut stopped = std::pin::pin!(wait_stopped(stopping));
         let _open = StreamOpen::count();
         self.withheld = self.fleet.prior(&self.handle).await;
+        let mut live = self.fleet.live_data_planes();
+        let mut live_told = None;
         loop {
             if self.in_flight.is_none() {
                 let head = versions.borrow_and_update().clone();
@@ -215,8 +223,16 @@ impl Session {
                     break;
                 }
             }
+            if self.confirmed && self.tell_fleet(&mut live, &mut live_told).await.is_err() {
+                break;
+            }
             tokio::select! {
                 () = &mut stopped => break,
+                changed = live.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
                 changed = versions.changed() => {
                     if changed.is_err() {
                         break;
@@ -285,6 +301,30 @@ impl Session {
             ..response
         };
         self.outbound.send(Ok(response)).await.map_err(|_| ())
+    }
+
+    /// Sends the live data-plane count if it is not what this data plane was last told.
+    /// This data plane is live itself, so the count sent is at least 1 (the store may not
+    /// hold its row yet).
+    async fn tell_fleet(
+        &mut self,
+        live: &mut watch::Receiver<u32>,
+        told: &mut Option<u32>,
+    ) -> Result<(), ()> {
+        let count = (*live.borrow_and_update()).max(1);
+        if *told == Some(count) {
+            return Ok(());
+        }
+        *told = Some(count);
+        let message = DiscoveryResponse {
+            type_url: pb::FLEET_TYPE_URL.to_owned(),
+            control_plane_id: self.fleet.control_plane_id().to_owned(),
+            fleet: Some(pb::FleetInfo {
+                live_data_planes: count,
+            }),
+            ..DiscoveryResponse::default()
+        };
+        self.outbound.send(Ok(message)).await.map_err(|_| ())
     }
 
     /// Every resource of `head`.

@@ -455,6 +455,11 @@ impl XdsClient {
             // message in the stream, and a `Notify` keeps the wake-up it was not awaited for.
             let rehashed = tokio::select! {
                 message = responses.message() => match message {
+                    Ok(Some(response)) if response.type_url == pb::FLEET_TYPE_URL => {
+                        // Never answered: the control plane expects no ACK for it.
+                        self.on_fleet(response.fleet.unwrap_or_default());
+                        continue;
+                    }
                     Ok(Some(response)) => {
                         *received = true;
                         let reply = self.apply(response).await;
@@ -493,6 +498,20 @@ impl XdsClient {
         };
         self.state.metrics.set_config_stream_connected(false);
         end
+    }
+
+    /// Takes the fleet's size for `limit-count`'s `fleet` policy. The share lives in the plugins'
+    /// environment, which every runtime inherits, so it holds across config versions.
+    fn on_fleet(&self, fleet: pb::FleetInfo) {
+        let runtime = self.state.runtime();
+        let share = &runtime.plugins.env().fleet;
+        if share.live() != Some(fleet.live_data_planes) {
+            info!(
+                live_data_planes = fleet.live_data_planes,
+                "fleet size from the control plane"
+            );
+        }
+        share.set(fleet.live_data_planes);
     }
 
     /// Applies one response and returns the ACK or NACK that answers it.

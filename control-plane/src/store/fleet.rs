@@ -153,6 +153,20 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// How many rows describe an open stream refreshed after `seen_after` (unix ms): the live
+    /// data planes, as `crate::fleet` counts them.
+    pub async fn count_live_data_planes(&self, seen_after: i64) -> Result<u64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS live FROM data_planes WHERE connected = 1 AND last_seen > $1",
+        )
+        .bind(seen_after)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::classify)?;
+        let live: i64 = row.try_get("live").map_err(StoreError::classify)?;
+        to_u64(live, "count of live data planes")
+    }
+
     /// Removes the rows of data planes not seen since `seen_before` (unix ms); how many.
     pub async fn prune_data_planes(&self, seen_before: i64) -> Result<u64> {
         let done = sqlx::query("DELETE FROM data_planes WHERE last_seen < $1")

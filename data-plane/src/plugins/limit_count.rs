@@ -1,17 +1,23 @@
 //! `limit-count`: at most `count` requests per `time_window` seconds per key (fixed window).
 //!
-//! Counting is local to each data plane, or shared by every data plane through Redis when the
-//! data plane runs with `--redis-url` (the plugin's schema is fixed to four properties, so the
-//! policy is a deployment choice). Windows are aligned to the wall clock (`now / window`), so
-//! data planes sharing Redis agree on them. When Redis cannot answer within 100 ms, the data
-//! plane counts locally for that request (the limit then holds per data plane instead of
-//! globally), logs a warning and counts `gateway_ratelimit_redis_errors_total`: a Redis outage
-//! never turns into an outage of the routes it protects.
+//! Where the count is kept is the config's `policy`: `local` (each data plane counts alone),
+//! `fleet` (each data plane counts alone but admits only its share of `count`, see
+//! [`FleetShare`]) or `redis` (one count shared by every data plane through `--redis-url`).
+//! Left out, a data plane with `--redis-url` uses Redis and one without counts locally. A
+//! config asking for `redis` on a data plane without one fails the compile (a NACK), rather
+//! than quietly counting per data plane.
 //!
-//! Counters live outside the compiled runtime, so a config push does not reset them.
+//! Windows are aligned to the wall clock (`now / window`), so data planes sharing Redis agree
+//! on them. When Redis cannot answer within 100 ms, the data plane counts locally for that
+//! request (the limit then holds per data plane instead of globally), logs a warning and counts
+//! `gateway_ratelimit_redis_errors_total`: a Redis outage never turns into an outage of the
+//! routes it protects.
+//!
+//! Counters live outside the compiled runtime, so a config push does not reset them, and
+//! neither does a change of the fleet's size: the share is read per request, the count kept.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::HeaderName;
@@ -23,9 +29,49 @@ use super::expiring::{ExpiringMap, bounded_key};
 use super::key_source::KeySource;
 use super::{Access, BuildEnv, Plugin, Reject, RequestCtx, reject};
 use crate::transport::deadline;
-use gateway_proto::plugins::limit_count::Config;
+use gateway_proto::plugins::limit_count::{Config, Policy};
 
 const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// How many data planes are live, as the control plane last said: what `policy: fleet` divides
+/// `count` by. One per data plane (in the [`BuildEnv`]), set by the config stream, read by every
+/// request of a `fleet` limit.
+///
+/// Until the control plane has said (a fresh process, or one serving its disk cache with no
+/// control plane reachable), the size is unknown and each data plane admits the whole `count`,
+/// as Envoy's local rate limit does before it knows its cluster: a limit must not refuse
+/// traffic it cannot prove is over. A data plane cut off from the control plane keeps the
+/// last size it was told.
+#[derive(Clone, Debug, Default)]
+pub struct FleetShare {
+    /// Live data planes; 0 while unknown.
+    live: Arc<AtomicU32>,
+}
+
+impl FleetShare {
+    /// Records that `live` data planes are live now (0: unknown).
+    pub fn set(&self, live: u32) {
+        self.live.store(live, Ordering::Relaxed);
+    }
+
+    /// The live data planes last recorded; `None` while unknown.
+    pub fn live(&self) -> Option<u32> {
+        Some(self.live.load(Ordering::Relaxed)).filter(|&live| live > 0)
+    }
+
+    /// What this data plane admits of a fleet-wide `count`.
+    pub fn limit(&self, count: u64) -> u64 {
+        share(count, self.live().unwrap_or(1))
+    }
+}
+
+/// One data plane's share of `count` among `live`: rounded up, so a fleet admits at most
+/// `count + live - 1` per window when its load is spread evenly (never fewer than `count`),
+/// and a route whose `count` is below the fleet's size still admits a request per data plane
+/// instead of none.
+fn share(count: u64, live: u32) -> u64 {
+    count.div_ceil(u64::from(live.max(1)))
+}
 
 /// Per-data-plane fixed-window counters, shared by every snapshot's plugin instances: each
 /// key's window index and count, expiring with its window.
@@ -130,7 +176,18 @@ pub struct LimitCount {
     key: KeySource,
     rejected: StatusCode,
     local: Arc<LocalCounters>,
-    redis: Option<RedisCounters>,
+    counting: Counting,
+}
+
+/// Where a compiled `limit-count` counts, and what it admits.
+#[derive(Debug)]
+enum Counting {
+    /// `count` per data plane.
+    Local,
+    /// This data plane's share of `count`, counted locally.
+    Fleet(FleetShare),
+    /// `count` through Redis, locally while Redis does not answer.
+    Redis(RedisCounters),
 }
 
 impl LimitCount {
@@ -145,6 +202,16 @@ impl LimitCount {
         let key = KeySource::parse(&config.key)?;
         let rejected = StatusCode::from_u16(config.rejected_code)
             .map_err(|_| format!("rejected_code {} is not a status", config.rejected_code))?;
+        let counting = match (config.policy, &env.redis) {
+            (None | Some(Policy::Redis), Some(redis)) => Counting::Redis(redis.clone()),
+            (Some(Policy::Redis), None) => {
+                return Err(
+                    "policy \"redis\" needs a data plane started with --redis-url".to_owned(),
+                );
+            }
+            (None | Some(Policy::Local), _) => Counting::Local,
+            (Some(Policy::Fleet), _) => Counting::Fleet(env.fleet.clone()),
+        };
         Ok(LimitCount {
             priority,
             // The config is part of the counter's name: a changed limit starts a fresh count.
@@ -157,7 +224,7 @@ impl LimitCount {
             key,
             rejected,
             local: Arc::clone(&env.local_counters),
-            redis: env.redis.clone(),
+            counting,
         })
     }
 }
@@ -215,10 +282,15 @@ impl Plugin for LimitCount {
         key.push_str(&self.scope);
         key.push(':');
         key.push_str(&value);
-        let (limit, rejected) = (self.count, self.rejected);
+        let rejected = self.rejected;
         let now_ms = crate::clock::coarse_now_ms();
         let remaining_ms = reset_s.saturating_mul(1000);
-        let Some(redis) = self.redis.clone() else {
+        let (limit, redis) = match &self.counting {
+            Counting::Local => (self.count, None),
+            Counting::Fleet(share) => (share.limit(self.count), None),
+            Counting::Redis(redis) => (self.count, Some(redis.clone())),
+        };
+        let Some(redis) = redis else {
             let used = self.local.incr(&key, index, now_ms, remaining_ms);
             // Straight into the answer's headers; the response phase adds them to a refusal too.
             add_rate_headers(&mut ctx.response_headers, limit, used, reset_s);
@@ -342,6 +414,101 @@ mod tests {
         let mut without = String::new();
         RedisCounters::render_metrics(None, &mut without);
         assert!(without.ends_with("gateway_ratelimit_redis_errors_total 0\n"));
+    }
+
+    #[test]
+    fn a_fleet_share_is_rounded_up_and_never_zero_for_a_positive_count() {
+        // (count, live data planes, each one's share)
+        let table = [
+            (30, 1, 30),
+            (30, 3, 10),
+            (30, 2, 15),
+            (30, 4, 8),
+            (10, 3, 4),
+            (2, 5, 1),
+            (0, 3, 0),
+            (30, 0, 30),
+            (u64::MAX, 2, u64::MAX / 2 + 1),
+        ];
+        for (count, live, expected) in table {
+            assert_eq!(share(count, live), expected, "{count} / {live}");
+            if live > 0 && count < u64::MAX {
+                let total = share(count, live) * u64::from(live);
+                assert!(
+                    total >= count && total < count + u64::from(live),
+                    "{count} / {live}"
+                );
+            }
+        }
+        let fleet = FleetShare::default();
+        assert_eq!(fleet.live(), None);
+        assert_eq!(fleet.limit(30), 30, "unknown: the whole count");
+        fleet.set(3);
+        assert_eq!((fleet.live(), fleet.limit(30)), (Some(3), 10));
+    }
+
+    /// How many of `requests` requests from one address `plugin` admits.
+    fn admitted(plugin: &LimitCount, requests: usize) -> usize {
+        let route: gateway_proto::model::Route =
+            serde_json::from_value(serde_json::json!({"paths": ["/"], "upstream_id": "u"}))
+                .unwrap();
+        let chain = std::sync::Arc::new(super::super::PluginChain::default());
+        let consumers = super::super::Consumers::default();
+        (0..requests)
+            .filter(|_| {
+                let mut ctx = RequestCtx::new(
+                    super::super::RouteRef {
+                        id: "r",
+                        spec: &route,
+                    },
+                    &chain,
+                    &[],
+                    "127.0.0.1:5000".parse().unwrap(),
+                    &consumers,
+                );
+                let (mut parts, ()) = http::Request::new(()).into_parts();
+                matches!(plugin.access(&mut ctx, &mut parts), Access::Continue)
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_fleet_limit_admits_its_share_and_a_new_share_keeps_the_window_count() {
+        let env = BuildEnv::default();
+        let config = serde_json::json!({"count": 30, "time_window": 86400, "key": "route", "rejected_code": 429, "policy": "fleet"});
+        let plugin = LimitCount::build(1002, &config, "routes/r", &env).unwrap();
+        env.fleet.set(3);
+        // A day-long window: the test does not straddle two (unless run at midnight UTC).
+        assert_eq!(admitted(&plugin, 8), 8, "a share of 10");
+        // A data plane left: a share of 15, counting on from the 8 seen (refusals count too).
+        env.fleet.set(2);
+        assert_eq!(admitted(&plugin, 10), 7, "the 9th to the 15th");
+        env.fleet.set(1);
+        assert_eq!(admitted(&plugin, 20), 12, "the 19th to the 30th");
+        // `local` admits the whole count whatever the fleet's size.
+        let local = serde_json::json!({"count": 30, "time_window": 86400, "key": "route", "rejected_code": 429, "policy": "local"});
+        let local = LimitCount::build(1002, &local, "routes/other", &env).unwrap();
+        env.fleet.set(3);
+        assert_eq!(admitted(&local, 40), 30);
+    }
+
+    #[test]
+    fn policy_redis_without_a_redis_fails_the_compile() {
+        let config = serde_json::json!({"count": 1, "time_window": 1, "key": "route", "rejected_code": 429, "policy": "redis"});
+        let error = LimitCount::build(1002, &config, "routes/r", &BuildEnv::default()).unwrap_err();
+        assert!(error.contains("--redis-url"), "{error}");
+        let redis = RedisCounters::new("redis://127.0.0.1:1").unwrap();
+        let env = BuildEnv {
+            redis: Some(redis),
+            ..BuildEnv::default()
+        };
+        let local = serde_json::json!({"count": 1, "time_window": 1, "key": "route", "rejected_code": 429, "policy": "local"});
+        let plugin = LimitCount::build(1002, &local, "routes/r", &env).unwrap();
+        assert!(matches!(plugin.counting, Counting::Local));
+        let left_out =
+            serde_json::json!({"count": 1, "time_window": 1, "key": "route", "rejected_code": 429});
+        let plugin = LimitCount::build(1002, &left_out, "routes/r", &env).unwrap();
+        assert!(matches!(plugin.counting, Counting::Redis(_)));
     }
 
     #[test]

@@ -515,6 +515,8 @@ pub struct BuildEnv {
     pub redis: Option<limit_count::RedisCounters>,
     /// This data plane's own counters.
     pub local_counters: Arc<limit_count::LocalCounters>,
+    /// How many data planes are live (`limit-count`'s `fleet` policy); the config stream sets it.
+    pub fleet: limit_count::FleetShare,
     /// `limit-req`'s leaky buckets.
     pub limit_req: Arc<limit_req::Buckets>,
     /// `api-breaker`'s circuits.
