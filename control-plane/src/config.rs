@@ -221,6 +221,12 @@ pub enum WriteOp {
         /// apply based on what it read cannot overwrite a write made since).
         if_version: Option<u64>,
     },
+    /// Replace several existing resources at once, each only if it is still at the revision
+    /// given (the control plane's own writes, such as rehashed password digests).
+    PutRevisions {
+        /// Which, the new document, and the revision it must still be at.
+        documents: Vec<(ResourceKey, Value, u64)>,
+    },
     /// Make the config equal to an earlier version's.
     Rollback {
         /// The version to restore.
@@ -301,6 +307,8 @@ pub struct ConfigService {
     write_lock: Mutex<()>,
     published: watch::Sender<Arc<ConfigState>>,
     history: std::sync::Mutex<ChangeHistory>,
+    /// Rehashed password digests from data planes, waiting to be committed together.
+    rehashes: crate::rehash::Queue,
 }
 
 /// How often a replica reads the store's head even without a notification: a safety net
@@ -320,6 +328,7 @@ impl ConfigService {
             write_lock: Mutex::new(()),
             published,
             history: std::sync::Mutex::default(),
+            rehashes: crate::rehash::Queue::default(),
         })
     }
 
@@ -462,6 +471,13 @@ impl ConfigService {
         self.current.load_full()
     }
 
+    /// Takes legacy password digests a data plane rehashed after a successful login; those
+    /// that arrive within about a second are committed as one version by `system:rehash`, each
+    /// only if it still replaces the stored digest (see [`crate::rehash`]).
+    pub fn rehash(self: &Arc<Self>, rehashed: Vec<pb::CredentialRehash>) {
+        crate::rehash::submit(self, &self.rehashes, rehashed);
+    }
+
     /// A receiver that sees every new version (and the current one first).
     pub fn subscribe(&self) -> watch::Receiver<Arc<ConfigState>> {
         self.published.subscribe()
@@ -601,6 +617,12 @@ impl ConfigService {
                 for (key, document) in documents {
                     let at = pointers.get(key).cloned().unwrap_or_default();
                     desired.push((key.clone(), Some(document.clone()), at));
+                }
+            }
+            WriteOp::PutRevisions { documents } => {
+                for (key, document, revision) in documents {
+                    check_if_match(current, key, Some(IfMatch::Revision(*revision)))?;
+                    desired.push((key.clone(), Some(document.clone()), String::new()));
                 }
             }
             WriteOp::Rollback { to } => {

@@ -6,6 +6,7 @@ pub mod certificates;
 pub mod config;
 pub mod fleet;
 pub mod metrics;
+pub mod rehash;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;

@@ -413,10 +413,11 @@ impl Session {
     }
 
     /// A data plane's report: its traffic per config version goes to the fleet (staged
-    /// rollouts compare it). Its `rehashed` credentials are the credential-rehash commit's to
-    /// handle, not this stream's.
+    /// rollouts compare it); its `rehashed` credentials to the config service, which commits
+    /// those that still hold (`crate::rehash`).
     fn on_report(&mut self, report: pb::Report) {
         self.fleet.reported(&self.handle, &report.traffic);
+        self.config.rehash(report.rehashed);
     }
 }
 

@@ -157,7 +157,16 @@ impl DataPlane {
             None => None,
         };
         plugin_env.tls_port = tls.as_ref().map(|(_, addr)| addr.port());
+        let verifier = std::sync::Arc::clone(&plugin_env.basic_auth);
         let state = State::with_plugin_env(plugin_env);
+        // basic-auth's rehashed legacy digests go out with the config stream's reports. Weak:
+        // the state owns the verifier (through its runtime), which must not own the state.
+        let reports = std::sync::Arc::downgrade(&state);
+        verifier.on_rehash(move |rehash| {
+            if let Some(state) = reports.upgrade() {
+                state.reports().rehashed(rehash);
+            }
+        });
         let access_log = proxy::access_log::AccessLog::open(&config.access_log, state.clone())
             .map_err(|source| StartError::AccessLog {
                 path: match &config.access_log {

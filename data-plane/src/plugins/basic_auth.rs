@@ -10,12 +10,16 @@
 //! sends the same credentials on every request pays the KDF once, the cache holds no password
 //! nor anything to test guesses against offline, and a changed password (a new stored hash)
 //! misses. A failed verification is never remembered. Earlier salted-SHA-256 digests are
-//! checked inline, as before (they are cheap, and they are what they are: the data plane cannot
-//! write config, so they are rehashed only when the password is written again).
+//! checked inline (they are cheap). After a successful login against one, the password is
+//! hashed under argon2id on the same bounded pool and handed to the config stream's reports
+//! ([`Verifier::on_rehash`]); the control plane stores it as a new config version. One rehash
+//! per credential is in flight at a time: a credential rehashed less than
+//! [`REHASH_AGAIN_AFTER_MS`] ago is not rehashed again (the control plane may still be
+//! committing it, or dropped it because the consumer changed meanwhile).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -28,12 +32,22 @@ use tokio::sync::Semaphore;
 use super::key_auth::identify;
 use super::{Access, BuildEnv, ConsumerRuntime, Plugin, Reject, RequestCtx, reject};
 use crate::clock::coarse_now_ms;
-use gateway_proto::plugins::auth::BasicAuthConfig;
+use gateway_proto::pb;
+use gateway_proto::plugins::auth::{BasicAuthConfig, hash_password, is_legacy_password_hash};
 
 /// How long a successful verification is remembered.
 pub const CACHE_TTL_MS: u64 = 5 * 60 * 1000;
 /// Remembered verifications at most (32 bytes and an expiry each: ~1.5 MB when full).
 pub const CACHE_CAPACITY: usize = 32_768;
+/// How long after a legacy digest's rehash a login may rehash it again (when the control
+/// plane did not replace it: a lost report, or a consumer that changed meanwhile).
+pub const REHASH_AGAIN_AFTER_MS: u64 = 60 * 1000;
+/// Legacy credentials being rehashed at most; beyond that a login rehashes nothing (the next
+/// one will).
+pub const MAX_REHASHING: usize = 1024;
+
+/// Where rehashed legacy digests go: the config stream's reports.
+type RehashSink = Box<dyn Fn(pb::CredentialRehash) + Send + Sync>;
 
 /// A compiled `basic-auth`.
 #[derive(Debug)]
@@ -58,7 +72,6 @@ impl BasicAuth {
 
 /// Runs slow password verifications off the async workers and remembers the successful ones.
 /// One per process: it outlives snapshots, so a config push keeps the cache.
-#[derive(Debug)]
 pub struct Verifier {
     /// The HMAC key of the cache's keys: random, this process's only.
     key: [u8; 32],
@@ -69,6 +82,19 @@ pub struct Verifier {
     kdf_runs: AtomicU64,
     cache_hits: AtomicU64,
     refused_busy: AtomicU64,
+    /// Set once the data plane's reports exist; without it nothing is rehashed.
+    rehash_sink: OnceLock<RehashSink>,
+    /// (consumer id, legacy digest) → coarse time (ms) its rehash may run again.
+    rehashing: Mutex<HashMap<(String, String), u64>>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("kdf_runs", &self.kdf_runs)
+            .field("rehash_sink", &self.rehash_sink.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Verifier {
@@ -87,6 +113,8 @@ impl Default for Verifier {
             kdf_runs: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
             refused_busy: AtomicU64::new(0),
+            rehash_sink: OnceLock::new(),
+            rehashing: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -116,7 +144,11 @@ impl Verifier {
             return Verdict::Now(false);
         };
         if !credential.is_slow() {
-            return Verdict::Now(credential.verify(password));
+            let verified = credential.verify(password);
+            if verified && let Some(stored) = credential.password_hash.as_deref() {
+                self.rehash_legacy(&consumer.id, stored, password);
+            }
+            return Verdict::Now(verified);
         }
         let cache_key = self.cache_key(&consumer.id, credential.password_hash.as_deref(), password);
         if self.remembered(&cache_key) {
@@ -150,6 +182,74 @@ impl Verifier {
             }
             Ok(verified)
         }))
+    }
+
+    /// Sends every legacy digest rehashed from now on to `sink` (the config stream's reports).
+    /// Set once; later calls are ignored.
+    pub fn on_rehash(&self, sink: impl Fn(pb::CredentialRehash) + Send + Sync + 'static) {
+        let _ = self.rehash_sink.set(Box::new(sink));
+    }
+
+    /// After a successful login against `stored`: when it is a legacy digest, hashes `password`
+    /// under argon2id on the KDF's pool and hands the result to the sink, unless that
+    /// credential was rehashed recently. Needs a tokio runtime and a sink; without either,
+    /// nothing happens.
+    fn rehash_legacy(self: &Arc<Self>, consumer: &str, stored: &str, password: &str) {
+        if !is_legacy_password_hash(stored) || self.rehash_sink.get().is_none() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let now = coarse_now_ms();
+        let key = (consumer.to_owned(), stored.to_owned());
+        {
+            let mut rehashing = self.rehashing.lock().unwrap_or_else(|e| e.into_inner());
+            if rehashing.get(&key).is_some_and(|&again| again > now) {
+                return;
+            }
+            if rehashing.len() >= MAX_REHASHING {
+                rehashing.retain(|_, &mut again| again > now);
+                if rehashing.len() >= MAX_REHASHING {
+                    return;
+                }
+            }
+            rehashing.insert(key.clone(), now + REHASH_AGAIN_AFTER_MS);
+        }
+        let mut salt = [0u8; 16];
+        if getrandom::fill(&mut salt).is_err() {
+            tracing::error!("no randomness for a password salt; the legacy digest stays");
+            return;
+        }
+        let this = Arc::clone(self);
+        let password = password.to_owned();
+        runtime.spawn(async move {
+            let hashed = match Arc::clone(&this.running).acquire_owned().await {
+                Ok(permit) => tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    hash_password(&password, &salt)
+                })
+                .await
+                .ok(),
+                Err(_) => None,
+            };
+            let (consumer, old_digest) = key;
+            match (hashed, this.rehash_sink.get()) {
+                (Some(new_digest), Some(sink)) => sink(pb::CredentialRehash {
+                    consumer,
+                    plugin: "basic-auth".to_owned(),
+                    old_digest,
+                    new_digest,
+                }),
+                // Not rehashed: the next login may try again.
+                _ => {
+                    this.rehashing
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&(consumer, old_digest));
+                }
+            }
+        });
     }
 
     /// HMAC-SHA-256 of (consumer id, stored hash, password), each length-prefixed.
@@ -360,6 +460,45 @@ mod tests {
         assert!(matches!(verifier.verify(&bob, "pw"), Verdict::Now(true)));
         assert!(matches!(verifier.verify(&bob, "no"), Verdict::Now(false)));
         assert_eq!(verifier.kdf_runs(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_legacy_digest_is_rehashed_once_after_a_successful_login_only() {
+        let verifier = Arc::new(Verifier::default());
+        let legacy = hash_password_sha256("pw", &[3; 16]);
+        let bob = consumer("bob", &legacy);
+        // No sink yet (no config stream): nothing is rehashed.
+        assert!(matches!(verifier.verify(&bob, "pw"), Verdict::Now(true)));
+        let (sent, mut received) = tokio::sync::mpsc::unbounded_channel();
+        verifier.on_rehash(move |rehash| {
+            let _ = sent.send(rehash);
+        });
+        assert!(matches!(
+            verifier.verify(&bob, "wrong"),
+            Verdict::Now(false)
+        ));
+        for _ in 0..3 {
+            assert!(matches!(verifier.verify(&bob, "pw"), Verdict::Now(true)));
+        }
+        let rehash = received.recv().await.unwrap();
+        assert_eq!(
+            (rehash.consumer.as_str(), rehash.plugin.as_str()),
+            ("bob", "basic-auth")
+        );
+        assert_eq!(rehash.old_digest, legacy);
+        assert!(gateway_proto::plugins::auth::is_current_password_hash(
+            &rehash.new_digest
+        ));
+        assert!(gateway_proto::plugins::auth::verify_password(
+            &rehash.new_digest,
+            "pw"
+        ));
+        // A wrong password and three logins made one rehash; an argon2id credential is never
+        // rehashed.
+        let alice = consumer("alice", &hash_password("pw", &[1; 16]));
+        assert!(verdict(&verifier, &alice, "pw").await);
+        let more = tokio::time::timeout(std::time::Duration::from_secs(3), received.recv()).await;
+        assert!(more.is_err(), "{more:?}");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! stored as an argon2id PHC string ([`hash_password`], parameters [`ARGON2_M_KIB`],
 //! [`ARGON2_T`], [`ARGON2_P`]): passwords are low-entropy, so a leaked digest must cost an
 //! attacker a slow, memory-hard KDF per guess. Digests of the earlier salted-SHA-256 form
-//! (`sha256$<salt hex>$<digest hex>`, [`hash_password_sha256`]) still verify, as they are (a
-//! data plane cannot write config, so nothing rehashes them: writing the password again does).
+//! (`sha256$<salt hex>$<digest hex>`, [`hash_password_sha256`]) still verify; after a
+//! successful login against one, the data plane hashes the password under argon2id and hands
+//! the digest to the control plane, which stores it only if it [`is_current_password_hash`] and
+//! the stored digest is still the legacy one.
 //! The control plane seals plaintext on write
 //! ([`KeyAuthCredential::key`] → `key_sha256`); a leaked snapshot or database dump holds no
 //! usable key or password. A JWT HMAC secret cannot be hashed (it is needed to verify), so it is
@@ -328,6 +330,27 @@ pub fn hash_password_sha256(password: &str, salt: &[u8; 16]) -> String {
     format!("sha256${salt_hex}${}", to_hex(&hasher.finalize()))
 }
 
+/// Whether `stored` is a digest of the earlier salted-SHA-256 form, which a successful login
+/// replaces with an argon2id one.
+pub fn is_legacy_password_hash(stored: &str) -> bool {
+    stored.starts_with("sha256$")
+}
+
+/// Whether `digest` is an argon2id PHC string with exactly this build's parameters
+/// ([`ARGON2_M_KIB`], [`ARGON2_T`], [`ARGON2_P`], version 19, a 16-byte salt, a 32-byte hash):
+/// what [`hash_password`] makes, and the only digest a control plane takes from a data plane's
+/// rehash.
+pub fn is_current_password_hash(digest: &str) -> bool {
+    static PREFIX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!("$argon2id$v=19$m={ARGON2_M_KIB},t={ARGON2_T},p={ARGON2_P}$")
+    });
+    static BOUNDS: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(PASSWORD_HASH_PATTERN).expect("compiles"));
+    digest.starts_with(PREFIX.as_str())
+        && BOUNDS.is_match(digest)
+        && PasswordHash::new(digest).is_ok()
+}
+
 /// Whether `candidate` matches a stored hash: an argon2id PHC string (with the parameters it
 /// names, at most what [`PASSWORD_HASH_PATTERN`] allows), or `sha256$<salt>$<digest>`.
 pub fn verify_password(stored: &str, candidate: &str) -> bool {
@@ -464,6 +487,27 @@ mod tests {
         }
         assert!(!pattern.is_match(&format!("$argon2i$v=19$m=19456,t=2,p=1${salt}${hash}")));
         assert!(!pattern.is_match(&format!("$argon2id$v=16$m=19456,t=2,p=1${salt}${hash}")));
+    }
+
+    #[test]
+    fn only_this_builds_argon2id_digests_are_current() {
+        let current = hash_password("pw", &[9; 16]);
+        assert!(is_current_password_hash(&current));
+        let legacy = hash_password_sha256("pw", &[9; 16]);
+        assert!(is_legacy_password_hash(&legacy));
+        assert!(!is_current_password_hash(&legacy));
+        assert!(!is_legacy_password_hash(&current));
+        let cheaper = current.replace("m=19456,t=2", "m=1024,t=1");
+        for refused in [
+            cheaper.as_str(),
+            &current.replace("argon2id", "argon2i"),
+            &current[..current.len() - 4],
+            &format!("{current}x"),
+            "",
+            "$argon2id$v=19$m=19456,t=2,p=1$",
+        ] {
+            assert!(!is_current_password_hash(refused), "{refused}");
+        }
     }
 
     #[test]
