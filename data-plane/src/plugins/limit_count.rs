@@ -360,6 +360,27 @@ mod tests {
         );
     }
 
+    /// `plugin`'s access phase on a request from 127.0.0.1 to route `r`.
+    fn access(plugin: &LimitCount) -> Access {
+        let route: gateway_proto::model::Route =
+            serde_json::from_value(serde_json::json!({"paths": ["/"], "upstream_id": "u"}))
+                .unwrap();
+        let chain = std::sync::Arc::new(super::super::PluginChain::default());
+        let consumers = super::super::Consumers::default();
+        let mut ctx = RequestCtx::new(
+            super::super::RouteRef {
+                id: "r",
+                spec: &route,
+            },
+            &chain,
+            &[],
+            "127.0.0.1:5000".parse().unwrap(),
+            &consumers,
+        );
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        plugin.access(&mut ctx, &mut parts)
+    }
+
     #[tokio::test]
     async fn an_unreachable_redis_is_counted_and_exported() {
         // A port nothing listens on: the connection is refused (or the call times out).
@@ -382,23 +403,7 @@ mod tests {
         };
         let config = serde_json::json!({"count": 5, "time_window": 60, "key": "remote_addr", "rejected_code": 429});
         let plugin = LimitCount::build(1002, &config, "routes/r", &env).unwrap();
-        let route: gateway_proto::model::Route =
-            serde_json::from_value(serde_json::json!({"paths": ["/"], "upstream_id": "u"}))
-                .unwrap();
-        let chain = std::sync::Arc::new(super::super::PluginChain::default());
-        let consumers = super::super::Consumers::default();
-        let mut ctx = RequestCtx::new(
-            super::super::RouteRef {
-                id: "r",
-                spec: &route,
-            },
-            &chain,
-            &[],
-            "127.0.0.1:5000".parse().unwrap(),
-            &consumers,
-        );
-        let (mut parts, ()) = http::Request::new(()).into_parts();
-        let Access::Pending(check) = plugin.access(&mut ctx, &mut parts) else {
+        let Access::Pending(check) = access(&plugin) else {
             panic!("with Redis the check is asynchronous");
         };
         // Counted locally: the request goes on.
@@ -449,26 +454,8 @@ mod tests {
 
     /// How many of `requests` requests from one address `plugin` admits.
     fn admitted(plugin: &LimitCount, requests: usize) -> usize {
-        let route: gateway_proto::model::Route =
-            serde_json::from_value(serde_json::json!({"paths": ["/"], "upstream_id": "u"}))
-                .unwrap();
-        let chain = std::sync::Arc::new(super::super::PluginChain::default());
-        let consumers = super::super::Consumers::default();
         (0..requests)
-            .filter(|_| {
-                let mut ctx = RequestCtx::new(
-                    super::super::RouteRef {
-                        id: "r",
-                        spec: &route,
-                    },
-                    &chain,
-                    &[],
-                    "127.0.0.1:5000".parse().unwrap(),
-                    &consumers,
-                );
-                let (mut parts, ()) = http::Request::new(()).into_parts();
-                matches!(plugin.access(&mut ctx, &mut parts), Access::Continue)
-            })
+            .filter(|_| matches!(access(plugin), Access::Continue))
             .count()
     }
 
