@@ -929,6 +929,12 @@ impl Plan {
 
 async fn load_head(store: &Store) -> Result<ConfigState, WriteError> {
     let version = store.head().await?;
+    load_at(store, version).await
+}
+
+/// The whole config as it stood at `version` (a staged rollout sends some data planes one
+/// older than the head).
+pub async fn load_at(store: &Store, version: u64) -> Result<ConfigState, WriteError> {
     let mut resources = BTreeMap::new();
     for stored in store.config_at(version).await? {
         let (key, entry) = entry_from_store(stored)?;

@@ -7,6 +7,7 @@ pub mod config;
 pub mod fleet;
 pub mod metrics;
 pub mod rehash;
+pub mod rollout;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;

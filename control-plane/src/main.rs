@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use control_plane::api::{self, AppState, auth};
 use control_plane::config::ConfigService;
 use control_plane::fleet::Fleet;
+use control_plane::rollout::Rollouts;
 use control_plane::store::Store;
 use control_plane::telemetry::{self, Telemetry};
 use control_plane::tls;
@@ -215,10 +216,16 @@ async fn run(
     let counter = fleet.clone();
     tokio::spawn(async move { counter.run_live_count().await });
 
+    // Staged rollouts, driven by every replica from the store.
+    let rollouts = Arc::new(Rollouts::new(config.clone(), fleet.clone()));
+    let driver = rollouts.clone();
+    tokio::spawn(async move { driver.run().await });
+
     let app = api::router(
         AppState {
             config: config.clone(),
             fleet: fleet.clone(),
+            rollouts: rollouts.clone(),
         },
         tokens,
     );
@@ -256,7 +263,7 @@ async fn run(
             }
         }
     };
-    let mut xds_service = XdsServer::new(config, fleet, stopping.clone());
+    let mut xds_service = XdsServer::new(config, fleet, rollouts, stopping.clone());
     if let Some(token) = &args.dp_token {
         xds_service = xds_service.require_token(token);
     }

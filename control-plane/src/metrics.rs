@@ -73,6 +73,12 @@ pub struct Metrics {
     pub nacks: AtomicU64,
     /// From sending a version on a stream to the data plane's ACK.
     pub push_duration: Histogram,
+    /// Staged rollouts this replica started.
+    pub rollouts_started: AtomicU64,
+    /// Staged rollouts this replica saw complete (the last stage, or promoted).
+    pub rollouts_completed: AtomicU64,
+    /// Staged rollouts this replica halted (a canary NACKed or answered too many 5xx).
+    pub rollouts_halted: AtomicU64,
 }
 
 static METRICS: Metrics = Metrics {
@@ -82,6 +88,9 @@ static METRICS: Metrics = Metrics {
     streams_open: AtomicI64::new(0),
     nacks: AtomicU64::new(0),
     push_duration: Histogram::new(),
+    rollouts_started: AtomicU64::new(0),
+    rollouts_completed: AtomicU64::new(0),
+    rollouts_halted: AtomicU64::new(0),
 };
 
 /// This process's metrics.
@@ -120,6 +129,21 @@ impl Metrics {
                 "gateway_cp_nacks_total",
                 "Config versions data planes rejected on this replica's streams.",
                 self.nacks.load(Relaxed),
+            ),
+            (
+                "gateway_cp_rollouts_started_total",
+                "Staged rollouts this replica started.",
+                self.rollouts_started.load(Relaxed),
+            ),
+            (
+                "gateway_cp_rollouts_completed_total",
+                "Staged rollouts this replica moved to completed (last stage or promoted).",
+                self.rollouts_completed.load(Relaxed),
+            ),
+            (
+                "gateway_cp_rollouts_halted_total",
+                "Staged rollouts this replica halted (a canary NACKed or answered too many 5xx).",
+                self.rollouts_halted.load(Relaxed),
             ),
         ];
         for (name, help, value) in counters {
@@ -209,6 +233,9 @@ mod tests {
             streams_open: AtomicI64::new(2),
             nacks: AtomicU64::new(1),
             push_duration: Histogram::new(),
+            rollouts_started: AtomicU64::new(0),
+            rollouts_completed: AtomicU64::new(0),
+            rollouts_halted: AtomicU64::new(0),
         };
         let fleet = FleetGauges {
             connected: 2,

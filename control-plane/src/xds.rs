@@ -37,6 +37,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::config::{ConfigService, ConfigState};
 use crate::fleet::{Fleet, Hello, StreamHandle};
 use crate::metrics::metrics;
+use crate::rollout::Rollouts;
 
 /// `google.rpc.Code.FAILED_PRECONDITION`: in a NACK, "I do not serve the delta's base version,
 /// send the whole snapshot" — a resync, not a rejection of the version.
@@ -47,23 +48,28 @@ const FAILED_PRECONDITION: i32 = 9;
 pub struct XdsServer {
     config: Arc<ConfigService>,
     fleet: Arc<Fleet>,
+    /// Which version each data plane should serve (the head, without a rollout policy).
+    rollouts: Arc<Rollouts>,
     stopping: watch::Receiver<bool>,
     /// SHA-256 of the data-plane token every stream must present, if one is required.
     token_digest: Option<[u8; 32]>,
 }
 
 impl XdsServer {
-    /// A server publishing `config`'s versions and recording data planes in `fleet`. When
+    /// A server publishing `config`'s versions, each data plane the one `rollouts` plans for
+    /// it, and recording data planes in `fleet`. When
     /// `stopping` turns true, every open stream ends, so that a graceful shutdown (which waits
     /// for open streams) completes and the data planes move to another control plane.
     pub fn new(
         config: Arc<ConfigService>,
         fleet: Arc<Fleet>,
+        rollouts: Arc<Rollouts>,
         stopping: watch::Receiver<bool>,
     ) -> Self {
         XdsServer {
             config,
             fleet,
+            rollouts,
             stopping,
             token_digest: None,
         }
@@ -159,6 +165,7 @@ impl ConfigDiscovery for XdsServer {
         let session = Session {
             config: self.config.clone(),
             fleet: self.fleet.clone(),
+            rollouts: self.rollouts.clone(),
             handle,
             outbound,
             nonce: 0,
@@ -187,6 +194,7 @@ struct InFlight {
 struct Session {
     config: Arc<ConfigService>,
     fleet: Arc<Fleet>,
+    rollouts: Arc<Rollouts>,
     handle: StreamHandle,
     outbound: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     nonce: u64,
@@ -216,10 +224,14 @@ impl Session {
         self.withheld = self.fleet.prior(&self.handle).await;
         let mut live = self.fleet.live_data_planes();
         let mut live_told = None;
+        let mut plan = self.rollouts.plan();
         loop {
             if self.in_flight.is_none() {
                 let head = versions.borrow_and_update().clone();
-                if self.send_if_needed(&head).await.is_err() {
+                let target = plan
+                    .borrow_and_update()
+                    .target(self.node_id(), head.version);
+                if self.send_target(head, target).await.is_err() {
                     break;
                 }
             }
@@ -240,6 +252,12 @@ impl Session {
                     // Marked seen; the loop sends the newest once nothing is in flight.
                     versions.borrow_and_update();
                 }
+                changed = plan.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    plan.borrow_and_update();
+                }
                 message = inbound.message() => match message {
                     Ok(Some(request)) => self.on_request(request),
                     Ok(None) => break,
@@ -258,46 +276,66 @@ impl Session {
         self.handle.node_id()
     }
 
-    /// Sends what the data plane lacks of `head`, if anything.
-    async fn send_if_needed(&mut self, head: &ConfigState) -> Result<(), ()> {
-        if self.withheld == Some(head.version) {
+    /// Sends the data plane its `target` version (the head, or what a staged rollout plans for
+    /// it), read from the store when it is not the head. A version that cannot be read is
+    /// logged and sent at the next change.
+    async fn send_target(&mut self, head: Arc<ConfigState>, target: u64) -> Result<(), ()> {
+        if target == head.version {
+            return self.send_if_needed(&head, head.version).await;
+        }
+        match self.rollouts.state_at(target).await {
+            Ok(state) => self.send_if_needed(&state, head.version).await,
+            Err(error) => {
+                tracing::warn!(node = %self.node_id(), target, %error, "cannot read the version planned for this data plane");
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends what the data plane lacks of `target` (this replica's head is `head`), if
+    /// anything. A target below what it serves (a halted rollout) goes whole, marked
+    /// `rollback`.
+    async fn send_if_needed(&mut self, target: &ConfigState, head: u64) -> Result<(), ()> {
+        if self.withheld == Some(target.version) {
             return Ok(());
         }
         let base = self.serving.filter(|_| self.same_store && !self.needs_full);
         match base {
-            Some(serving) if serving > head.version => {
+            Some(serving) if serving > head => {
                 if !self.waiting_logged {
                     self.waiting_logged = true;
                     tracing::info!(
                         node = %self.node_id(),
                         serving,
-                        head = head.version,
+                        head,
                         "the data plane serves a newer version than this replica has; \
                          sending nothing until this replica catches up"
                     );
                 }
                 return Ok(());
             }
-            Some(serving) if serving == head.version && self.confirmed => return Ok(()),
+            Some(serving) if serving == target.version && self.confirmed => return Ok(()),
             _ => {}
         }
+        let rollback = base.is_some_and(|serving| serving > target.version);
         let response = match base {
-            Some(base) => self.delta(base, head).await,
-            None => None,
+            Some(base) if !rollback => self.delta(base, target).await,
+            _ => None,
         };
-        let response = response.unwrap_or_else(|| self.full(head));
+        let response = response.unwrap_or_else(|| self.full(target));
         self.nonce += 1;
         self.in_flight = Some(InFlight {
             nonce: self.nonce,
-            version: head.version,
+            version: target.version,
             sent: Instant::now(),
         });
         let response = DiscoveryResponse {
-            version_info: head.version.to_string(),
+            version_info: target.version.to_string(),
             nonce: self.nonce.to_string(),
             type_url: pb::SNAPSHOT_TYPE_URL.to_owned(),
             control_plane_id: self.fleet.control_plane_id().to_owned(),
             store_id: self.config.store_id().to_owned(),
+            rollback,
             ..response
         };
         self.outbound.send(Ok(response)).await.map_err(|_| ())

@@ -10,6 +10,7 @@ use axum::http::{Method, Request, StatusCode};
 use control_plane::api::{self, AppState, auth};
 use control_plane::config::ConfigService;
 use control_plane::fleet::Fleet;
+use control_plane::rollout::Rollouts;
 use control_plane::store::Store;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -59,13 +60,18 @@ impl Api {
         let tokens = Arc::new(auth::Tokens::new(store.clone()));
         let config = Arc::new(ConfigService::load(store.clone()).await.unwrap());
         let router = api::router(
-            AppState {
-                config,
-                fleet: Arc::new(Fleet::new(
+            {
+                let fleet = Arc::new(Fleet::new(
                     store.clone(),
                     "cp-test",
                     Duration::from_secs(3600),
-                )),
+                ));
+                let rollouts = Arc::new(Rollouts::new(config.clone(), fleet.clone()));
+                AppState {
+                    config,
+                    fleet,
+                    rollouts,
+                }
             },
             tokens,
         );

@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use control_plane::api::{self, AppState, auth};
 use control_plane::config::ConfigService;
 use control_plane::fleet::Fleet;
+use control_plane::rollout::Rollouts;
 use control_plane::store::Store;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -58,7 +59,15 @@ async fn api() -> Router {
     let tokens = Arc::new(auth::Tokens::new(store.clone()));
     let config = Arc::new(ConfigService::load(store.clone()).await.unwrap());
     let fleet = Arc::new(Fleet::new(store, "cp-contract", Duration::from_secs(3600)));
-    api::router(AppState { config, fleet }, tokens)
+    let rollouts = Arc::new(Rollouts::new(config.clone(), fleet.clone()));
+    api::router(
+        AppState {
+            config,
+            fleet,
+            rollouts,
+        },
+        tokens,
+    )
 }
 
 async fn call(api: &Router, method: Method, path: &str, body: Option<Value>) -> Reply {

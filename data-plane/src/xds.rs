@@ -12,7 +12,8 @@
 //! config instead.
 //!
 //! Versions never go backwards by accident: a lower version of the same store is refused
-//! (only another store's may be lower, and that is logged). With `--cache-dir` every applied
+//! (only another store's may be lower, and that is logged), unless the control plane marks it
+//! `rollback` (a halted or aborted staged rollout sends its canaries back). With `--cache-dir` every applied
 //! config is written to disk ([`cache`]); at start, when no control plane has answered within
 //! [`CACHE_WAIT`], the cached config is served (`source: cache`) while the client keeps trying.
 //!
@@ -648,8 +649,10 @@ fn apply_response(
         .filter(|current| current.store_id == response.store_id);
     if response.base_version.is_empty() {
         let snapshot = Snapshot::from_wire(response)?;
+        // A staged rollout that halted sends its canaries back on purpose, and says so.
         if let Some(current) = same_store
             && snapshot.version < current.snapshot.version
+            && !response.rollback
         {
             return Err(ApplyError::Backwards {
                 offered: snapshot.version,

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod error;
 mod openapi;
+mod rollouts;
 mod tokens;
 
 use std::collections::{BTreeMap, HashMap};
@@ -55,6 +56,8 @@ pub struct AppState {
     pub config: Arc<ConfigService>,
     /// The data planes seen.
     pub fleet: Arc<Fleet>,
+    /// Staged rollouts.
+    pub rollouts: Arc<crate::rollout::Rollouts>,
 }
 
 /// Builds the admin API router.
@@ -73,6 +76,16 @@ pub fn router(state: AppState, tokens: Arc<Tokens>) -> Router {
         )
         .route("/api/v1/data-planes", get(list_data_planes))
         .route("/api/v1/status", get(status))
+        .route(
+            "/api/v1/rollout-policy",
+            get(rollouts::get_policy)
+                .put(rollouts::put_policy)
+                .delete(rollouts::delete_policy),
+        )
+        .route("/api/v1/rollouts", get(rollouts::list))
+        .route("/api/v1/rollouts/{id}", get(rollouts::get_one))
+        .route("/api/v1/rollouts/{id}/promote", post(rollouts::promote))
+        .route("/api/v1/rollouts/{id}/abort", post(rollouts::abort))
         .route("/api/v1/schemas/plugins", get(plugin_schemas))
         .route("/api/v1/schemas/plugins/{name}", get(plugin_schema))
         .route("/api/v1/schemas/{kind}", get(kind_schema))
@@ -785,10 +798,16 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
         "store_id": state.config.store_id(),
         "control_plane_id": state.fleet.control_plane_id(),
         "certificates_expiring": expiring,
+        "rollout": rollouts::status_of(&state).await,
     }))
 }
 
 async fn kind_schema(ApiPath(kind): ApiPath<String>) -> Result<Json<Value>, ApiError> {
+    if kind == "rollout-policy" {
+        return Ok(Json(
+            gateway_proto::schema::rollout_policy_schema().clone(),
+        ));
+    }
     let kind =
         Kind::parse(&kind).ok_or_else(|| ApiError::NotFound(format!("no schema for {kind:?}")))?;
     Ok(Json(schema_of(kind).clone()))

@@ -24,12 +24,14 @@ use thiserror::Error;
 
 mod fleet;
 mod listen;
+mod rollouts;
 #[cfg(test)]
 pub(crate) mod tests;
 mod tokens;
 
 pub use fleet::{DataPlaneRecord, RejectionRecord};
 pub use listen::VersionListener;
+pub use rollouts::{PolicyRecord, RolloutRecord};
 pub use tokens::{TokenRecord, TokenRemoval};
 
 /// The Postgres channel on which every commit announces its version (sent by the committing

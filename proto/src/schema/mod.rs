@@ -32,6 +32,7 @@ mod batch;
 mod certificate;
 mod consumer;
 mod patch;
+mod rollout_policy;
 mod route;
 mod upstream;
 
@@ -39,6 +40,9 @@ pub use batch::{MAX_SUB_REQUESTS, topological_order};
 use certificate::certificate_schema;
 use consumer::{consumer_schema, global_rule_schema};
 pub use patch::{merge_patch_schema, validate_patch};
+pub use rollout_policy::{
+    Cohort, HaltOn, RolloutPolicy, RolloutStage, rollout_policy_schema, validate_rollout_policy,
+};
 pub use route::{check_path, compile_regex, parse_cidr};
 use route::{check_route, route_schema};
 pub(crate) use route::{cidr_pattern, conditions_schema, regex_value_schema};
