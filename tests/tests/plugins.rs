@@ -387,8 +387,8 @@ async fn plugin_configs_are_validated_on_write_with_pointers() {
             "/plugins/limit-count/count",
         ),
         (
-            json!({"limit-count": {"count": 1, "time_window": 1, "key": "route", "rejected_code": 429, "policy": "redis"}}),
-            "/plugins/limit-count",
+            json!({"limit-count": {"count": 1, "time_window": 1, "key": "route", "rejected_code": 429, "policy": "cluster"}}),
+            "/plugins/limit-count/policy",
         ),
         (
             json!({"limit-count": {"count": 1, "time_window": 1, "key": "route"}}),
@@ -445,7 +445,8 @@ async fn plugin_configs_are_validated_on_write_with_pointers() {
         "only consumer a was written"
     );
 
-    // Schemas are served; limit-count's is exactly the four required properties.
+    // Schemas are served; limit-count's is the four required properties and the optional
+    // policy.
     let (_, _, list) = cp.call("GET", "/api/v1/schemas/plugins", None).await;
     let names: Vec<&str> = list["items"]
         .as_array()
@@ -462,7 +463,14 @@ async fn plugin_configs_are_validated_on_write_with_pointers() {
     assert_eq!(status, 200);
     let mut properties: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
     properties.sort();
-    assert_eq!(properties, ["count", "key", "rejected_code", "time_window"]);
+    assert_eq!(
+        properties,
+        ["count", "key", "policy", "rejected_code", "time_window"]
+    );
+    assert_eq!(
+        schema["properties"]["policy"]["enum"],
+        json!(["local", "fleet", "redis"])
+    );
     assert_eq!(schema["additionalProperties"], false);
     assert_eq!(schema["required"].as_array().unwrap().len(), 4);
     // Bounded by the largest integer every JSON reader holds exactly, so that no count the
