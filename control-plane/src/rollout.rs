@@ -14,9 +14,12 @@
 //! (`crate::xds`) send each data plane its target instead of the head. Without a policy the
 //! plan is [`Plan::Head`]: every version goes everywhere at once, as without rollouts.
 //!
-//! Cohorts are recomputed each tick from the connected data planes (see
+//! A stage's cohort is chosen when the stage starts and recorded with the rollout (see
 //! `gateway_proto::schema::rollout_policy`): a hash cohort is the first round(P% of them) in
-//! the order of a hash of their node ids, so the same data planes go first every time.
+//! the order of a hash of their node ids, so the same data planes go first every time; each
+//! stage keeps the previous stage's cohort and adds to it. A data plane that joins mid-stage is
+//! in no cohort, so it stays on the previous version until the last (100%) stage; a canary that
+//! restarts keeps its place, since its node id is recorded.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -115,6 +118,9 @@ pub struct RolloutView {
     pub policy: Value,
     /// Connected data planes per version they serve (`"none"`: nothing yet).
     pub data_planes: BTreeMap<String, Vec<String>>,
+    /// While in progress: the node ids the stage puts on the version, as recorded when it
+    /// started (a data plane that joined since is not among them).
+    pub cohort: Option<Vec<String>>,
 }
 
 /// Why a rollout action was refused.
@@ -233,10 +239,14 @@ impl Rollouts {
                         (state::IN_PROGRESS, running.stage),
                         (state::ABORTED, running.stage),
                         Some(&reason),
+                        None,
                     )
                     .await?;
             }
             let [base_requests, base_errors_5xx] = traffic_on(&planes, previous, |_| true);
+            let first = serde_json::from_str::<RolloutPolicy>(&policy_row.body)
+                .ok()
+                .map(|policy| cohort(&policy, 0, &planes, &BTreeSet::new()));
             let now = now_ms();
             let record = RolloutRecord {
                 version: head,
@@ -250,6 +260,7 @@ impl Rollouts {
                 halt_reason: None,
                 base_requests,
                 base_errors_5xx,
+                cohort: first,
             };
             if store.insert_rollout(&record).await? {
                 metrics().rollouts_started.fetch_add(1, Ordering::Relaxed);
@@ -260,11 +271,10 @@ impl Rollouts {
         let Some(rollout) = latest else {
             return Ok(Plan::Pinned(policy_row.baseline_version));
         };
-        match rollout.state.as_str() {
-            state::IN_PROGRESS => self.advance(&rollout, &planes).await,
-            state::COMPLETED => Ok(Plan::Pinned(rollout.version)),
-            _ => Ok(Plan::Pinned(rollout.previous_version)),
+        if rollout.state == state::IN_PROGRESS {
+            return self.advance(&rollout, &planes).await;
         }
+        Ok(settled_plan(&rollout))
     }
 
     /// Halts `rollout` if its canary went bad, else moves it on once its stage has baked;
@@ -284,7 +294,7 @@ impl Rollouts {
             return Ok(Plan::Pinned(rollout.previous_version));
         };
         let stage = usize::try_from(rollout.stage).unwrap_or(usize::MAX);
-        let on_new = cohort(&policy, stage, planes);
+        let on_new = recorded_cohort(rollout, &policy, planes);
         if let Some(reason) = halt_reason(&policy, rollout, planes, &on_new) {
             self.halt(rollout, &reason).await?;
             return Ok(Plan::Pinned(rollout.previous_version));
@@ -307,32 +317,46 @@ impl Rollouts {
             } else {
                 state::IN_PROGRESS
             };
+            // The next stage's cohort keeps this one's and adds to it from the fleet now.
+            let next_cohort =
+                (to == state::IN_PROGRESS).then(|| cohort(&policy, next, planes, &on_new));
             let moved = store
                 .move_rollout(
                     rollout.version,
                     (state::IN_PROGRESS, rollout.stage),
                     (to, next as u64),
                     None,
+                    next_cohort.as_ref(),
                 )
                 .await?;
-            if moved {
-                tracing::info!(
-                    version = rollout.version,
-                    stage = next,
-                    state = to,
-                    "rollout moved on"
-                );
-                if to == state::COMPLETED {
+            if !moved {
+                // Another replica moved it first (or halted it): follow what it recorded.
+                return Ok(match store.rollout(rollout.version).await? {
+                    Some(now) if now.state == state::IN_PROGRESS => Plan::Staged {
+                        version: now.version,
+                        previous: now.previous_version,
+                        on_new: recorded_cohort(&now, &policy, planes),
+                    },
+                    Some(now) => settled_plan(&now),
+                    None => Plan::Pinned(rollout.previous_version),
+                });
+            }
+            tracing::info!(
+                version = rollout.version,
+                stage = next,
+                state = to,
+                "rollout moved on"
+            );
+            return Ok(match next_cohort {
+                Some(on_new) => Plan::Staged {
+                    version: rollout.version,
+                    previous: rollout.previous_version,
+                    on_new,
+                },
+                None => {
                     metrics().rollouts_completed.fetch_add(1, Ordering::Relaxed);
+                    Plan::Pinned(rollout.version)
                 }
-            }
-            if to == state::COMPLETED {
-                return Ok(Plan::Pinned(rollout.version));
-            }
-            return Ok(Plan::Staged {
-                version: rollout.version,
-                previous: rollout.previous_version,
-                on_new: cohort(&policy, next, planes),
             });
         }
         Ok(Plan::Staged {
@@ -351,6 +375,7 @@ impl Rollouts {
                 (state::IN_PROGRESS, rollout.stage),
                 (state::HALTED, rollout.stage),
                 Some(reason),
+                None,
             )
             .await?;
         if moved {
@@ -397,6 +422,7 @@ impl Rollouts {
                 (state::IN_PROGRESS, rollout.stage),
                 (to, to_stage),
                 reason,
+                None,
             )
             .await?;
         if !moved {
@@ -473,15 +499,50 @@ fn view(row: &RolloutRecord, planes: &[DataPlane]) -> RolloutView {
         halt_reason: row.halt_reason.clone(),
         policy,
         data_planes,
+        cohort: row
+            .cohort
+            .as_ref()
+            .filter(|_| row.state == state::IN_PROGRESS)
+            .map(|cohort| cohort.iter().cloned().collect()),
     }
 }
 
-/// The node ids on the new version at `stage`: the connected data planes its cohort takes.
-fn cohort(policy: &RolloutPolicy, stage: usize, planes: &[DataPlane]) -> BTreeSet<String> {
-    let mut connected: Vec<&DataPlane> = planes.iter().filter(|p| p.connected).collect();
-    connected.dedup_by(|a, b| a.node_id == b.node_id);
+/// The plan of a rollout no longer in progress: its version once completed, else (halted or
+/// aborted) the version it started from.
+fn settled_plan(rollout: &RolloutRecord) -> Plan {
+    if rollout.state == state::COMPLETED {
+        Plan::Pinned(rollout.version)
+    } else {
+        Plan::Pinned(rollout.previous_version)
+    }
+}
+
+/// The cohort of `rollout`'s stage as recorded when it started; for a rollout stored before
+/// cohorts were recorded, chosen from the fleet now.
+fn recorded_cohort(
+    rollout: &RolloutRecord,
+    policy: &RolloutPolicy,
+    planes: &[DataPlane],
+) -> BTreeSet<String> {
+    rollout.cohort.clone().unwrap_or_else(|| {
+        let stage = usize::try_from(rollout.stage).unwrap_or(usize::MAX);
+        cohort(policy, stage, planes, &BTreeSet::new())
+    })
+}
+
+/// The node ids on the new version when `stage` starts: `kept` (the previous stage's cohort,
+/// which a stage never shrinks) and the connected data planes the stage adds.
+fn cohort(
+    policy: &RolloutPolicy,
+    stage: usize,
+    planes: &[DataPlane],
+    kept: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let mut chosen = kept.clone();
+    let live = planes.iter().filter(|p| p.connected);
     if stage >= policy.last_stage() {
-        return connected.iter().map(|p| p.node_id.clone()).collect();
+        chosen.extend(live.map(|p| p.node_id.clone()));
+        return chosen;
     }
     match policy.cohort {
         Cohort::Hash => {
@@ -490,32 +551,35 @@ fn cohort(policy: &RolloutPolicy, stage: usize, planes: &[DataPlane]) -> BTreeSe
                 .get(stage)
                 .and_then(|s| s.percent)
                 .map_or(100, u64::from);
-            let total = connected.len() as u64;
-            // round(percent% of total), at least one.
-            let take = ((percent * total + 50) / 100).max(1);
-            connected.sort_by_key(|p| stable_hash(&p.node_id));
-            connected
-                .iter()
-                .take(usize::try_from(take).unwrap_or(usize::MAX))
-                .map(|p| p.node_id.clone())
-                .collect()
+            let mut candidates: Vec<&str> = live
+                .map(|p| p.node_id.as_str())
+                .filter(|id| !kept.contains(*id))
+                .collect();
+            candidates.sort_by_key(|id| (stable_hash(id), *id));
+            candidates.dedup();
+            // Of the fleet (the connected data planes and the cohort so far), round(percent%),
+            // at least one.
+            let total = (candidates.len() + kept.len()) as u64;
+            let take = usize::try_from(((percent * total + 50) / 100).max(1)).unwrap_or(usize::MAX);
+            let missing = take.saturating_sub(chosen.len());
+            chosen.extend(candidates.into_iter().take(missing).map(str::to_owned));
         }
         Cohort::Labels => {
             let selectors: Vec<&BTreeMap<String, String>> = policy.stages[..=stage]
                 .iter()
                 .filter_map(|s| s.labels.as_ref())
                 .collect();
-            connected
-                .iter()
-                .filter(|p| {
+            chosen.extend(
+                live.filter(|p| {
                     selectors
                         .iter()
                         .any(|selector| selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
                 })
-                .map(|p| p.node_id.clone())
-                .collect()
+                .map(|p| p.node_id.clone()),
+            );
         }
     }
+    chosen
 }
 
 /// The first 8 bytes of SHA-256(node id): an order of the fleet that does not change between
@@ -597,8 +661,11 @@ fn to_ms(seconds: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::VersionTraffic;
+    use crate::config::{IfMatch, WriteOp};
+    use crate::fleet::{Hello, VersionTraffic};
     use crate::store::tests::sqlite_store;
+    use crate::store::{CommitMeta, Store};
+    use gateway_proto::{Kind, ResourceKey};
     use serde_json::json;
 
     fn plane(node: &str, traffic: &[(u64, u64, u64)]) -> DataPlane {
@@ -637,22 +704,32 @@ mod tests {
             .iter()
             .map(|n| plane(n, &[]))
             .collect();
+        let none = BTreeSet::new();
         let hash = policy(json!({"stages": [{"percent": 34}, {"percent": 100}]}));
-        let first = cohort(&hash, 0, &planes);
+        let first = cohort(&hash, 0, &planes, &none);
         assert_eq!(first.len(), 2);
         let mut reversed = planes.clone();
         reversed.reverse();
         assert_eq!(
-            cohort(&hash, 0, &reversed),
+            cohort(&hash, 0, &reversed, &none),
             first,
             "the order of the fleet does not matter"
         );
-        assert_eq!(cohort(&hash, 1, &planes).len(), 6);
+        assert_eq!(cohort(&hash, 1, &planes, &none).len(), 6);
+        // A stage keeps the previous stage's cohort, chosen from a smaller fleet, and adds to it.
+        let three = policy(json!({"stages": [{"percent": 20}, {"percent": 50}, {"percent": 100}]}));
+        let early = cohort(&three, 0, &planes[..3], &none);
+        let later = cohort(&three, 1, &planes, &early);
+        assert_eq!((early.len(), later.len()), (1, 3));
+        assert!(later.is_superset(&early));
         let labels = policy(json!({"cohort": {"by": "labels"}, "stages": [
             {"labels": {"zone": "a"}}, {"labels": {"zone": "b"}}, {"percent": 100}]}));
         let names = |set: BTreeSet<String>| set.into_iter().collect::<Vec<_>>();
-        assert_eq!(names(cohort(&labels, 0, &planes)), ["a1", "a2"]);
-        assert_eq!(names(cohort(&labels, 1, &planes)), ["a1", "a2", "b1", "b2"]);
+        assert_eq!(names(cohort(&labels, 0, &planes, &none)), ["a1", "a2"]);
+        assert_eq!(
+            names(cohort(&labels, 1, &planes, &none)),
+            ["a1", "a2", "b1", "b2"]
+        );
     }
 
     #[test]
@@ -671,6 +748,7 @@ mod tests {
             halt_reason: None,
             base_requests: 100,
             base_errors_5xx: 1,
+            cohort: None,
         };
         let canary = BTreeSet::from(["a1".to_owned()]);
         let few = [
@@ -697,62 +775,150 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn rollout_rows_move_once_from_where_they_were_seen() {
-        let store = sqlite_store().await;
-        assert!(store.rollout_policy().await.unwrap().is_none());
+    /// A replica's driver over `store`, with a fleet view of its own.
+    async fn driver(store: Store) -> (Arc<ConfigService>, Arc<Fleet>, Rollouts) {
+        let config = Arc::new(ConfigService::load(store.clone()).await.unwrap());
+        let fleet = Arc::new(Fleet::new(store, "cp", Duration::from_secs(3600)));
+        let rollouts = Rollouts::new(config.clone(), fleet.clone());
+        (config, fleet, rollouts)
+    }
+
+    /// Writes one upstream (a new version each time `port` changes); the version.
+    async fn write(config: &ConfigService, port: u16) -> u64 {
+        let op = WriteOp::Put {
+            key: ResourceKey::new(Kind::Upstreams, "u".to_owned()),
+            document: json!({"nodes": [{"host": "127.0.0.1", "port": port}]}),
+            if_match: None::<IfMatch>,
+        };
+        let meta = CommitMeta {
+            author: "test".into(),
+            message: None,
+        };
+        config.write(op, &meta, false).await.unwrap().version
+    }
+
+    /// Opens a stream for `node` (process `instance`) and writes the fleet view.
+    async fn join(fleet: &Fleet, node: &str, instance: &str) -> crate::fleet::StreamHandle {
+        let handle = fleet.connected(&Hello {
+            node_id: node.to_owned(),
+            instance_id: instance.to_owned(),
+            build_version: "0".to_owned(),
+            address: None,
+            serving: None,
+            config_source: None,
+            labels: BTreeMap::new(),
+        });
+        fleet.flush().await.unwrap();
+        handle
+    }
+
+    fn staged(plan: &Plan) -> (u64, u64, BTreeSet<String>) {
+        match plan {
+            Plan::Staged {
+                version,
+                previous,
+                on_new,
+            } => (*version, *previous, on_new.clone()),
+            other => panic!("not staged: {other:?}"),
+        }
+    }
+
+    /// A stage's cohort is fixed when it starts: data planes that join mid-stage stay on the
+    /// previous version, a canary that restarts keeps its place, and only the last stage
+    /// (here by promote) takes everyone. Then a write during a rollout supersedes it.
+    async fn a_stage_keeps_its_cohort_and_a_new_write_supersedes_it(store: Store) {
+        let (config, fleet, rollouts) = driver(store.clone()).await;
+        let base = write(&config, 1).await;
+        for i in 0..4 {
+            join(&fleet, &format!("dp-{i}"), "first").await;
+        }
+        let policy = json!({"stages": [{"percent": 50, "bake_s": 3600}, {"percent": 100}]});
         store
-            .put_rollout_policy("{\"stages\":[]}", 3)
+            .put_rollout_policy(&policy.to_string(), base)
             .await
             .unwrap();
-        store.put_rollout_policy("{}", 9).await.unwrap();
-        let policy = store.rollout_policy().await.unwrap().unwrap();
-        assert_eq!((policy.body.as_str(), policy.baseline_version), ("{}", 3));
-        let record = RolloutRecord {
-            version: 4,
-            previous_version: 3,
-            state: state::IN_PROGRESS.to_owned(),
-            stage: 0,
-            policy: "{}".to_owned(),
-            created_at: 1,
-            updated_at: 1,
-            stage_started_at: 1,
-            halt_reason: None,
-            base_requests: 0,
-            base_errors_5xx: 0,
-        };
-        assert!(store.insert_rollout(&record).await.unwrap());
-        assert!(
-            !store.insert_rollout(&record).await.unwrap(),
-            "one row per version"
+        assert_eq!(rollouts.step().await.unwrap(), Plan::Pinned(base));
+
+        let next = write(&config, 2).await;
+        let plan = rollouts.step().await.unwrap();
+        let (version, previous, canary) = staged(&plan);
+        assert_eq!((version, previous, canary.len()), (next, base, 2));
+        let stored = store.rollout(next).await.unwrap().unwrap();
+        assert_eq!(
+            stored.cohort.as_ref(),
+            Some(&canary),
+            "recorded when it started"
         );
-        let from = (state::IN_PROGRESS, 0);
-        assert!(
+
+        // Four more join: 50% of eight would be four, but the stage keeps its two.
+        for i in 4..8 {
+            join(&fleet, &format!("dp-{i}"), "first").await;
+        }
+        let canary_node = canary.first().unwrap().clone();
+        // A canary restarts: a new process under its node id.
+        let old = join(&fleet, &canary_node, "first").await;
+        fleet.disconnected(&old);
+        join(&fleet, &canary_node, "second").await;
+        let plan = rollouts.step().await.unwrap();
+        assert_eq!(staged(&plan).2, canary);
+        assert_eq!(plan.target(&canary_node, next), next);
+        for i in 4..8 {
+            assert_eq!(
+                plan.target(&format!("dp-{i}"), next),
+                base,
+                "dp-{i} joined mid-stage"
+            );
+        }
+        let view = rollouts.view(next).await.unwrap().unwrap();
+        assert_eq!(view.cohort, Some(canary.iter().cloned().collect()));
+
+        // The last stage is everyone's, newcomers included.
+        rollouts.promote(next).await.unwrap();
+        let plan = rollouts.step().await.unwrap();
+        assert_eq!(plan, Plan::Pinned(next));
+        assert_eq!(plan.target("dp-7", next), next);
+
+        // A write during a rollout: the running one is aborted, the new one starts from the
+        // last completed version.
+        let third = write(&config, 3).await;
+        assert_eq!(staged(&rollouts.step().await.unwrap()).0, third);
+        let fourth = write(&config, 4).await;
+        let (version, previous, _) = staged(&rollouts.step().await.unwrap());
+        assert_eq!((version, previous), (fourth, next));
+        let superseded = store.rollout(third).await.unwrap().unwrap();
+        assert_eq!(superseded.state, state::ABORTED);
+        assert_eq!(
+            superseded.halt_reason,
+            Some(format!("superseded by version {fourth}"))
+        );
+        assert_eq!(
             store
-                .move_rollout(4, from, (state::IN_PROGRESS, 1), None)
+                .rollout(fourth)
                 .await
                 .unwrap()
-        );
-        assert!(
-            !store
-                .move_rollout(4, from, (state::IN_PROGRESS, 1), None)
-                .await
                 .unwrap()
+                .previous_version,
+            next
         );
-        let moved = store.rollout(4).await.unwrap().unwrap();
-        assert_eq!(moved.stage, 1);
-        assert!(moved.stage_started_at > 1);
-        assert!(
-            store
-                .move_rollout(4, (state::IN_PROGRESS, 1), (state::HALTED, 1), Some("bad"))
-                .await
-                .unwrap()
-        );
-        assert_eq!(store.last_completed_rollout().await.unwrap(), None);
-        let halted = store.rollouts(10).await.unwrap();
-        assert_eq!(halted[0].halt_reason.as_deref(), Some("bad"));
-        assert!(store.delete_rollout_policy().await.unwrap());
-        assert!(!store.delete_rollout_policy().await.unwrap());
+        assert!(matches!(
+            rollouts.promote(third).await,
+            Err(ActionError::NotInProgress { .. })
+        ));
+        // Aborted: everyone back to the last completed version.
+        rollouts.abort(fourth).await.unwrap();
+        assert_eq!(rollouts.step().await.unwrap(), Plan::Pinned(next));
+    }
+
+    #[tokio::test]
+    async fn a_stage_keeps_its_cohort_on_sqlite() {
+        a_stage_keeps_its_cohort_and_a_new_write_supersedes_it(sqlite_store().await).await;
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn a_stage_keeps_its_cohort_on_postgres(pool: sqlx::PgPool) {
+        let store = crate::store::tests::postgres_store(pool).await;
+        a_stage_keeps_its_cohort_and_a_new_write_supersedes_it(store.clone()).await;
+        store.close().await;
     }
 
     #[test]

@@ -804,9 +804,7 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
 
 async fn kind_schema(ApiPath(kind): ApiPath<String>) -> Result<Json<Value>, ApiError> {
     if kind == "rollout-policy" {
-        return Ok(Json(
-            gateway_proto::schema::rollout_policy_schema().clone(),
-        ));
+        return Ok(Json(gateway_proto::schema::rollout_policy_schema().clone()));
     }
     let kind =
         Kind::parse(&kind).ok_or_else(|| ApiError::NotFound(format!("no schema for {kind:?}")))?;

@@ -31,13 +31,14 @@ pub async fn get_policy(State(app): State<AppState>) -> Result<Json<Value>, ApiE
     Ok(Json(body))
 }
 
-/// `PUT /api/v1/rollout-policy`: validated (400 with pointers), stored with its defaults
+/// `PUT /api/v1/rollout-policy`: validated (400 when the served schema refuses it, 409 for the
+/// stage rules it cannot say, every violation with its pointer), stored with its defaults
 /// filled in; 201 when there was none, else 200. The first policy pins the fleet to the head.
 pub async fn put_policy(
     State(app): State<AppState>,
     JsonBody(document): JsonBody,
 ) -> Result<Response, ApiError> {
-    let policy = validate_rollout_policy(&document).map_err(ApiError::SchemaViolation)?;
+    let policy = validate_rollout_policy(&document).map_err(ApiError::refused)?;
     let stored = serde_json::to_value(&policy).map_err(|_| ApiError::Internal)?;
     let store = app.config.store();
     let existed = store.rollout_policy().await?.is_some();
@@ -68,6 +69,7 @@ pub async fn delete_policy(State(app): State<AppState>) -> Result<StatusCode, Ap
                     (state::IN_PROGRESS, rollout.stage),
                     (state::ABORTED, rollout.stage),
                     Some("the rollout policy was removed"),
+                    None,
                 )
                 .await?;
         }

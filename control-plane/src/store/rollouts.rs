@@ -1,6 +1,8 @@
 //! Staged rollouts in the store: the one policy row and one row per rollout, so that every
 //! replica drives and answers for the same rollouts (see `crate::rollout`).
 
+use std::collections::BTreeSet;
+
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -42,10 +44,13 @@ pub struct RolloutRecord {
     pub base_requests: u64,
     /// The fleet's 5xx answers on `previous_version` when it started.
     pub base_errors_5xx: u64,
+    /// The node ids on `version` at the current stage, recorded when the stage started; `None`
+    /// for a rollout stored before cohorts were recorded.
+    pub cohort: Option<BTreeSet<String>>,
 }
 
 const COLUMNS: &str = "id, previous_version, state, stage, policy, created_at, updated_at, \
-     stage_started_at, halt_reason, base_requests, base_errors_5xx";
+     stage_started_at, halt_reason, base_requests, base_errors_5xx, cohort";
 
 impl Store {
     /// The rollout policy, if one is set.
@@ -96,7 +101,7 @@ impl Store {
     pub async fn insert_rollout(&self, record: &RolloutRecord) -> Result<bool> {
         let done = sqlx::query(&format!(
             "INSERT INTO rollouts ({COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (id) DO NOTHING"
         ))
         .bind(to_i64(record.version)?)
@@ -110,6 +115,7 @@ impl Store {
         .bind(record.halt_reason.clone())
         .bind(to_i64(record.base_requests)?)
         .bind(to_i64(record.base_errors_5xx)?)
+        .bind(record.cohort.as_ref().map(encode_cohort))
         .execute(&self.pool)
         .await
         .map_err(StoreError::classify)?;
@@ -151,20 +157,22 @@ impl Store {
     }
 
     /// Moves rollout `id` from (`state`, `stage`) to (`to_state`, `to_stage`), with a reason
-    /// for a halt or an abort. Only if it still is where the caller saw it: of several replicas
-    /// making the same move, one succeeds. Whether this call moved it.
+    /// for a halt or an abort, and the new stage's cohort when it starts one. Only if it still
+    /// is where the caller saw it: of several replicas making the same move, one succeeds, and
+    /// its cohort is the one recorded. Whether this call moved it.
     pub async fn move_rollout(
         &self,
         id: u64,
         (state, stage): (&str, u64),
         (to_state, to_stage): (&str, u64),
         reason: Option<&str>,
+        cohort: Option<&BTreeSet<String>>,
     ) -> Result<bool> {
         let now = now_ms();
         let done = sqlx::query(
             "UPDATE rollouts SET state = $1, stage = $2, updated_at = $3, \
                stage_started_at = CASE WHEN stage = $2 THEN stage_started_at ELSE $3 END, \
-               halt_reason = COALESCE($4, halt_reason) \
+               halt_reason = COALESCE($4, halt_reason), cohort = COALESCE($8, cohort) \
              WHERE id = $5 AND state = $6 AND stage = $7",
         )
         .bind(to_state)
@@ -174,6 +182,7 @@ impl Store {
         .bind(to_i64(id)?)
         .bind(state)
         .bind(to_i64(stage)?)
+        .bind(cohort.map(encode_cohort))
         .execute(&self.pool)
         .await
         .map_err(StoreError::classify)?;
@@ -195,5 +204,17 @@ fn decode(row: &AnyRow) -> Result<RolloutRecord> {
         halt_reason: row.try_get("halt_reason")?,
         base_requests: unsigned("base_requests")?,
         base_errors_5xx: unsigned("base_errors_5xx")?,
+        cohort: row
+            .try_get::<Option<String>, _>("cohort")?
+            .map(|text| {
+                serde_json::from_str(&text)
+                    .map_err(|e| StoreError::Corrupt(format!("a rollout's cohort: {e}")))
+            })
+            .transpose()?,
     })
+}
+
+/// A cohort as stored: a JSON array of node ids, sorted.
+fn encode_cohort(cohort: &BTreeSet<String>) -> String {
+    serde_json::Value::from(cohort.iter().map(String::as_str).collect::<Vec<_>>()).to_string()
 }

@@ -63,6 +63,8 @@ both_backends!(
     tokens_are_stored_by_digest,
     tokens_are_created_once_and_the_last_admin_stays,
     a_schema_migrated_by_a_newer_release_still_opens,
+    the_rollout_policy_keeps_its_first_baseline,
+    rollouts_move_once_from_where_they_were_seen,
 );
 
 fn key(kind: Kind, id: &str) -> ResourceKey {
@@ -432,4 +434,153 @@ async fn a_schema_migrated_by_a_newer_release_still_opens(store: Store) {
         .expect("an older release opens it");
     assert_eq!(reopened.store_id(), store.store_id());
     reopened.close().await;
+}
+
+async fn the_rollout_policy_keeps_its_first_baseline(store: Store) {
+    assert_eq!(store.rollout_policy().await.unwrap(), None);
+    store.put_rollout_policy("{\"a\":1}", 3).await.unwrap();
+    // Replacing the policy keeps what the fleet is on: the baseline stays.
+    store.put_rollout_policy("{\"a\":2}", 9).await.unwrap();
+    let policy = store.rollout_policy().await.unwrap().unwrap();
+    assert_eq!(
+        (policy.body.as_str(), policy.baseline_version),
+        ("{\"a\":2}", 3)
+    );
+    assert!(store.delete_rollout_policy().await.unwrap());
+    assert!(!store.delete_rollout_policy().await.unwrap());
+    assert_eq!(store.rollout_policy().await.unwrap(), None);
+}
+
+/// Every transition the driver (`crate::rollout`) makes, as the store takes it: a start, a
+/// stage change two replicas race for, a halt, a promote, a supersession and an abort; each a
+/// conditional move from where the caller saw the rollout.
+async fn rollouts_move_once_from_where_they_were_seen(store: Store) {
+    use crate::rollout::state::{ABORTED, COMPLETED, HALTED, IN_PROGRESS};
+    let nodes = |ids: &[&str]| -> std::collections::BTreeSet<String> {
+        ids.iter().map(|id| (*id).to_owned()).collect()
+    };
+    let start = |version: u64, previous_version: u64| RolloutRecord {
+        version,
+        previous_version,
+        state: IN_PROGRESS.to_owned(),
+        stage: 0,
+        policy: "{}".to_owned(),
+        created_at: 1,
+        updated_at: 1,
+        stage_started_at: 1,
+        halt_reason: None,
+        base_requests: 10,
+        base_errors_5xx: 1,
+        cohort: Some(nodes(&["dp-a"])),
+    };
+
+    // Start: one row per version, so a second replica's start of the same one is a no-op.
+    let first = start(4, 3);
+    assert!(store.insert_rollout(&first).await.unwrap());
+    assert!(!store.insert_rollout(&start(4, 2)).await.unwrap());
+    assert_eq!(store.rollout(4).await.unwrap(), Some(first));
+
+    // Advance: two replicas make the same move at once with the cohorts each chose; one
+    // wins, and its cohort is the stage's.
+    let (one, two) = (store.clone(), store.clone());
+    let (a, b) = (nodes(&["dp-a", "dp-b"]), nodes(&["dp-a", "dp-c"]));
+    let (won_a, won_b) = tokio::join!(
+        one.move_rollout(4, (IN_PROGRESS, 0), (IN_PROGRESS, 1), None, Some(&a)),
+        two.move_rollout(4, (IN_PROGRESS, 0), (IN_PROGRESS, 1), None, Some(&b)),
+    );
+    let (won_a, won_b) = (won_a.unwrap(), won_b.unwrap());
+    assert!(
+        won_a != won_b,
+        "exactly one replica moves it: {won_a} {won_b}"
+    );
+    let moved = store.rollout(4).await.unwrap().unwrap();
+    assert_eq!(moved.stage, 1);
+    assert!(moved.stage_started_at > 1, "a new stage starts its bake");
+    assert_eq!(moved.cohort, Some(if won_a { a } else { b }));
+
+    // Halt: a move from a stage already left does nothing; from the current one it halts,
+    // keeping the cohort, and a halted rollout moves no more.
+    assert!(
+        !store
+            .move_rollout(4, (IN_PROGRESS, 0), (HALTED, 0), Some("stale"), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .move_rollout(
+                4,
+                (IN_PROGRESS, 1),
+                (HALTED, 1),
+                Some("dp-b rejected 4"),
+                None
+            )
+            .await
+            .unwrap()
+    );
+    let halted = store.rollout(4).await.unwrap().unwrap();
+    assert_eq!(
+        (halted.state.as_str(), halted.halt_reason.as_deref()),
+        (HALTED, Some("dp-b rejected 4"))
+    );
+    assert_eq!(halted.cohort, moved.cohort);
+    assert_eq!(halted.stage_started_at, moved.stage_started_at);
+    assert!(
+        !store
+            .move_rollout(4, (IN_PROGRESS, 1), (COMPLETED, 2), None, None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.last_completed_rollout().await.unwrap(), None);
+
+    // Promote: straight to the last stage, completed; it is what the next rollout starts from.
+    assert!(store.insert_rollout(&start(5, 3)).await.unwrap());
+    assert!(
+        store
+            .move_rollout(5, (IN_PROGRESS, 0), (COMPLETED, 2), None, None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.last_completed_rollout().await.unwrap(), Some(5));
+
+    // Superseded by a new write: the running one is aborted with the reason, the new one
+    // starts from the last completed version.
+    assert!(store.insert_rollout(&start(6, 5)).await.unwrap());
+    assert!(
+        store
+            .move_rollout(
+                6,
+                (IN_PROGRESS, 0),
+                (ABORTED, 0),
+                Some("superseded by version 7"),
+                None
+            )
+            .await
+            .unwrap()
+    );
+    assert!(store.insert_rollout(&start(7, 5)).await.unwrap());
+
+    // Abort: by a user, from where it is.
+    assert!(
+        store
+            .move_rollout(7, (IN_PROGRESS, 0), (ABORTED, 0), Some("aborted"), None)
+            .await
+            .unwrap()
+    );
+    let all = store.rollouts(10).await.unwrap();
+    let summary: Vec<(u64, &str, Option<&str>)> = all
+        .iter()
+        .map(|r| (r.version, r.state.as_str(), r.halt_reason.as_deref()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (7, ABORTED, Some("aborted")),
+            (6, ABORTED, Some("superseded by version 7")),
+            (5, COMPLETED, None),
+            (4, HALTED, Some("dp-b rejected 4")),
+        ]
+    );
+    assert_eq!(store.rollouts(1).await.unwrap().len(), 1, "the limit holds");
+    assert_eq!(store.last_completed_rollout().await.unwrap(), Some(5));
 }
