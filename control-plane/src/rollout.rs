@@ -332,11 +332,9 @@ impl Rollouts {
             if !moved {
                 // Another replica moved it first (or halted it): follow what it recorded.
                 return Ok(match store.rollout(rollout.version).await? {
-                    Some(now) if now.state == state::IN_PROGRESS => Plan::Staged {
-                        version: now.version,
-                        previous: now.previous_version,
-                        on_new: recorded_cohort(&now, &policy, planes),
-                    },
+                    Some(now) if now.state == state::IN_PROGRESS => {
+                        staged_plan(&now, recorded_cohort(&now, &policy, planes))
+                    }
                     Some(now) => settled_plan(&now),
                     None => Plan::Pinned(rollout.previous_version),
                 });
@@ -348,22 +346,14 @@ impl Rollouts {
                 "rollout moved on"
             );
             return Ok(match next_cohort {
-                Some(on_new) => Plan::Staged {
-                    version: rollout.version,
-                    previous: rollout.previous_version,
-                    on_new,
-                },
+                Some(on_new) => staged_plan(rollout, on_new),
                 None => {
                     metrics().rollouts_completed.fetch_add(1, Ordering::Relaxed);
                     Plan::Pinned(rollout.version)
                 }
             });
         }
-        Ok(Plan::Staged {
-            version: rollout.version,
-            previous: rollout.previous_version,
-            on_new,
-        })
+        Ok(staged_plan(rollout, on_new))
     }
 
     async fn halt(&self, rollout: &RolloutRecord, reason: &str) -> Result<(), StoreError> {
@@ -504,6 +494,15 @@ fn view(row: &RolloutRecord, planes: &[DataPlane]) -> RolloutView {
             .as_ref()
             .filter(|_| row.state == state::IN_PROGRESS)
             .map(|cohort| cohort.iter().cloned().collect()),
+    }
+}
+
+/// The plan of a rollout in progress: `on_new` on its version, the rest on the previous one.
+fn staged_plan(rollout: &RolloutRecord, on_new: BTreeSet<String>) -> Plan {
+    Plan::Staged {
+        version: rollout.version,
+        previous: rollout.previous_version,
+        on_new,
     }
 }
 
