@@ -330,6 +330,60 @@ async fn what_no_schema_can_say_is_a_conflict_and_the_rest_a_schema_violation() 
 }
 
 #[tokio::test]
+async fn the_rollout_policy_is_refused_400_by_its_served_schema_and_409_by_its_stage_rules() {
+    let api = api().await;
+    let document = call(&api, Method::GET, "/api/v1/openapi.json", None)
+        .await
+        .body;
+    let served = call(&api, Method::GET, "/api/v1/schemas/rollout-policy", None).await;
+    assert_eq!(served.status, StatusCode::OK);
+    assert_eq!(
+        document["components"]["schemas"]["rollout-policy"],
+        served.body
+    );
+    let kinds = &document["paths"]["/api/v1/schemas/{kind}"]["parameters"][0]["schema"]["enum"];
+    assert!(kinds.as_array().unwrap().contains(&json!("rollout-policy")));
+    let put = &document["paths"]["/api/v1/rollout-policy"]["put"];
+    for status in ["200", "201", "400", "409", "413", "503"] {
+        assert!(
+            put["responses"][status].is_object(),
+            "PUT does not document {status}"
+        );
+    }
+
+    let put = |policy: Value| call(&api, Method::PUT, "/api/v1/rollout-policy", Some(policy));
+    // The schema refuses a percent of 0: 400.
+    let reply = put(json!({"stages": [{"percent": 0}, {"percent": 100}]})).await;
+    assert_eq!(
+        reply.error(StatusCode::BAD_REQUEST, "schema_violation"),
+        ["/stages/0/percent"]
+    );
+    // Each stage is schema-valid; their order is what no schema says: 409, nothing stored.
+    let reply = put(json!({"stages": [{"percent": 50}, {"percent": 20}, {"percent": 100}]})).await;
+    assert_eq!(
+        reply.error(StatusCode::CONFLICT, "reference_conflict"),
+        ["/stages/1/percent"]
+    );
+    let none = call(&api, Method::GET, "/api/v1/rollout-policy", None).await;
+    none.error(StatusCode::NOT_FOUND, "not_found");
+    let set = put(json!({"stages": [{"percent": 20}, {"percent": 100}]})).await;
+    assert_eq!(set.status, StatusCode::CREATED, "{}", set.body);
+    assert_eq!(
+        set.body["halt_on"]["min_requests"], 100,
+        "defaults filled in"
+    );
+    // A rollout id is a version: anything else, or a version never rolled out, is no rollout.
+    for path in ["/api/v1/rollouts/x", "/api/v1/rollouts/7"] {
+        call(&api, Method::GET, path, None)
+            .await
+            .error(StatusCode::NOT_FOUND, "not_found");
+    }
+    call(&api, Method::POST, "/api/v1/rollouts/7/promote", None)
+        .await
+        .error(StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
 async fn a_patch_is_checked_itself_then_by_its_result() {
     let api = api().await;
     call(&api, Method::PUT, "/api/v1/upstreams/u1", Some(upstream())).await;

@@ -10,7 +10,7 @@
 use axum::Json;
 use gateway_proto::Kind;
 use gateway_proto::plugins::PLUGINS;
-use gateway_proto::schema::{merge_patch_schema, schema_of};
+use gateway_proto::schema::{merge_patch_schema, rollout_policy_schema, schema_of};
 use serde_json::{Map, Value, json};
 
 use super::auth::ROLES;
@@ -41,8 +41,11 @@ fn error_response(status: &str) -> Value {
              an id already taken on POST, a second default certificate, a certificate key \
              written as \"<redacted>\" with none stored); a delete of something still \
              referenced; for PATCH, \
-             a patch whose merged result the kind's schema refuses (RFC 5789 §2.2). Every \
-             violation is listed with its JSON pointer."
+             a patch whose merged result the kind's schema refuses (RFC 5789 §2.2); a rollout \
+             policy whose stages do not ascend to a last {\"percent\": 100} or do not take the \
+             cohort's form (a percent for hash cohorts, labels for label cohorts); a rollout \
+             action on a rollout no longer in progress. Every violation is listed with its JSON \
+             pointer."
         }
         "412" => "If-Match no longer matches the resource's revision; nothing was written.",
         "413" => "The body exceeds the limit.",
@@ -395,6 +398,117 @@ fn token_paths(paths: &mut Map<String, Value>) {
     );
 }
 
+/// `/api/v1/rollout-policy` and `/api/v1/rollouts`: staged rollouts. The policy is not config
+/// (no versions, never streamed); reads are every role's, writes and actions an editor's.
+fn rollout_paths(paths: &mut Map<String, Value>) {
+    let policy = schema_ref("rollout-policy");
+    let stored = |description: &str| answer(description, policy.clone(), &[]);
+    paths.insert(
+        "/api/v1/rollout-policy".into(),
+        json!({
+            "get": operation("The rollout policy", "404 while none is set.", vec![("200", stored("The policy, its defaults filled in."))], &["404", "503"], None),
+            "put": operation(
+                "Set the rollout policy",
+                "201 when none was set (the fleet stays on the current head until a rollout completes), 200 when it replaces one (a rollout in progress keeps the policy it started with). The served schema refuses with 400; the stage rules it cannot say (percents ascending, the last stage {\"percent\": 100}, each stage in the cohort's form) answer 409.",
+                vec![
+                    ("200", stored("Replaced: the policy, its defaults filled in.")),
+                    ("201", stored("Set: the policy, its defaults filled in.")),
+                ],
+                &["400", "409", "413", "503"],
+                Some(policy.clone()),
+            ),
+            "delete": operation(
+                "Remove the rollout policy",
+                "Every version goes everywhere at once again; a rollout in progress is aborted.",
+                vec![("204", json!({"description": "Removed."}))],
+                &["404", "503"],
+                None,
+            ),
+        }),
+    );
+    let rollout = schema_ref("Rollout");
+    paths.insert(
+        "/api/v1/rollouts".into(),
+        json!({"get": operation("Rollouts, newest first (at most 100)", "", vec![("200", answer("The rollouts.", json!({
+            "type": "object",
+            "required": ["items"],
+            "properties": {"items": {"type": "array", "items": rollout}}
+        }), &[]))], &["503"], None)}),
+    );
+    let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 1}, "description": "The rollout's id: the version it rolls out."}]);
+    paths.insert(
+        "/api/v1/rollouts/{id}".into(),
+        json!({"parameters": id, "get": operation("One rollout", "", vec![("200", answer("The rollout.", rollout.clone(), &[]))], &["404", "503"], None)}),
+    );
+    for (action, summary, description) in [
+        (
+            "promote",
+            "Skip the rest of the bake",
+            "Every data plane to the rollout's version; the rollout completes. 409 when it is no longer in progress.",
+        ),
+        (
+            "abort",
+            "Abort a rollout",
+            "Every data plane back to the previous version, sent whole and marked rollback. 409 when it is no longer in progress.",
+        ),
+    ] {
+        paths.insert(
+            format!("/api/v1/rollouts/{{id}}/{action}"),
+            json!({"parameters": id, "post": operation(summary, description, vec![("200", answer("The rollout, moved.", rollout.clone(), &[]))], &["404", "409", "503"], None)}),
+        );
+    }
+}
+
+/// A rollout stage as shown: its index and the policy's percent or label selector.
+fn rollout_stage_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["index"],
+        "properties": {
+            "index": {"type": "integer", "minimum": 0},
+            "percent": {"type": "integer", "minimum": 1, "maximum": 100},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}}
+        }
+    })
+}
+
+/// A data plane as `GET /api/v1/data-planes` shows it.
+fn data_plane_schema() -> Value {
+    let seconds = json!({"type": "integer", "description": "Unix seconds."});
+    json!({
+        "type": "object",
+        "required": ["node_id", "instance_id", "address", "build_version", "control_plane_id", "connected", "connected_at", "last_seen", "applied_version", "config_source", "last_rejected", "duplicate_node_id", "labels", "traffic"],
+        "properties": {
+            "node_id": {"type": "string"},
+            "instance_id": {"type": "string", "description": "Random per process start."},
+            "address": {"type": ["string", "null"]},
+            "build_version": {"type": "string"},
+            "control_plane_id": {"type": "string", "description": "The replica its stream is (or was last) on."},
+            "connected": {"type": "boolean"},
+            "connected_at": seconds,
+            "last_seen": seconds,
+            "applied_version": {"type": ["integer", "null"], "minimum": 0},
+            "config_source": {"enum": ["stream", "cache", null]},
+            "last_rejected": {"oneOf": [{"type": "null"}, {
+                "type": "object",
+                "required": ["version", "error", "at"],
+                "properties": {"version": {"type": "integer"}, "error": {"type": "string"}, "at": seconds}
+            }]},
+            "duplicate_node_id": {"type": "boolean", "description": "Another live data plane uses the same node id."},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Its --labels."},
+            "traffic": {
+                "type": "array",
+                "description": "Its latest report: requests and 5xx answers per config version since the process started, oldest version first.",
+                "items": {
+                    "type": "object",
+                    "required": ["version", "requests", "errors_5xx"],
+                    "properties": {"version": {"type": "integer"}, "requests": {"type": "integer", "minimum": 0}, "errors_5xx": {"type": "integer", "minimum": 0}}
+                }
+            }
+        }
+    })
+}
+
 fn component_schemas() -> Map<String, Value> {
     let mut schemas = Map::new();
     for kind in Kind::ALL {
@@ -426,6 +540,28 @@ fn component_schemas() -> Map<String, Value> {
             }}
         }),
     );
+    schemas.insert("rollout-policy".into(), rollout_policy_schema().clone());
+    schemas.insert(
+        "Rollout".into(),
+        json!({
+            "type": "object",
+            "required": ["id", "version", "previous_version", "state", "stage", "created_at", "updated_at", "halt_reason", "policy", "data_planes", "cohort"],
+            "properties": {
+                "id": {"type": "integer", "description": "The version it rolls out."},
+                "version": {"type": "integer"},
+                "previous_version": {"type": "integer", "description": "Where it started from, and where a halted or aborted rollout goes back to."},
+                "state": {"enum": ["in_progress", "completed", "halted", "aborted"]},
+                "stage": rollout_stage_schema(),
+                "created_at": {"type": "integer", "description": "Unix seconds."},
+                "updated_at": {"type": "integer", "description": "Unix seconds."},
+                "halt_reason": {"type": ["string", "null"], "description": "Why it halted, or was aborted or superseded."},
+                "policy": {"description": "The policy as it stood when the rollout started."},
+                "data_planes": {"type": "object", "description": "Connected data planes' node ids per version they serve (\"none\": nothing yet).", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
+                "cohort": {"type": ["array", "null"], "items": {"type": "string"}, "description": "While in progress: the node ids the stage puts on the version, recorded when it started (a data plane that joined since stays on previous_version until the last stage); null otherwise."}
+            }
+        }),
+    );
+    schemas.insert("DataPlane".into(), data_plane_schema());
     schemas.insert(
         "Change".into(),
         json!({
@@ -464,7 +600,7 @@ pub async fn document() -> Json<Value> {
     version_paths(&mut paths);
     paths.insert(
         "/api/v1/data-planes".into(),
-        json!({"get": operation("Every data plane seen by any replica", "", vec![("200", answer("The fleet.", json!({"type": "object", "required": ["items"], "properties": {"items": {"type": "array"}}}), &[]))], &["503"], None)}),
+        json!({"get": operation("Every data plane seen by any replica", "", vec![("200", answer("The fleet.", json!({"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": schema_ref("DataPlane")}}}), &[]))], &["503"], None)}),
     );
     paths.insert(
         "/api/v1/status".into(),
@@ -474,6 +610,19 @@ pub async fn document() -> Json<Value> {
             "properties": {
                 "version": {"type": "integer"},
                 "store_reachable": {"type": "boolean"},
+                "rollout": {
+                    "description": "The newest rollout while it is in progress or halted; null otherwise.",
+                    "oneOf": [{"type": "null"}, {
+                        "type": "object",
+                        "required": ["id", "state", "stage", "halt_reason"],
+                        "properties": {
+                            "id": {"type": "integer"},
+                            "state": {"enum": ["in_progress", "halted"]},
+                            "stage": rollout_stage_schema(),
+                            "halt_reason": {"type": ["string", "null"]}
+                        }
+                    }]
+                },
                 "certificates_expiring": {
                     "type": "array",
                     "description": "Certificates that expire within 14 days, or have, soonest first.",
@@ -486,10 +635,11 @@ pub async fn document() -> Json<Value> {
             }
         }), &[]))], &[], None)}),
     );
-    let kind_names: Vec<&str> = Kind::ALL
+    let mut kind_names: Vec<&str> = Kind::ALL
         .iter()
         .flat_map(|kind| [kind.as_str(), kind.singular()])
         .collect();
+    kind_names.push("rollout-policy");
     paths.insert(
         "/api/v1/schemas/{kind}".into(),
         json!({
@@ -518,6 +668,7 @@ pub async fn document() -> Json<Value> {
         }),
     );
     token_paths(&mut paths);
+    rollout_paths(&mut paths);
     paths.insert(
         "/api/v1/openapi.json".into(),
         json!({"get": operation("This document", "", vec![("200", answer("OpenAPI 3.1.", json!({"type": "object"}), &[]))], &[], None)}),

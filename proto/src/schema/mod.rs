@@ -13,8 +13,10 @@
 //!   schema violation (400).
 //! - [`Rule::Reference`]: what a document refers to or must be unique among — another part of
 //!   the same document (`{resp.NAME…}`, `{param.NAME}`, a cycle of sub-requests) or a name that
-//!   must be unique (sub-request names, a path's segment names, a node's host and port).
-//!   Answered like an unresolved reference to another resource (409).
+//!   must be unique (sub-request names, a path's segment names, a node's host and port), or
+//!   how parts of it must relate (a rollout policy's stages: percents ascending to a last
+//!   100%, each in the cohort's form). Answered like an unresolved reference to another
+//!   resource (409).
 //!
 //! Both layers report every violation with the JSON pointer of the offending value.
 

@@ -163,7 +163,9 @@ pub fn rollout_policy_schema() -> &'static Value {
 
 /// Validates a policy document: the schema, then what no schema can say (percents ascending,
 /// the last stage 100%, each stage's form matching the cohort). Every violation has its
-/// pointer.
+/// pointer; those of the second kind are [`Violation::reference`] ones, so that the admin API
+/// answers them 409 (the document has the served schema's shape) and keeps 400 for what the
+/// schema refuses.
 pub fn validate_rollout_policy(document: &Value) -> Result<RolloutPolicy, Vec<Violation>> {
     let violations = schema_violations(&SCHEMA, document, "");
     if !violations.is_empty() {
@@ -178,7 +180,7 @@ pub fn validate_rollout_policy(document: &Value) -> Result<RolloutPolicy, Vec<Vi
         let at = format!("/stages/{index}");
         if index == last {
             if stage.percent != Some(100) {
-                violations.push(Violation::new(
+                violations.push(Violation::reference(
                     at,
                     "the last stage is {\"percent\": 100}: every data plane",
                 ));
@@ -188,18 +190,18 @@ pub fn validate_rollout_policy(document: &Value) -> Result<RolloutPolicy, Vec<Vi
         match (policy.cohort, stage.percent) {
             (Cohort::Hash, Some(percent)) => {
                 if percent <= previous || percent == 100 {
-                    violations.push(Violation::new(
+                    violations.push(Violation::reference(
                         format!("{at}/percent"),
                         "percents ascend, and only the last stage is 100",
                     ));
                 }
                 previous = percent;
             }
-            (Cohort::Hash, None) => violations.push(Violation::new(
+            (Cohort::Hash, None) => violations.push(Violation::reference(
                 format!("{at}/labels"),
                 "hash cohorts give each stage a percent, not labels",
             )),
-            (Cohort::Labels, Some(_)) => violations.push(Violation::new(
+            (Cohort::Labels, Some(_)) => violations.push(Violation::reference(
                 format!("{at}/percent"),
                 "label cohorts give every stage but the last labels, not a percent",
             )),
@@ -280,6 +282,26 @@ mod tests {
         assert_eq!(
             pointers(json!({"stages": [{"percent": 100}], "x": 1})),
             [""]
+        );
+    }
+
+    #[test]
+    fn only_what_the_schema_cannot_say_is_a_reference_rule() {
+        let rules = |document: Value| {
+            validate_rollout_policy(&document)
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| v.rule)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            rules(json!({"stages": [{"percent": 50}, {"percent": 20}, {"percent": 100}]})),
+            [crate::schema::Rule::Reference]
+        );
+        assert_eq!(
+            rules(json!({"stages": [{"percent": 0}, {"percent": 100}]})),
+            [crate::schema::Rule::Schema]
         );
     }
 }
