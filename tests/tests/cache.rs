@@ -327,3 +327,31 @@ async fn a_batch_recomputes_only_its_uncached_parts() {
     dp.send("GET", "/agg/1", &[]).await;
     assert_eq!(origin.count("/c/catalog/1"), 1);
 }
+
+#[tokio::test]
+async fn entries_outlive_config_pushes_that_leave_the_plugin_unchanged() {
+    let route = |ttl: u64| {
+        json!({"paths": ["/c/*"], "upstream_id": "origin",
+               "plugins": {"proxy-cache": {"cache_ttl": ttl}}})
+    };
+    let (cp, dp, origin) = setup(route(300)).await;
+    dp.send("GET", "/c/kept", &[]).await;
+
+    // Another route changes, and so does this route's own chain (a global rule): the
+    // plugin's config does not, and neither does its store.
+    let other = json!({"paths": ["/other"], "upstream_id": "origin"});
+    let version = cp.write("PUT", "/api/v1/routes/other", Some(other)).await;
+    dp.applied(version).await;
+    let rule = json!({"plugins": {"prometheus": {}}});
+    let version = cp.write("PUT", "/api/v1/global-rules/g", Some(rule)).await;
+    dp.applied(version).await;
+    let (_, headers, _) = dp.send("GET", "/c/kept", &[]).await;
+    assert_eq!(cache_status(&headers), "HIT");
+
+    // A changed config starts empty.
+    let version = cp.write("PUT", "/api/v1/routes/r", Some(route(120))).await;
+    dp.applied(version).await;
+    let (_, headers, _) = dp.send("GET", "/c/kept", &[]).await;
+    assert_eq!(cache_status(&headers), "MISS");
+    assert_eq!(origin.count("/c/kept"), 2);
+}
