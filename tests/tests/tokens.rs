@@ -228,5 +228,25 @@ async fn the_admin_api_is_served_over_tls_when_given_a_certificate() {
     assert!(!plain.ends_with("\n200"), "{plain}");
     let untrusted = curl(format!("{}/healthz", cp.admin_url), &[]);
     assert!(!untrusted.ends_with("\n200"), "{untrusted}");
+
+    // gatewayctl speaks HTTPS too: trusting the CA it reads the status; without it, it refuses.
+    let gatewayctl = |extra: &[&str]| {
+        let output = std::process::Command::new(gateway_e2e::binary("gatewayctl"))
+            .args(["--server", &cp.admin_url])
+            .args(extra)
+            .arg("status")
+            .env("GATEWAY_TOKEN", &cp.token)
+            .env_remove("GATEWAY_CACERT")
+            .output()
+            .expect("gatewayctl runs");
+        let text = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.code(), text)
+    };
+    let (code, text) = gatewayctl(&["--cacert", &ca]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("version"), "{text}");
+    let (code, text) = gatewayctl(&[]);
+    assert_eq!(code, Some(1), "{text}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -72,6 +72,10 @@ struct Cli {
     /// The bearer token (prefer the environment variable: arguments show in `ps`).
     #[arg(long, env = "GATEWAY_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// PEM CA certificates that alone are trusted for an https:// server (default: the
+    /// webpki (Mozilla) roots).
+    #[arg(long, env = "GATEWAY_CACERT", global = true)]
+    cacert: Option<PathBuf>,
     /// Never colour the output (colour is used only on a terminal, and never with NO_COLOR).
     #[arg(long, global = true)]
     no_color: bool,
@@ -293,7 +297,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<Outcome, CtlError> {
     let style = Style::for_stdout(cli.no_color);
     // `validate` needs no server: a bad --server must not fail it.
-    let client = || AdminClient::new(&cli.server, cli.token.clone());
+    let client = || AdminClient::new(&cli.server, cli.token.clone(), cli.cacert.as_deref());
     let json = |format: ReadFormat| format == ReadFormat::Json;
     match cli.command {
         Command::Apply {

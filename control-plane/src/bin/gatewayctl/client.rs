@@ -5,9 +5,19 @@
 //! can be shown field by field.
 
 use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::Method;
+use bytes::Bytes;
+pub use http::Method;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, IF_MATCH};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 
 /// The header carrying the config version an answer reflects.
@@ -171,6 +181,43 @@ impl fmt::Display for CtlError {
     }
 }
 
+/// The certificates of a PEM file of CA certificates; an error names the file.
+fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, CtlError> {
+    let unreadable =
+        |e: &dyn fmt::Display| CtlError::Input(format!("--cacert {}: {e}", path.display()));
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| unreadable(&e))?;
+    if certs.is_empty() {
+        return Err(unreadable(&"no PEM certificate in it"));
+    }
+    Ok(certs)
+}
+
+/// The TLS client config for an https:// server: the webpki roots (Mozilla's), or only the CA
+/// certificates of `ca_file`. ring, like every other TLS peer in the tree.
+fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, CtlError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for cert in read_ca_file(path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| CtlError::Input(format!("--cacert {}: {e}", path.display())))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| CtlError::Transport(format!("cannot set up TLS: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(config)
+}
+
 /// A successful answer.
 #[derive(Debug)]
 pub struct Reply {
@@ -184,33 +231,37 @@ pub struct Reply {
 pub struct AdminClient {
     base: String,
     token: Option<String>,
-    http: reqwest::Client,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl AdminClient {
-    /// A client of the admin API at `server` (`http://host:port`; a bare `host:port` means
-    /// plain HTTP), sending `token` as the bearer token.
-    pub fn new(server: &str, token: Option<String>) -> Result<AdminClient, CtlError> {
+    /// A client of the admin API at `server` (`http://` or `https://host:port`; a bare
+    /// `host:port` means plain HTTP), sending `token` as the bearer token. HTTPS servers are
+    /// trusted by the webpki (Mozilla) roots, or only by the PEM CA certificates in `ca_file` if given
+    /// (a private CA, as `--admin-tls-cert` often is).
+    pub fn new(
+        server: &str,
+        token: Option<String>,
+        ca_file: Option<&Path>,
+    ) -> Result<AdminClient, CtlError> {
         let server = server.trim().trim_end_matches('/');
-        let base = if server.starts_with("https://") {
-            // The workspace's reqwest is built without TLS, and the admin API is served over
-            // plain HTTP: say so instead of failing on the first call.
-            return Err(CtlError::Input(format!(
-                "{server}: this gatewayctl speaks plain HTTP only (the admin API is served without TLS)"
-            )));
-        } else if server.starts_with("http://") {
+        let base = if server.starts_with("https://") || server.starts_with("http://") {
             server.to_owned()
         } else if server.contains("://") {
             return Err(CtlError::Input(format!(
-                "{server}: --server must be an http:// URL"
+                "{server}: --server must be an http:// or https:// URL"
             )));
         } else {
             format!("http://{server}")
         };
-        let http = reqwest::Client::builder()
-            .timeout(CALL_TIMEOUT)
-            .build()
-            .map_err(|e| CtlError::Transport(format!("cannot build the HTTP client: {e}")))?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(
+                ca_file.filter(|_| base.starts_with("https://")),
+            )?)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let http = Client::builder(TokioExecutor::new()).build(connector);
         Ok(AdminClient {
             base,
             token: token.filter(|t| !t.is_empty()),
@@ -252,15 +303,19 @@ impl AdminClient {
         if_match: Option<u64>,
     ) -> Result<Reply, CtlError> {
         let request_name = format!("{method} {}", path.split('?').next().unwrap_or(path));
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
         if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
+            let value = HeaderValue::try_from(format!("Bearer {token}"))
+                .map_err(|_| CtlError::Input("the token must be printable ASCII".into()))?;
+            request = request.header(AUTHORIZATION, value);
         }
         if let Some(tag) = if_match {
-            request = request.header(reqwest::header::IF_MATCH, format!("\"{tag}\""));
+            request = request.header(IF_MATCH, format!("\"{tag}\""));
         }
         if let Some(message) = message {
-            let value = reqwest::header::HeaderValue::from_str(message).map_err(|_| {
+            let value = HeaderValue::from_str(message).map_err(|_| {
                 CtlError::Input(
                     "--message must be printable ASCII (it travels as the X-Change-Message header)"
                         .into(),
@@ -268,28 +323,51 @@ impl AdminClient {
             })?;
             request = request.header(CHANGE_MESSAGE_HEADER, value);
         }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await.map_err(|e| {
-            CtlError::Transport(format!(
-                "cannot reach the admin API at {}: {}",
-                self.base,
-                error_chain(&e)
-            ))
+        let body =
+            match body {
+                Some(body) => {
+                    request = request.header(CONTENT_TYPE, "application/json");
+                    Bytes::from(serde_json::to_vec(body).map_err(|e| {
+                        CtlError::Input(format!("cannot encode the request body: {e}"))
+                    })?)
+                }
+                None => Bytes::new(),
+            };
+        let request = request.body(Full::new(body)).map_err(|e| {
+            CtlError::Input(format!("{request_name}: cannot make the request: {e}"))
         })?;
-        let status = response.status().as_u16();
-        let version = response
-            .headers()
+        let exchange = async {
+            let response = self.http.request(request).await.map_err(|e| {
+                CtlError::Transport(format!(
+                    "cannot reach the admin API at {}: {}",
+                    self.base,
+                    error_chain(&e)
+                ))
+            })?;
+            let (head, body) = response.into_parts();
+            let bytes = body.collect().await.map_err(|e| {
+                CtlError::Transport(format!(
+                    "{request_name}: the answer broke off: {}",
+                    error_chain(&e)
+                ))
+            })?;
+            Ok::<_, CtlError>((head, bytes.to_bytes()))
+        };
+        let (head, bytes) = tokio::time::timeout(CALL_TIMEOUT, exchange)
+            .await
+            .map_err(|_| {
+                CtlError::Transport(format!(
+                    "{request_name}: no answer within {} s",
+                    CALL_TIMEOUT.as_secs()
+                ))
+            })??;
+        let status = head.status.as_u16();
+        let version = head
+            .headers
             .get(CONFIG_VERSION_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let raw = response.text().await.map_err(|e| {
-            CtlError::Transport(format!(
-                "{request_name}: the answer broke off: {}",
-                error_chain(&e)
-            ))
-        })?;
+        let raw = String::from_utf8_lossy(&bytes);
         let parsed: Result<Value, _> = if raw.trim().is_empty() {
             Ok(Value::Null)
         } else {
@@ -345,7 +423,7 @@ impl AdminClient {
     }
 }
 
-/// An error with its causes, which is where reqwest keeps the useful part
+/// An error with its causes, which is where hyper keeps the useful part
 /// ("connection refused").
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -408,12 +486,37 @@ mod tests {
     }
 
     #[test]
-    fn servers_are_http_urls() {
+    fn servers_are_http_or_https_urls() {
         assert_eq!(
-            AdminClient::new("127.0.0.1:9180/", None).unwrap().server(),
+            AdminClient::new("127.0.0.1:9180/", None, None)
+                .unwrap()
+                .server(),
             "http://127.0.0.1:9180"
         );
-        assert!(AdminClient::new("https://cp:9180", None).is_err());
-        assert!(AdminClient::new("ftp://cp", None).is_err());
+        assert_eq!(
+            AdminClient::new("https://cp:9180", None, None)
+                .unwrap()
+                .server(),
+            "https://cp:9180"
+        );
+        assert!(AdminClient::new("ftp://cp", None, None).is_err());
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused_with_its_name() {
+        let dir = std::env::temp_dir().join(format!("gatewayctl-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let error = AdminClient::new("https://cp:9180", None, Some(&empty))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains("empty.pem"), "{error}");
+        let missing = dir.join("missing.pem");
+        assert!(AdminClient::new("https://cp:9180", None, Some(&missing)).is_err());
+        // Plain HTTP never reads it.
+        assert!(AdminClient::new("http://cp:9180", None, Some(&missing)).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use gateway_proto::Kind;
-use reqwest::Method;
+use http::Method;
 use serde_json::{Value, json};
 
 use crate::Outcome;
