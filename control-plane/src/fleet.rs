@@ -35,7 +35,6 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// own delay), and a killed replica's data planes once their rows age past [`LIVENESS`].
 const LIVE_COUNT_EVERY: Duration = Duration::from_secs(1);
 
-
 /// A version a data plane refused, and why.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Rejection {
@@ -628,19 +627,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn two_live_data_planes_with_one_node_id_are_both_shown_and_flagged() {
-        let fleet = fleet().await;
-        let a = fleet.connected(&hello("dp", "i1", Some(1)));
-        let b = fleet.connected(&hello("dp", "i2", Some(1)));
-        assert_eq!(fleet.prior(&a).await, None);
-        assert_eq!(fleet.prior(&b).await, None);
-        fleet.flush().await.unwrap();
-        let nodes = fleet.list().await.unwrap();
-        assert_eq!(nodes.len(), 2);
-        assert!(nodes.iter().all(|n| n.connected && n.duplicate_node_id));
-    }
-
-    #[tokio::test]
     async fn labels_and_the_latest_traffic_report_are_kept_with_the_row() {
         let store = sqlite_store().await;
         let fleet = Fleet::new(store.clone(), "cp-a", Duration::from_secs(3600));
@@ -677,6 +663,19 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn two_live_data_planes_with_one_node_id_are_both_shown_and_flagged() {
+        let fleet = fleet().await;
+        let a = fleet.connected(&hello("dp", "i1", Some(1)));
+        let b = fleet.connected(&hello("dp", "i2", Some(1)));
+        assert_eq!(fleet.prior(&a).await, None);
+        assert_eq!(fleet.prior(&b).await, None);
+        fleet.flush().await.unwrap();
+        let nodes = fleet.list().await.unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert!(nodes.iter().all(|n| n.connected && n.duplicate_node_id));
     }
 
     #[tokio::test]

@@ -68,7 +68,7 @@ impl Store {
         let rejected = record.rejected.as_ref();
         sqlx::query(&format!(
             "INSERT INTO data_planes ({COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
              ON CONFLICT (node_id, instance_id) DO UPDATE SET \
                stream_id = excluded.stream_id, address = excluded.address, \
                build_version = excluded.build_version, \
