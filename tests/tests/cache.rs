@@ -271,6 +271,58 @@ async fn purge_with_the_key_removes_the_entry_and_is_never_forwarded() {
 }
 
 #[tokio::test]
+async fn the_purge_key_is_redacted_on_reads_kept_when_written_back_and_streamed() {
+    const KEY: &str = "purge-secret-1";
+    let (cp, dp, _origin) = setup(json!({
+        "paths": ["/c/*"],
+        "upstream_id": "origin",
+        "plugins": {"proxy-cache": {"purge_key": KEY}}
+    }))
+    .await;
+    let (_, version, route) = cp.call("GET", "/api/v1/routes/r", None).await;
+    assert_eq!(route["plugins"]["proxy-cache"]["purge_key"], "<redacted>");
+    let version = version.expect("reads carry X-Config-Version");
+    // Every other way out redacts it too: the whole config, a version's config and its diff.
+    for path in [
+        "/api/v1/config".to_owned(),
+        format!("/api/v1/versions/{version}/config"),
+        format!("/api/v1/versions/{version}/diff"),
+    ] {
+        let (status, _, body) = cp.call("GET", &path, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(!body.to_string().contains(KEY), "{path}: {body}");
+        assert!(body.to_string().contains("<redacted>"), "{path}: {body}");
+    }
+
+    // The read written back (another field changed) keeps the stored key: the data plane
+    // still purges with it.
+    let mut written = route.clone();
+    written["plugins"]["proxy-cache"]["cache_ttl"] = json!(120);
+    let version = cp.write("PUT", "/api/v1/routes/r", Some(written)).await;
+    dp.applied(version).await;
+    dp.send("GET", "/c/kept", &[]).await;
+    let (status, _, body) = dp.send("PURGE", "/c/kept", &[("x-purge-key", KEY)]).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, _, diff) = cp
+        .call("GET", &format!("/api/v1/versions/{version}/diff"), None)
+        .await;
+    assert!(!diff.to_string().contains(KEY), "{diff}");
+
+    // The placeholder on a resource with no key stored names nothing: 409, nothing written.
+    let (status, _, body) = cp
+        .call(
+            "PUT",
+            "/api/v1/routes/fresh",
+            Some(json!({"paths": ["/f"], "upstream_id": "origin",
+                        "plugins": {"proxy-cache": {"purge_key": "<redacted>"}}})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, _, _) = cp.call("GET", "/api/v1/routes/fresh", None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
 async fn stale_if_error_serves_the_expired_entry_while_the_node_fails() {
     let (_cp, dp, origin) = setup(json!({
         "paths": ["/c/*"],

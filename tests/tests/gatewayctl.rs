@@ -220,6 +220,14 @@ async fn what_export_writes_applies_back_with_no_diff_and_no_version() {
         Some(json!({"paths": ["/inline"], "upstream": {"nodes": [{"host": "10.0.0.3", "port": 8080}]}})),
     )
     .await;
+    // proxy-cache's purge_key is a secret: exported redacted, kept when applied back.
+    cp.write(
+        "PUT",
+        "/api/v1/routes/cached",
+        Some(json!({"paths": ["/cached/*"], "upstream_id": "bare",
+                    "plugins": {"proxy-cache": {"purge_key": "cached-purge-key"}}})),
+    )
+    .await;
     cp.write(
         "PUT",
         "/api/v1/consumers/carol",
@@ -271,7 +279,9 @@ async fn what_export_writes_applies_back_with_no_diff_and_no_version() {
     assert!(at("id: bare") < at("id: explicit") && at("id: inline") < at("id: web"));
     assert!(at("routes:") < at("certificates:"));
     assert!(
-        yaml.stdout.contains("<redacted>") && !yaml.stdout.contains("PRIVATE KEY"),
+        yaml.stdout.contains("<redacted>")
+            && !yaml.stdout.contains("PRIVATE KEY")
+            && !yaml.stdout.contains("cached-purge-key"),
         "{}",
         yaml.stdout
     );
@@ -300,11 +310,25 @@ async fn what_export_writes_applies_back_with_no_diff_and_no_version() {
         .as_object_mut()
         .unwrap()
         .remove("not_after");
+    // The purge_key in plain text, as stored: only the server can compare it, and it sees
+    // no change.
+    assert_eq!(document["routes"][0]["id"], "cached");
+    document["routes"][0]["plugins"]["proxy-cache"]["purge_key"] = json!("cached-purge-key");
     let swapped = write(&dir.join("swapped.json"), &document.to_string());
     let clean = gatewayctl(&cp.admin_url, &["diff", "-f", &swapped]).expect(0);
     assert!(clean.stdout.contains("no changes"), "{clean:#?}");
     gatewayctl(&cp.admin_url, &["apply", "-f", &swapped]).expect(0);
     assert_eq!(head(&cp).await, before, "no version was written");
+    let (_, _, route) = cp.call("GET", "/api/v1/routes/cached", None).await;
+    assert_eq!(route["plugins"]["proxy-cache"]["purge_key"], "<redacted>");
+    // Another key in plain text is a change the server confirms, and the key never shows.
+    document["routes"][0]["plugins"]["proxy-cache"]["purge_key"] = json!("another-purge-key");
+    let changed = write(&dir.join("changed.json"), &document.to_string());
+    let diff = gatewayctl(&cp.admin_url, &["diff", "-f", &changed]).expect(2);
+    assert!(
+        diff.stdout.contains("routes/cached") && !diff.stdout.contains("another-purge-key"),
+        "{diff:#?}"
+    );
 }
 
 #[tokio::test]

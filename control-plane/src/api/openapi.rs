@@ -38,8 +38,8 @@ fn error_response(status: &str) -> Value {
              sub-request, {param.NAME} that a route path does not capture, sub-requests \
              waiting for each other in a cycle) — or a name it uses is not unique (sub-request \
              names, a path's :segment names, a node's host and port, a consumer credential, \
-             an id already taken on POST, a second default certificate, a certificate key \
-             written as \"<redacted>\" with none stored); a delete of something still \
+             an id already taken on POST, a second default certificate, a certificate key, \
+             JWT secret or purge_key written as \"<redacted>\" with none stored); a delete of something still \
              referenced; for PATCH, \
              a patch whose merged result the kind's schema refuses (RFC 5789 §2.2); a rollout \
              policy whose stages do not ascend to a last {\"percent\": 100} or do not take the \

@@ -118,6 +118,20 @@ pub fn is_valid_id(id: &str) -> bool {
 /// Fields the server manages; they are accepted on input (so a GET can be PUT back) and ignored.
 pub const SERVER_FIELDS: [&str; 4] = ["id", "created_at", "updated_at", "revision"];
 
+/// Where a document of `kind` keeps secrets stored usable (not as a digest): the control plane
+/// answers them as [`crate::plugins::auth::REDACTED`] on every read, diff, export and version
+/// view, keeps the stored value when the placeholder is written back, and streams the real one
+/// to data planes. JSON pointers; a pointer the document does not reach is no secret of it.
+pub fn write_only_fields(kind: Kind) -> &'static [&'static str] {
+    use crate::plugins::{auth::JWT_SECRET_POINTER, proxy_cache::PURGE_KEY_POINTER};
+    match kind {
+        Kind::Consumers => &[JWT_SECRET_POINTER, PURGE_KEY_POINTER],
+        Kind::Routes | Kind::GlobalRules => &[PURGE_KEY_POINTER],
+        Kind::Certificates => &["/key"],
+        Kind::Upstreams => &[],
+    }
+}
+
 /// A resource document after validation, typed by kind.
 // Built once per resource per snapshot, never on the request path: boxing the large variants
 // would save memory nobody misses and cost every match a deref.

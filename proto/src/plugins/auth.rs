@@ -292,6 +292,9 @@ pub struct JwtCredential {
 /// What a redacted secret reads as. Writing it back keeps the stored secret.
 pub const REDACTED: &str = "<redacted>";
 
+/// Where a consumer keeps its JWT HMAC secret (redacted on reads).
+pub const JWT_SECRET_POINTER: &str = "/credentials/jwt-auth/secret";
+
 /// SHA-256 of an API key, lowercase hex.
 pub fn key_digest(key: &str) -> String {
     hex_digest(key.as_bytes())

@@ -13,6 +13,10 @@ use serde_json::{Value, json};
 /// The header a `PURGE` carries the configured `purge_key` in.
 pub const PURGE_KEY_HEADER: &str = "x-purge-key";
 
+/// Where a resource's `plugins` map keeps proxy-cache's `purge_key`: a secret the control
+/// plane redacts on reads, like a JWT secret.
+pub const PURGE_KEY_POINTER: &str = "/plugins/proxy-cache/purge_key";
+
 /// The variables a key or bypass item may name (nginx's names, as APISIX takes them).
 const VAR_PATTERN: &str = r"\$(host|uri|request_uri|scheme|request_method|arg_[A-Za-z0-9_.~-]{1,64}|http_[A-Za-z0-9_]{1,64})";
 
@@ -67,7 +71,7 @@ pub fn schema() -> Value {
             },
             "purge_key": {
                 "type": "string", "minLength": 8, "maxLength": 256, "pattern": "^[!-~]+$",
-                "description": "The secret a PURGE must carry in X-Purge-Key to remove an entry; without it PURGE is refused."
+                "description": "The secret a PURGE must carry in X-Purge-Key to remove an entry; without it PURGE is refused. Redacted on reads; writing \"<redacted>\" back keeps the stored key."
             }
         },
         "additionalProperties": false

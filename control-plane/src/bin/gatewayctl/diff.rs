@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use gateway_proto::plugins::proxy_cache::PURGE_KEY_POINTER;
 use serde_json::{Value, json};
 
 use crate::normalize::escape;
@@ -126,6 +127,9 @@ const SECRET_FIELDS: [&str; 6] = [
 ];
 
 fn is_secret(pointer: &str) -> bool {
+    if pointer == PURGE_KEY_POINTER {
+        return true;
+    }
     pointer.starts_with("/credentials/")
         && pointer
             .rsplit('/')
@@ -148,8 +152,15 @@ fn shown(pointer: &str, value: &Value) -> String {
     }
 }
 
-/// Whether a structure shown whole (`/credentials`, `/credentials/key-auth`) holds a secret.
+/// Whether a structure shown whole (`/credentials`, `/credentials/key-auth`,
+/// `/plugins/proxy-cache`) holds a secret.
 fn value_holds_secret(pointer: &str, value: &Value) -> bool {
+    if let Some(inside) = PURGE_KEY_POINTER.strip_prefix(pointer)
+        && inside.starts_with('/')
+        && value.pointer(inside).is_some()
+    {
+        return true;
+    }
     let in_credentials = pointer == "/credentials" || pointer.starts_with("/credentials/");
     in_credentials && !value.is_string()
 }
@@ -301,6 +312,35 @@ mod tests {
             !json.contains("new-key-value") && !json.contains("hunter22"),
             "{json}"
         );
+    }
+
+    #[test]
+    fn a_purge_key_never_shows() {
+        let change = |before: Value, after: Value| ResourceChange {
+            resource: "routes/r".into(),
+            op: Op::Change,
+            fields: field_changes(&before, &after),
+            note: None,
+        };
+        let changes = [
+            change(
+                json!({"plugins": {"proxy-cache": {"cache_ttl": 5, "purge_key": "old-purge-key"}}}),
+                json!({"plugins": {"proxy-cache": {"cache_ttl": 6, "purge_key": "new-purge-key"}}}),
+            ),
+            change(
+                json!({"plugins": {}}),
+                json!({"plugins": {"proxy-cache": {"purge_key": "whole-purge-key"}}}),
+            ),
+        ];
+        let text = render(&changes, &Style::plain());
+        assert!(!text.contains("purge-key\""), "{text}");
+        assert!(
+            text.contains("~ /plugins/proxy-cache/cache_ttl: 5 → 6")
+                && text.contains("~ /plugins/proxy-cache/purge_key: (secret) → (secret)")
+                && text.contains("+ /plugins/proxy-cache: (secret)"),
+            "{text}"
+        );
+        assert!(!to_json(&changes).to_string().contains("purge-key"));
     }
 
     #[test]

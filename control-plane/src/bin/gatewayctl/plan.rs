@@ -11,12 +11,13 @@
 //! forms back as "keep what is stored". So a file's plaintext key or password is checked
 //! against the digest and, when it matches, sent in the server's form (no change); a file
 //! that leaves out a credential scheme the server has keeps the server's (unless
-//! `--prune-credentials`), with a note; a plaintext JWT secret cannot be compared here, so
-//! the server's dry run says whether it changed.
+//! `--prune-credentials`), with a note; a plaintext JWT secret (or another secret the server
+//! redacts: a certificate's key, proxy-cache's `purge_key`) cannot be compared here, so the
+//! server's dry run says whether it changed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use gateway_proto::model::Parsed;
+use gateway_proto::model::{Parsed, write_only_fields};
 use gateway_proto::plugins::auth::{REDACTED, key_digest, verify_password};
 use gateway_proto::snapshot::dangling_references;
 use gateway_proto::{Kind, ResourceKey, check_new_document, validate_resource};
@@ -92,7 +93,7 @@ pub struct Plan {
     pub body: Value,
     /// Things worth saying that are not changes (credentials kept, resources skipped).
     pub notes: Vec<String>,
-    /// Consumers whose only difference may be a JWT secret given in plain text: changes
+    /// Resources whose only difference may be a write-only secret given in plain text: changes
     /// until the server's dry run says otherwise.
     pub uncertain: BTreeSet<ResourceKey>,
     /// The server's config version the plan is based on.
@@ -107,9 +108,6 @@ struct Placement {
     key: ResourceKey,
     file: Option<String>,
 }
-
-/// The JWT secret's place in a consumer.
-const JWT_SECRET: &str = "/credentials/jwt-auth/secret";
 
 /// Validates every file resource on its own (schema and the rules for new documents), each
 /// problem named by file, resource and pointer.
@@ -260,17 +258,17 @@ pub fn build(
                 }
                 let before = canonical(key.kind, current);
                 let after = canonical(key.kind, &wanted);
-                let secret_at = write_only(key.kind);
-                let secret_unknown = plaintext_secret(key.kind, &wanted)
-                    && secret(key.kind, current) == Some(REDACTED);
+                let unknown = unknown_secrets(key.kind, &wanted, current);
                 let mut comparable_after = after.clone();
-                if secret_unknown && let Some(secret) = comparable_after.pointer_mut(secret_at) {
-                    *secret = Value::String(REDACTED.into());
+                for &pointer in &unknown {
+                    if let Some(secret) = comparable_after.pointer_mut(pointer) {
+                        *secret = Value::String(REDACTED.into());
+                    }
                 }
                 let mut fields = field_changes(&before, &comparable_after);
                 show_defaults(&mut fields, |pointer| default_at(key.kind, pointer));
                 let origin = Some(resource.origin.file.clone());
-                if fields.is_empty() && !secret_unknown {
+                if fields.is_empty() && unknown.is_empty() {
                     // The same meaning: send the server's own words so it sees no change.
                     final_documents.insert(key.clone(), (current.clone(), origin));
                     continue;
@@ -281,17 +279,36 @@ pub fn build(
                     fields,
                     note: None,
                 };
-                if secret_unknown {
+                if !unknown.is_empty() {
                     change.note = Some(format!(
-                        "{secret_at} is write-only: sent as given, changed only if it differs"
+                        "{} write-only: sent as given, changed only if it differs",
+                        match unknown.as_slice() {
+                            [one] => format!("{one} is"),
+                            many => format!("{} are", many.join(", ")),
+                        }
                     ));
                     if change.fields.is_empty() {
-                        change.fields.push(FieldChange {
-                            pointer: secret_at.into(),
-                            before: Some(Value::String(REDACTED.into())),
-                            after: Some(Value::String(REDACTED.into())),
-                        });
+                        change
+                            .fields
+                            .extend(unknown.iter().map(|&pointer| FieldChange {
+                                pointer: pointer.into(),
+                                before: Some(Value::String(REDACTED.into())),
+                                after: Some(Value::String(REDACTED.into())),
+                            }));
                         uncertain.insert(key.clone());
+                        // The same meaning but for the secrets: the server's own words with
+                        // the file's secrets, so its dry run sees only what they change.
+                        let mut sent = current.clone();
+                        for &pointer in &unknown {
+                            if let (Some(slot), Some(secret)) =
+                                (sent.pointer_mut(pointer), wanted.pointer(pointer))
+                            {
+                                *slot = secret.clone();
+                            }
+                        }
+                        changes.push(change);
+                        final_documents.insert(key.clone(), (sent, origin));
+                        continue;
                     }
                 }
                 changes.push(change);
@@ -366,7 +383,7 @@ impl Plan {
         })
     }
 
-    /// Settles the consumers whose JWT secret could not be compared, from the changes the
+    /// Settles the resources whose write-only secret could not be compared, from the changes the
     /// server's dry run reported: one it does not list did not change.
     pub fn settle_secrets(&mut self, dry_run_changes: &Value) {
         let listed: BTreeSet<String> = dry_run_changes
@@ -389,13 +406,13 @@ impl Plan {
                     .iter()
                     .any(|k| k.to_string() == change.resource)
             {
-                change.note = Some("the JWT secret differs from the stored one".into());
+                change.note = Some("the write-only secret differs from the stored one".into());
             }
         }
         self.uncertain.clear();
     }
 
-    /// Marks the uncertain consumers as changes the server could not confirm (no dry run
+    /// Marks the uncertain resources as changes the server could not confirm (no dry run
     /// allowed, e.g. a read-only token).
     pub fn leave_secrets_unsettled(&mut self, why: &str) {
         for change in &mut self.changes {
@@ -405,7 +422,7 @@ impl Plan {
                 .any(|k| k.to_string() == change.resource)
             {
                 change.note = Some(format!(
-                    "the JWT secret is write-only and the server's dry run was refused ({why}): counted as a change"
+                    "the secret is write-only and the server's dry run was refused ({why}): counted as a change"
                 ));
             }
         }
@@ -486,22 +503,21 @@ fn reconcile_credentials(wanted: &mut Value, current: &Value, prune: bool) -> Ve
     kept
 }
 
-/// Where a kind keeps the secret the server redacts on reads (a JWT secret, a certificate's
-/// private key).
-fn write_only(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Certificates => "/key",
-        _ => JWT_SECRET,
+/// The write-only fields (a JWT secret, a certificate's private key, a `purge_key`: see
+/// [`write_only_fields`]) that `wanted` gives in plaintext while the server shows only the
+/// placeholder: this side cannot tell whether they differ.
+fn unknown_secrets(kind: Kind, wanted: &Value, current: &Value) -> Vec<&'static str> {
+    fn text<'a>(document: &'a Value, pointer: &str) -> Option<&'a str> {
+        document.pointer(pointer).and_then(Value::as_str)
     }
-}
-
-fn secret(kind: Kind, document: &Value) -> Option<&str> {
-    document.pointer(write_only(kind)).and_then(Value::as_str)
-}
-
-fn plaintext_secret(kind: Kind, document: &Value) -> bool {
-    matches!(kind, Kind::Consumers | Kind::Certificates)
-        && secret(kind, document).is_some_and(|s| s != REDACTED)
+    write_only_fields(kind)
+        .iter()
+        .copied()
+        .filter(|&pointer| {
+            text(wanted, pointer).is_some_and(|s| s != REDACTED)
+                && text(current, pointer) == Some(REDACTED)
+        })
+        .collect()
 }
 
 #[cfg(test)]
