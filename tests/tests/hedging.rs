@@ -6,7 +6,7 @@
 //! wrong answer.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use gateway_e2e::{ControlPlane, DataPlane, eventually, sqlite_url};
@@ -35,10 +35,12 @@ struct Stats {
     reused_half_read: AtomicUsize,
 }
 
-/// A plain HTTP/1.1 node with a fixed head delay.
+/// A plain HTTP/1.1 node with a head delay (the same for every request, until changed).
 struct Node {
     port: u16,
     stats: Arc<Stats>,
+    /// The delay in microseconds, read as each request arrives.
+    delay: Arc<AtomicU64>,
 }
 
 impl Node {
@@ -46,13 +48,27 @@ impl Node {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("address").port();
         let stats = Arc::new(Stats::default());
-        let shared = Arc::clone(&stats);
+        let node = Node {
+            port,
+            stats: Arc::clone(&stats),
+            delay: Arc::new(AtomicU64::new(0)),
+        };
+        node.set_delay(delay);
+        let delay = Arc::clone(&node.delay);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, delay, Arc::clone(&shared)));
+                // The head goes out in two writes: without this, Nagle's algorithm holds the
+                // second until the gateway's delayed ACK (40 ms), longer than the delays here.
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve(stream, Arc::clone(&delay), Arc::clone(&stats)));
             }
         });
-        Node { port, stats }
+        node
+    }
+
+    fn set_delay(&self, delay: Duration) {
+        let micros = u64::try_from(delay.as_micros()).expect("a test's delay");
+        self.delay.store(micros, SeqCst);
     }
 
     fn node(&self, weight: u32) -> Value {
@@ -61,8 +77,8 @@ impl Node {
 }
 
 /// Serves one keep-alive connection: each request's status line at once, the rest of the head
-/// and a body naming its path after `delay`.
-async fn serve(mut stream: TcpStream, delay: Duration, stats: Arc<Stats>) {
+/// and a body naming its path after the node's delay.
+async fn serve(mut stream: TcpStream, delay: Arc<AtomicU64>, stats: Arc<Stats>) {
     let mut buffer = Vec::new();
     loop {
         let Some(end) = read_head(&mut stream, &mut buffer).await else {
@@ -97,7 +113,7 @@ async fn serve(mut stream: TcpStream, delay: Duration, stats: Arc<Stats>) {
             stats.dropped_half_read.fetch_add(1, SeqCst);
             return;
         }
-        tokio::time::sleep(delay).await;
+        tokio::time::sleep(Duration::from_micros(delay.load(SeqCst))).await;
         // Before the answer is complete: the gateway either waits, or has closed the
         // connection (a cancelled attempt), or — wrongly — sent the next request on it.
         let mut peek = [0; 1];
@@ -383,4 +399,125 @@ async fn hedging_stops_when_the_retry_budget_is_spent() {
         slow_answers as f64 >= skipped * 0.9,
         "{slow_answers} slow answers, {skipped} skipped"
     );
+}
+
+/// What `"delay_ms": "p95"` stands for while a node has too few samples (the data plane's
+/// `DEFAULT_P95_DELAY`): an answer later than this was not timed by the node's estimate.
+const P95_STAND_IN: Duration = Duration::from_millis(50);
+
+#[tokio::test]
+async fn a_p95_delay_hedges_a_slow_request_at_the_nodes_usual_latency() {
+    let (first, second) = (Node::start(FAST).await, Node::start(FAST).await);
+    let (cp, dp) = gateway().await;
+    apply(
+        &cp,
+        &dp,
+        &[
+            (
+                "/api/v1/upstreams/estimated",
+                json!({"nodes": [first.node(1), second.node(1)], "hedge": {"delay_ms": "p95"}}),
+            ),
+            (
+                "/api/v1/routes/estimated",
+                json!({"paths": ["/estimated/*"], "upstream_id": "estimated"}),
+            ),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    // Warm-up: each node's histogram gets far more than the 20 samples its estimate needs, all
+    // near the fast delay. Far more, because a cancelled attempt counts as a sample at the
+    // time it was cancelled (past the p95): once 5% of a node's samples are such, its p95 is
+    // one of them and the next hedge waits longer. 400 samples a node hold it through the
+    // 15 or so slow first attempts below.
+    for i in 0..800 {
+        let path = format!("/estimated/warm/{i}");
+        let (_, status, body) = timed(&client, &dp, "GET", &path).await;
+        assert_eq!((status, body.as_str()), (200, path.as_str()));
+    }
+    let won_before = hedges(&dp, "estimated", "won").await;
+
+    // The first node turns slow. A request sent to it first is hedged once its usual p95 (a
+    // few milliseconds) has passed: answered by the second node long before the first's 200 ms,
+    // and before the 50 ms stand-in would even have sent the hedge.
+    first.set_delay(SLOW);
+    let mut latencies = Vec::new();
+    for i in 0..30 {
+        let path = format!("/estimated/slow/{i}");
+        let (took, status, body) = timed(&client, &dp, "GET", &path).await;
+        assert_eq!((status, body.as_str()), (200, path.as_str()));
+        latencies.push(took);
+    }
+    latencies.sort();
+    let max = latencies[latencies.len() - 1];
+    assert!(max < HEDGED_MAX, "answers: {latencies:?}");
+    let hedged = hedges(&dp, "estimated", "won").await - won_before;
+    assert!(hedged >= 8.0, "hedges won after the slowdown: {hedged}");
+    let late = latencies.iter().filter(|&&l| l >= P95_STAND_IN).count();
+    assert!(
+        late <= 2,
+        "{hedged} hedged requests, {late} answered after {P95_STAND_IN:?}: {latencies:?}"
+    );
+    eventually(
+        "the slow node sees its cancelled attempts closed",
+        || async { (first.stats.dropped_half_read.load(SeqCst) >= 8).then_some(()) },
+    )
+    .await;
+    assert_eq!(first.stats.reused_half_read.load(SeqCst), 0);
+}
+
+#[tokio::test]
+async fn hedge_false_on_a_route_or_a_sub_request_turns_the_upstreams_hedging_off() {
+    let (slow, fast) = (Node::start(SLOW).await, Node::start(FAST).await);
+    let (cp, dp) = gateway().await;
+    apply(
+        &cp,
+        &dp,
+        &[
+            (
+                "/api/v1/upstreams/pair",
+                json!({"nodes": [slow.node(1), fast.node(1)], "hedge": {"delay_ms": 20}}),
+            ),
+            (
+                "/api/v1/routes/off",
+                json!({"paths": ["/off/*"], "upstream_id": "pair", "hedge": false}),
+            ),
+            (
+                "/api/v1/routes/off-batch",
+                json!({"paths": ["/off-batch/:item"], "batch": {"requests": [
+                    {"name": "unhedged", "upstream_id": "pair", "path": "/b/{param.item}", "hedge": false}
+                ]}}),
+            ),
+            (
+                "/api/v1/routes/on",
+                json!({"paths": ["/on/*"], "upstream_id": "pair"}),
+            ),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for prefix in ["/off", "/off-batch"] {
+        let mut max = Duration::ZERO;
+        for i in 0..6 {
+            let (took, status, body) = timed(&client, &dp, "GET", &format!("{prefix}/{i}")).await;
+            assert_eq!(status, 200, "{body}");
+            max = max.max(took);
+        }
+        assert!(
+            max >= SLOW,
+            "{prefix}: unhedged, some wait for the slow node: {max:?}"
+        );
+    }
+    let sent = hedges(&dp, "pair", "won").await + hedges(&dp, "pair", "lost").await;
+    assert_eq!(sent, 0.0, "no hedge was sent");
+    assert_eq!(slow.stats.dropped_half_read.load(SeqCst), 0);
+
+    // The upstream's policy still holds where nothing overrides it.
+    for i in 0..6 {
+        let path = format!("/on/{i}");
+        let (took, status, body) = timed(&client, &dp, "GET", &path).await;
+        assert_eq!((status, body.as_str()), (200, path.as_str()));
+        assert!(took < HEDGED_MAX, "hedged: {took:?}");
+    }
+    assert!(hedges(&dp, "pair", "won").await >= 2.0);
 }

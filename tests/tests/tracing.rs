@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gateway_e2e::{
-    ControlPlane, DataPlane, FakeUpstream, Received, TOKEN, eventually, sqlite_url, unique,
+    ControlPlane, DataPlane, FakeUpstream, Received, Reply, ScriptedUpstream, TOKEN, eventually,
+    sqlite_url, unique,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -409,6 +410,77 @@ async fn a_batch_request_is_one_server_span_with_a_client_span_per_sub_request()
             .filter(|s| s.service == "gateway-control-plane")
             .all(|s| s.attribute("http.request.method") != Some(json!("GET")))
     );
+}
+
+#[tokio::test]
+async fn a_hedged_request_has_a_client_span_per_attempt_the_loser_marked_cancelled() {
+    const HEDGED_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    let collector = Collector::start();
+    let slow = ScriptedUpstream::start(|_| Reply::text("slow").after(Duration::from_secs(2))).await;
+    let fast = FakeUpstream::start("fast").await;
+    let cp = ControlPlane::start(&sqlite_url(), None);
+    let dp = DataPlane::start_with_env(&cp.xds_url, &unique("dp-hedge"), &[], &collector.env());
+    // Nearly every first attempt goes to the slow node; the hedge goes to the other.
+    cp.write(
+        "PUT",
+        "/api/v1/upstreams/pair",
+        Some(
+            json!({"nodes": [{"host": "127.0.0.1", "port": slow.addr.port(), "weight": 100},
+                              {"host": "127.0.0.1", "port": fast.addr.port(), "weight": 1}],
+                    "hedge": {"delay_ms": 20}}),
+        ),
+    )
+    .await;
+    let version = cp
+        .write(
+            "PUT",
+            "/api/v1/routes/hedged",
+            Some(json!({"paths": ["/hedged"], "upstream_id": "pair"})),
+        )
+        .await;
+    dp.applied(version).await;
+
+    let traceparent = format!("00-{HEDGED_TRACE}-{CLIENT_SPAN}-01");
+    let (status, _, body) = dp
+        .send("GET", "/hedged", &[("traceparent", &traceparent)])
+        .await;
+    assert_eq!((status, body["upstream"].as_str()), (200, Some("fast")));
+
+    let spans = eventually("the server span and both attempts' spans", || async {
+        let spans = collector.trace("gateway-data-plane", HEDGED_TRACE);
+        (spans.len() >= 3).then_some(spans)
+    })
+    .await;
+    let server = spans
+        .iter()
+        .find(|s| s.kind() == SpanKind::Server)
+        .unwrap_or_else(|| panic!("no server span: {spans:#?}"));
+    let attempt = |port: u16| {
+        spans
+            .iter()
+            .find(|s| {
+                s.kind() == SpanKind::Client && s.attribute("server.port") == Some(json!(port))
+            })
+            .unwrap_or_else(|| panic!("no client span to port {port}: {spans:#?}"))
+    };
+    let (first, hedge) = (attempt(slow.addr.port()), attempt(fast.addr.port()));
+    for span in [first, hedge] {
+        assert_eq!(span.parent_id(), server.span_id());
+        assert!(!span.is_error(), "{span:#?}");
+    }
+    // The hedge is marked and answered; the first attempt, given up, is marked cancelled.
+    assert_eq!(hedge.attribute("gateway.hedge"), Some(json!(true)));
+    assert_eq!(
+        hedge.attribute("http.response.status_code"),
+        Some(json!(200))
+    );
+    assert_eq!(hedge.attribute("gateway.hedge.cancelled"), None);
+    assert_eq!(first.attribute("gateway.hedge"), None);
+    assert_eq!(
+        first.attribute("gateway.hedge.cancelled"),
+        Some(json!(true))
+    );
+    assert_eq!(first.attribute("http.response.status_code"), None);
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::future;
-use gateway_proto::model::{HashSource, Hedge, PassHost, Retries, RetryOn};
+use gateway_proto::model::{HashSource, HedgeOverride, PassHost, Retries, RetryOn};
 use http::header::{CONNECTION, COOKIE, HeaderValue, UPGRADE};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -72,7 +72,7 @@ impl Proxy {
         form: HeadForm,
         notes: Option<&'a Notes>,
         trace: Option<Parent<'a>>,
-        hedge: Option<&'a Hedge>,
+        hedge: Option<&'a HedgeOverride>,
         started: Instant,
     ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + 'a {
         let upgrade = upgrade_protocol(&request);
@@ -102,10 +102,13 @@ impl Proxy {
         let retries = retries.filter(|r| {
             bodiless && upgrade.is_none() && (is_idempotent(&parts.method) || r.non_idempotent)
         });
-        let hedge = hedge
-            .or(route.spec.hedge.as_ref())
-            .or(upstream.spec.hedge.as_ref())
-            .filter(|_| upgrade.is_none() && is_idempotent(&parts.method));
+        // The nearest override decides (a sub-request's, then the route's; `false` turns the
+        // upstream's policy off), else the upstream's policy.
+        let hedge = match hedge.or(route.spec.hedge.as_ref()) {
+            Some(nearest) => nearest.policy(),
+            None => upstream.spec.hedge.as_ref(),
+        }
+        .filter(|_| upgrade.is_none() && is_idempotent(&parts.method));
         if let Some(hedge) = hedge {
             // Only a body that can be sent again: none, or one held whole (a batch's).
             if bodiless || matches!(body, Either::Right(_)) {

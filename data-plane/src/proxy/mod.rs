@@ -498,7 +498,7 @@ impl Dispatcher<'_> {
         original_host: Option<HeaderValue>,
         form: HeadForm,
         batch_key: Option<&'a str>,
-        hedge: Option<&'a gateway_proto::model::Hedge>,
+        hedge: Option<&'a gateway_proto::model::HedgeOverride>,
     ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + 'a {
         if let Some(notes) = self.notes {
             notes.subrequest();

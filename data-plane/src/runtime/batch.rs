@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gateway_proto::model::{Batch, Hedge, Merge, Template};
+use gateway_proto::model::{Batch, HedgeOverride, Merge, Template};
 use http::Method;
 use http::header::HeaderName;
 use serde_json::Value;
@@ -61,8 +61,8 @@ pub struct CompiledSubRequest {
     pub required: bool,
     /// Its own deadline, counted from when it is sent.
     pub timeout: Option<Duration>,
-    /// Its hedging policy, when it overrides the route's and the upstream's.
-    pub hedge: Option<Hedge>,
+    /// Its hedging policy (or `false`: none), when it overrides the route's and the upstream's.
+    pub hedge: Option<HedgeOverride>,
     /// Its `group` for `merge: deep`.
     pub group: Option<String>,
     /// Indices of the sub-requests whose answers it reads.

@@ -65,9 +65,10 @@ pub struct SubRequest {
     /// Deadline of this sub-request, from when it is sent (after its dependencies answered).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
-    /// Overrides the route's and the upstream's hedging policy for this sub-request.
+    /// Overrides the route's and the upstream's hedging policy for this sub-request (`false`:
+    /// never hedged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hedge: Option<super::Hedge>,
+    pub hedge: Option<super::HedgeOverride>,
     /// For `merge: deep`: the key this answer is nested under before merging.
     #[serde(default)]
     pub group: Option<String>,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Batch, Hedge, Retries, TimeoutOverrides, Upstream};
+use super::{Batch, HedgeOverride, Retries, TimeoutOverrides, Upstream};
 
 /// A request matcher and where matching requests go.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,9 +49,9 @@ pub struct Route {
     /// Overrides the upstream's retry policy for this route.
     #[serde(default)]
     pub retries: Option<Retries>,
-    /// Overrides the upstream's hedging policy for this route.
+    /// Overrides the upstream's hedging policy for this route (`false`: never hedged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hedge: Option<Hedge>,
+    pub hedge: Option<HedgeOverride>,
     /// Plugin name → plugin config.
     #[serde(default)]
     pub plugins: BTreeMap<String, Value>,

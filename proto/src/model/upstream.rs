@@ -258,6 +258,53 @@ impl<'de> Deserialize<'de> for HedgeDelay {
     }
 }
 
+/// A route's or a batch sub-request's hedging, over the upstream's: a policy of its own, or
+/// `false`: never hedged, whatever the upstream says.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum HedgeOverride {
+    /// `"hedge": false`.
+    Off,
+    /// `"hedge": {...}`.
+    Policy(Hedge),
+}
+
+impl HedgeOverride {
+    /// The policy in force where this override is set: its own, or none.
+    pub fn policy(&self) -> Option<&Hedge> {
+        match self {
+            HedgeOverride::Off => None,
+            HedgeOverride::Policy(hedge) => Some(hedge),
+        }
+    }
+}
+
+impl Serialize for HedgeOverride {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            HedgeOverride::Off => serializer.serialize_bool(false),
+            HedgeOverride::Policy(hedge) => hedge.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HedgeOverride {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Switch(bool),
+            Policy(Hedge),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Switch(false) => Ok(HedgeOverride::Off),
+            Raw::Policy(hedge) => Ok(HedgeOverride::Policy(hedge)),
+            Raw::Switch(true) => Err(serde::de::Error::custom(
+                "hedge is a policy ({\"delay_ms\": ...}) or false, not true",
+            )),
+        }
+    }
+}
+
 /// Health checking of an upstream's nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheck {

@@ -490,7 +490,7 @@ fn cors_stars_are_what_the_data_plane_reads() {
 
 #[test]
 fn hedge_settings_mean_the_same_to_the_served_schema_and_the_model() {
-    use crate::model::{Hedge, HedgeDelay};
+    use crate::model::{Hedge, HedgeDelay, HedgeOverride};
     let node = json!([{"host": "h", "port": 1}]);
     // (hedge, what the model reads from it; None: refused)
     let cases = [
@@ -533,7 +533,25 @@ fn hedge_settings_mean_the_same_to_the_served_schema_and_the_model() {
         (json!({"delay_ms": 30, "max_extra": 4}), None),
         (json!({"delay_ms": 30, "extra": 1}), None),
     ];
-    for (hedge, expected) in cases {
+    // `false` turns an upstream's hedging off on a route or a sub-request; an upstream has no
+    // hedging to turn off (it leaves `hedge` out), and `true` names no policy.
+    let switches = [
+        (
+            json!(false),
+            [
+                None,
+                Some(HedgeOverride::Off),
+                None,
+                Some(HedgeOverride::Off),
+            ],
+        ),
+        (json!(true), [None, None, None, None]),
+    ];
+    let cases = cases
+        .into_iter()
+        .map(|(hedge, expected)| (hedge, [expected.map(HedgeOverride::Policy); 4]))
+        .chain(switches);
+    for (hedge, expected_at) in cases {
         let sub = json!({"name": "a", "upstream_id": "u", "path": "/a", "hedge": hedge});
         let documents = [
             (
@@ -557,7 +575,7 @@ fn hedge_settings_mean_the_same_to_the_served_schema_and_the_model() {
                 "/batch/requests/0/hedge",
             ),
         ];
-        for (kind, document, at) in documents {
+        for ((kind, document, at), expected) in documents.into_iter().zip(expected_at) {
             assert_eq!(
                 served_validator(kind).is_valid(&document),
                 expected.is_some(),
@@ -566,10 +584,10 @@ fn hedge_settings_mean_the_same_to_the_served_schema_and_the_model() {
             match (validate_resource(kind, &document), expected) {
                 (Ok(parsed), Some(expected)) => {
                     let read = match parsed {
-                        Parsed::Upstream(u) => u.hedge,
+                        Parsed::Upstream(u) => u.hedge.map(HedgeOverride::Policy),
                         Parsed::Route(r) => r
                             .hedge
-                            .or(r.upstream.and_then(|u| u.hedge))
+                            .or(r.upstream.and_then(|u| u.hedge.map(HedgeOverride::Policy)))
                             .or(r.batch.and_then(|b| b.requests[0].hedge)),
                         other => panic!("{other:?}"),
                     };

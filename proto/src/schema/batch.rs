@@ -74,7 +74,7 @@ pub(super) fn batch_schema() -> Value {
                         },
                         "required": {"type": "boolean", "default": true},
                         "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 3600000},
-                        "hedge": super::upstream::hedge_schema(),
+                        "hedge": super::upstream::hedge_override_schema(),
                         "group": {"type": "string", "minLength": 1, "maxLength": 256},
                         "cache": {
                             "type": "object",

@@ -125,7 +125,7 @@ pub(super) fn route_schema() -> Value {
     props.insert("batch".into(), super::batch::batch_schema());
     props.insert("timeouts".into(), route_timeouts_schema());
     props.insert("retries".into(), retries_schema());
-    props.insert("hedge".into(), super::upstream::hedge_schema());
+    props.insert("hedge".into(), super::upstream::hedge_override_schema());
     props.insert("plugins".into(), crate::plugins::plugins_property());
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -178,8 +178,8 @@ pub(super) fn retries_schema() -> Value {
     })
 }
 
-/// The schema of `hedge`, shared by upstreams, the route-level override and batch
-/// sub-requests.
+/// The schema of an upstream's `hedge`, and of the policy form of a route's or a batch
+/// sub-request's ([`hedge_override_schema`]).
 pub(crate) fn hedge_schema() -> Value {
     json!({
         "type": "object",
@@ -201,6 +201,15 @@ pub(crate) fn hedge_schema() -> Value {
         },
         "required": ["delay_ms"],
         "additionalProperties": false
+    })
+}
+
+/// The schema of a route's or a batch sub-request's `hedge`: a policy over the upstream's, or
+/// `false` to turn the upstream's off there.
+pub(crate) fn hedge_override_schema() -> Value {
+    json!({
+        "description": "Overrides the upstream's hedging here: a policy of its own, or false: never hedged.",
+        "oneOf": [hedge_schema(), {"const": false}]
     })
 }
 
