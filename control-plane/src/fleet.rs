@@ -419,7 +419,7 @@ impl Fleet {
         self.live.subscribe()
     }
 
-    /// Counts the live data planes in the store every [`LIVE_COUNT_EVERY`], for as long as the
+    /// Counts the live data planes in the store every second, for as long as the
     /// process runs, and publishes the count when it changes. While the store is away the last
     /// count stands.
     pub async fn run_live_count(&self) {
