@@ -13,44 +13,14 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 PEERBENCH=${PEERBENCH:-../shared/peerbench/run.sh}
-DP=${DP_BIN:-target/release/data-plane}
-CP=${CP_BIN:-target/debug/control-plane}
 DURATION=${DURATION:-10} WARMUP=${WARMUP:-3} ROUNDS=${ROUNDS:-3} CONNECTIONS=${CONNECTIONS:-32}
 TLS_PORT=${TLS_PORT:-19443}
 export DURATION WARMUP ROUNDS CONNECTIONS
 
-work=$(mktemp -d)
-token=p10-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-value() { # file key: the key=value line's value, waiting for it
-  for _ in $(seq 100); do
-    local v; v=$(sed -n "s/^$2=//p" "$1" | head -1)
-    [ -n "$v" ] && { echo "$v"; return; }
-    sleep 0.1
-  done
-  echo "no $2= in $1" >&2; exit 1
-}
-
-"$CP" --database-url "sqlite://$work/cp.db?mode=rwc" --admin-token "$token" \
-  --admin-listen 127.0.0.1:0 --xds-listen 127.0.0.1:0 > "$work/cp.out" 2> "$work/cp.log" &
-pids+=($!)
-admin=$(value "$work/cp.out" admin_url)
-xds=$(value "$work/cp.out" xds_url)
-taskset -c 0 "$DP" --worker-threads 1 --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 \
-  --tls-listen "127.0.0.1:$TLS_PORT" --control-plane "$xds" --node-id p10 \
-  > "$work/dp.out" 2> "$work/dp.log" &
-dp_pid=$!
-pids+=($dp_pid)
+source benches/load/lib.sh p10
+start_gateway --tls-listen "127.0.0.1:$TLS_PORT"
 value "$work/dp.out" tls_url > /dev/null
 
-api() { curl -sf -X "$1" "$admin$2" -H "Authorization: Bearer $token" -H 'content-type: application/json' --data-binary @- > /dev/null; }
 certificate() { # crt key: the default certificate for bench.local
   jq -n --rawfile cert "$1" --rawfile key "$2" '{snis: ["bench.local"], default: true, cert: $cert, key: $key}' |
     api PUT /api/v1/certificates/bench

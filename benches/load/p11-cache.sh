@@ -11,43 +11,14 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 PEERBENCH=${PEERBENCH:-../shared/peerbench/run.sh}
-DP=${DP_BIN:-target/release/data-plane}
-CP=${CP_BIN:-target/debug/control-plane}
 DURATION=${DURATION:-10} WARMUP=${WARMUP:-3} ROUNDS=${ROUNDS:-3} CONNECTIONS=${CONNECTIONS:-32}
 export DURATION WARMUP ROUNDS CONNECTIONS
 
-work=$(mktemp -d)
-token=p11-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-value() { # file key: the key=value line's value, waiting for it
-  for _ in $(seq 100); do
-    local v; v=$(sed -n "s/^$2=//p" "$1" | head -1)
-    [ -n "$v" ] && { echo "$v"; return; }
-    sleep 0.1
-  done
-  echo "no $2= in $1" >&2; exit 1
-}
-
-"$CP" --database-url "sqlite://$work/cp.db?mode=rwc" --admin-token "$token" \
-  --admin-listen 127.0.0.1:0 --xds-listen 127.0.0.1:0 > "$work/cp.out" 2> "$work/cp.log" &
-pids+=($!)
-admin=$(value "$work/cp.out" admin_url)
-xds=$(value "$work/cp.out" xds_url)
-taskset -c 0 "$DP" --worker-threads 1 --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 \
-  --control-plane "$xds" --node-id p11 > "$work/dp.out" 2> "$work/dp.log" &
-dp_pid=$!
-pids+=($dp_pid)
+source benches/load/lib.sh p11
+start_gateway
 proxy=$(value "$work/dp.out" proxy_url)
 status=$(value "$work/dp.out" status_url)
 
-api() { curl -sf -X "$1" "$admin$2" -H "Authorization: Bearer $token" -H 'content-type: application/json' --data-binary @- > /dev/null; }
 echo '{"nodes": [{"host": "127.0.0.1", "port": 18081}]}' | api PUT /api/v1/upstreams/catalog
 # nginx-cache keeps every answer 60 s whatever its headers; so does this route.
 echo '{"paths": ["/cached/catalog"], "methods": ["GET"], "upstream_id": "catalog",

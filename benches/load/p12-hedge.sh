@@ -18,30 +18,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-DP=${DP_BIN:-target/release/data-plane}
-CP=${CP_BIN:-target/debug/control-plane}
 DURATION=${DURATION:-20} CONNECTIONS=${CONNECTIONS:-1} PACE_MS=${PACE_MS:-50}
 MAX_CONNECTIONS=${MAX_CONNECTIONS:-8}
 SLOW_MS=${SLOW_MS:-200} FAST_MS=${FAST_MS:-5} DELAY_MS=${DELAY_MS:-20}
 
-work=$(mktemp -d)
-token=p12-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-value() { # file key: the key=value line's value, waiting for it
-  for _ in $(seq 100); do
-    local v; v=$(sed -n "s/^$2=//p" "$1" | head -1)
-    [ -n "$v" ] && { echo "$v"; return; }
-    sleep 0.1
-  done
-  echo "no $2= in $1" >&2; exit 1
-}
+source benches/load/lib.sh p12
 
 # The two-speed upstream: keep-alive HTTP/1.1, the answer after the port's delay.
 cat > "$work/two_speed.py" <<'EOF'
@@ -83,18 +64,10 @@ taskset -c 1 python3 "$work/two_speed.py" "$slow:$SLOW_MS" "$fast:$FAST_MS" > "$
 pids+=($!)
 for _ in $(seq 50); do grep -q ready "$work/up.out" && break; sleep 0.1; done
 
-"$CP" --database-url "sqlite://$work/cp.db?mode=rwc" --admin-token "$token" \
-  --admin-listen 127.0.0.1:0 --xds-listen 127.0.0.1:0 > "$work/cp.out" 2> "$work/cp.log" &
-pids+=($!)
-admin=$(value "$work/cp.out" admin_url)
-xds=$(value "$work/cp.out" xds_url)
-taskset -c 0 "$DP" --worker-threads 1 --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 \
-  --control-plane "$xds" --node-id p12 > "$work/dp.out" 2> "$work/dp.log" &
-pids+=($!)
+start_gateway
 proxy=$(value "$work/dp.out" proxy_url)
 status=$(value "$work/dp.out" status_url)
 
-api() { curl -sf -X "$1" "$admin$2" -H "Authorization: Bearer $token" -H 'content-type: application/json' --data-binary @- > /dev/null; }
 echo "{\"nodes\": [{\"host\": \"127.0.0.1\", \"port\": $slow}, {\"host\": \"127.0.0.1\", \"port\": $fast}]}" |
   api PUT /api/v1/upstreams/two-speed
 echo '{"paths": ["/plain"], "upstream_id": "two-speed"}' | api PUT /api/v1/routes/plain
