@@ -194,6 +194,42 @@ async fn timed(
     (started.elapsed(), status, body)
 }
 
+/// Sends `method prefix/0`, `prefix/1`, … `count` times one after another and returns how long
+/// each took, shortest first. Each must be a 200; an answer in plain text must name its path
+/// (one read from a reused half-read connection would name another), a batch's is JSON.
+async fn latencies(
+    client: &reqwest::Client,
+    dp: &DataPlane,
+    method: &str,
+    prefix: &str,
+    count: usize,
+) -> Vec<Duration> {
+    let mut took = Vec::with_capacity(count);
+    for i in 0..count {
+        let path = format!("{prefix}/{i}");
+        let (elapsed, status, body) = timed(client, dp, method, &path).await;
+        assert_eq!(status, 200, "{method} {path}: {body}");
+        if !body.starts_with('{') {
+            assert_eq!(body, path);
+        }
+        took.push(elapsed);
+    }
+    took.sort();
+    took
+}
+
+/// The longest of [`latencies`].
+async fn slowest(
+    client: &reqwest::Client,
+    dp: &DataPlane,
+    method: &str,
+    prefix: &str,
+    count: usize,
+) -> Duration {
+    let took = latencies(client, dp, method, prefix, count).await;
+    took.last().copied().unwrap_or_default()
+}
+
 async fn hedges(dp: &DataPlane, upstream: &str, outcome: &str) -> f64 {
     let name =
         format!("gateway_upstream_hedges_total{{upstream=\"{upstream}\",outcome=\"{outcome}\"}}");
@@ -226,33 +262,19 @@ async fn a_hedged_route_answers_from_the_fast_node_and_never_reuses_the_loser() 
     let client = reqwest::Client::new();
 
     // Without hedging, the requests the balancer sends to the slow node take its time.
-    let mut plain_max = Duration::ZERO;
-    for i in 0..10 {
-        let path = format!("/plain/{i}");
-        let (took, status, body) = timed(&client, &dp, "GET", &path).await;
-        assert_eq!((status, body.as_str()), (200, path.as_str()));
-        plain_max = plain_max.max(took);
-    }
+    let plain_max = slowest(&client, &dp, "GET", "/plain", 10).await;
     assert!(
         plain_max >= SLOW,
         "unhedged, half the requests wait for the slow node: {plain_max:?}"
     );
 
     // Hedged: every answer comes from whichever node answers first, the fast one.
-    let mut latencies = Vec::new();
-    for i in 0..40 {
-        let path = format!("/hedged/{i}");
-        let (took, status, body) = timed(&client, &dp, "GET", &path).await;
-        // An answer read from a reused half-read connection would name another path.
-        assert_eq!((status, body.as_str()), (200, path.as_str()));
-        latencies.push(took);
-    }
-    latencies.sort();
-    let max = latencies[latencies.len() - 1];
+    let took = latencies(&client, &dp, "GET", "/hedged", 40).await;
+    let max = took[took.len() - 1];
     assert!(
         max < HEDGED_MAX,
         "hedged answers: p50 {:?}, max {max:?}",
-        latencies[latencies.len() / 2]
+        took[took.len() / 2]
     );
 
     // The slow node got its share of first attempts and each was given up half-read: its
@@ -269,13 +291,7 @@ async fn a_hedged_route_answers_from_the_fast_node_and_never_reuses_the_loser() 
 
     // POST is never hedged: the ones sent to the slow node wait for it, and no POST is sent
     // twice.
-    let mut post_max = Duration::ZERO;
-    for i in 0..6 {
-        let path = format!("/hedged/post/{i}");
-        let (took, status, body) = timed(&client, &dp, "POST", &path).await;
-        assert_eq!((status, body.as_str()), (200, path.as_str()));
-        post_max = post_max.max(took);
-    }
+    let post_max = slowest(&client, &dp, "POST", "/hedged/post", 6).await;
     assert!(
         post_max >= SLOW,
         "a POST to the slow node waits for it: {post_max:?}"
@@ -318,12 +334,7 @@ async fn a_batch_sub_request_with_a_hedge_override_is_hedged() {
         assert!(took < HEDGED_MAX, "hedged sub-request: {took:?}");
     }
     // The same sub-request without the override is not hedged: some wait for the slow node.
-    let mut max = Duration::ZERO;
-    for i in 0..6 {
-        let (took, status, _) = timed(&client, &dp, "GET", &format!("/batch/{i}")).await;
-        assert_eq!(status, 200);
-        max = max.max(took);
-    }
+    let max = slowest(&client, &dp, "GET", "/batch", 6).await;
     assert!(
         max >= SLOW,
         "the unhedged sub-request waits for the slow node: {max:?}"
@@ -430,33 +441,21 @@ async fn a_p95_delay_hedges_a_slow_request_at_the_nodes_usual_latency() {
     // time it was cancelled (past the p95): once 5% of a node's samples are such, its p95 is
     // one of them and the next hedge waits longer. 400 samples a node hold it through the
     // 15 or so slow first attempts below.
-    for i in 0..800 {
-        let path = format!("/estimated/warm/{i}");
-        let (_, status, body) = timed(&client, &dp, "GET", &path).await;
-        assert_eq!((status, body.as_str()), (200, path.as_str()));
-    }
+    latencies(&client, &dp, "GET", "/estimated/warm", 800).await;
     let won_before = hedges(&dp, "estimated", "won").await;
 
     // The first node turns slow. A request sent to it first is hedged once its usual p95 (a
     // few milliseconds) has passed: answered by the second node long before the first's 200 ms,
     // and before the 50 ms stand-in would even have sent the hedge.
     first.set_delay(SLOW);
-    let mut latencies = Vec::new();
-    for i in 0..30 {
-        let path = format!("/estimated/slow/{i}");
-        let (took, status, body) = timed(&client, &dp, "GET", &path).await;
-        assert_eq!((status, body.as_str()), (200, path.as_str()));
-        latencies.push(took);
-    }
-    latencies.sort();
-    let max = latencies[latencies.len() - 1];
-    assert!(max < HEDGED_MAX, "answers: {latencies:?}");
+    let took = latencies(&client, &dp, "GET", "/estimated/slow", 30).await;
+    assert!(took[took.len() - 1] < HEDGED_MAX, "answers: {took:?}");
     let hedged = hedges(&dp, "estimated", "won").await - won_before;
     assert!(hedged >= 8.0, "hedges won after the slowdown: {hedged}");
-    let late = latencies.iter().filter(|&&l| l >= P95_STAND_IN).count();
+    let late = took.iter().filter(|&&l| l >= P95_STAND_IN).count();
     assert!(
         late <= 2,
-        "{hedged} hedged requests, {late} answered after {P95_STAND_IN:?}: {latencies:?}"
+        "{hedged} hedged requests, {late} answered after {P95_STAND_IN:?}: {took:?}"
     );
     eventually(
         "the slow node sees its cancelled attempts closed",
@@ -497,12 +496,7 @@ async fn hedge_false_on_a_route_or_a_sub_request_turns_the_upstreams_hedging_off
     .await;
     let client = reqwest::Client::new();
     for prefix in ["/off", "/off-batch"] {
-        let mut max = Duration::ZERO;
-        for i in 0..6 {
-            let (took, status, body) = timed(&client, &dp, "GET", &format!("{prefix}/{i}")).await;
-            assert_eq!(status, 200, "{body}");
-            max = max.max(took);
-        }
+        let max = slowest(&client, &dp, "GET", prefix, 6).await;
         assert!(
             max >= SLOW,
             "{prefix}: unhedged, some wait for the slow node: {max:?}"
@@ -513,11 +507,7 @@ async fn hedge_false_on_a_route_or_a_sub_request_turns_the_upstreams_hedging_off
     assert_eq!(slow.stats.dropped_half_read.load(SeqCst), 0);
 
     // The upstream's policy still holds where nothing overrides it.
-    for i in 0..6 {
-        let path = format!("/on/{i}");
-        let (took, status, body) = timed(&client, &dp, "GET", &path).await;
-        assert_eq!((status, body.as_str()), (200, path.as_str()));
-        assert!(took < HEDGED_MAX, "hedged: {took:?}");
-    }
+    let max = slowest(&client, &dp, "GET", "/on", 6).await;
+    assert!(max < HEDGED_MAX, "hedged: {max:?}");
     assert!(hedges(&dp, "pair", "won").await >= 2.0);
 }

@@ -143,12 +143,7 @@ impl Proxy {
         future::Either::Right(async move {
             let mut tried: Vec<usize> = Vec::new();
             let mut started = started;
-            let mut index =
-                upstream
-                    .pick_index(key, |_| false)
-                    .ok_or_else(|| ProxyError::NoUpstreamNode {
-                        upstream: upstream.key.clone(),
-                    })?;
+            let mut index = first_node(upstream, key)?;
             loop {
                 let node = &upstream.nodes[index];
                 let in_flight = node.load.start();
@@ -301,6 +296,15 @@ impl Failure {
         };
         policy.on.contains(&condition)
     }
+}
+
+/// The node a request tries first: the balancer's pick among them all.
+fn first_node(upstream: &UpstreamRuntime, key: Option<u64>) -> Result<usize, ProxyError> {
+    upstream
+        .pick_index(key, |_| false)
+        .ok_or_else(|| ProxyError::NoUpstreamNode {
+            upstream: upstream.key.clone(),
+        })
 }
 
 fn failure_of<B>(result: &Result<Response<B>, ProxyError>) -> Option<Failure> {

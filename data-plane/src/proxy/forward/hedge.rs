@@ -35,7 +35,7 @@ use tracing::debug;
 use super::super::access_log::Notes;
 use super::super::trace::{ClientSpan, Parent};
 use super::super::{Proxy, ProxyBody};
-use super::{Failure, Prepared, build};
+use super::{Failure, Prepared, build, first_node};
 use crate::error::ProxyError;
 use crate::runtime::hedge::{HedgeOutcome, delay};
 use crate::runtime::{CompiledRoute, UpstreamRuntime};
@@ -148,12 +148,7 @@ impl Proxy {
             })
         };
 
-        let first =
-            upstream
-                .pick_index(key, |_| false)
-                .ok_or_else(|| ProxyError::NoUpstreamNode {
-                    upstream: upstream.key.clone(),
-                })?;
+        let first = first_node(upstream, key)?;
         running.push(launch(first, false, started, &mut attempts, &mut tried)?);
         let wait = delay(hedge, &upstream.nodes[first]);
         let mut timer = pin!(deadline::timer(deadline::after(wait)));
