@@ -11,6 +11,8 @@
 #   PROFILE_TARGET=plugins|agg            profile that route instead of the plain proxy one
 #   PROFILE=callgrind benches/load/peers.sh   instead, count the data plane's instructions per
 #                                         proxied request under valgrind (noise-free; needs valgrind)
+#   PROFILE=dhat benches/load/peers.sh    instead, heap blocks per request by allocation site (valgrind's
+#                                         DHAT, read by benches/load/dhat-by-site.py)
 #   PROFILE=churn benches/load/peers.sh   instead, P8: the plain route's p99 with and without 20 route
 #                                         changes/s on a config of 5,000 more routes (CHURN_RATE,
 #                                         CHURN_ROUTES)
@@ -119,6 +121,9 @@ if [ "$PROFILE" = callgrind ]; then
   wrap+=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" --dump-instr=no
     --compress-strings=no --compress-pos=no ${CALLGRIND_ARGS:-})
 fi
+if [ "$PROFILE" = dhat ]; then
+  wrap+=(valgrind --tool=dhat --dhat-out-file="$WORK/dhat.json")
+fi
 # Starts data-plane binary $2 as node $1 on cpu 0, output in $WORK/$1.out and .log; any further
 # arguments wrap it (valgrind). Sets STARTED_PID, STARTED_PROXY and STARTED_STATUS.
 start_data_plane() {
@@ -212,6 +217,20 @@ if [ "$PROFILE" = callgrind ]; then
   [ -n "$requests" ] && [ "${instructions:-0}" -gt 0 ] || die "no callgrind dump or no wrk count"
   echo "peers: $requests requests, $instructions instructions, $((instructions / requests)) per request"
   echo "peers: dump in $WORK (benches/load/callgrind-by-file.py $WORK/callgrind.out.1 $requests)" >&2
+  exit 0
+fi
+
+if [ "$PROFILE" = dhat ]; then
+  # DHAT writes its profile when the process ends: one load, then the data plane stopped.
+  # Start-up's allocations are in it too; dhat-by-site.py leaves out sites below 0.5 per request.
+  "$PEERBENCH" up
+  trap '"$PEERBENCH" down; cleanup' EXIT
+  taskset -c 1 wrk -t1 -c8 -d"${DURATION:-10}"s "$PROFILE_URL" >"$WORK/wrk-dhat.txt"
+  kill "$DP_PID"
+  wait "$DP_PID" || true
+  requests=$(awk '/requests in/ {print $1}' "$WORK/wrk-dhat.txt")
+  [ -n "$requests" ] && [ -s "$WORK/dhat.json" ] || die "no DHAT profile or no wrk count"
+  python3 "$ROOT/benches/load/dhat-by-site.py" "$WORK/dhat.json" "$requests"
   exit 0
 fi
 

@@ -42,7 +42,7 @@ use crate::runtime::batch::{BodyTemplate, CompiledBatch, CompiledSubRequest};
 use crate::transport::body::UpstreamBody;
 use crate::transport::deadline::{self, Elapsed, Instant};
 use crate::transport::h1::HeadForm;
-use crate::transport::headers::remove_hop_by_hop;
+use crate::transport::headers::{HopHeaders, X_FORWARDED_FOR, remove_hop_by_hop};
 use merge::{Answer, Part, error_value};
 use template::{Context, Place, render};
 
@@ -100,8 +100,9 @@ impl Failure {
 /// How one sub-request ended.
 #[derive(Clone, Debug)]
 struct Outcome {
-    /// The path and query it was sent to (or its template, if it never left).
-    uri: String,
+    /// The path and query it was sent to; `None` if it never left (its template stands in).
+    /// Shared with the request rather than copied into a `String` of its own.
+    uri: Option<PathAndQuery>,
     /// The status and answer, or why there is none.
     result: Result<(StatusCode, Answer), Failure>,
 }
@@ -169,11 +170,10 @@ pub(crate) async fn execute(
     };
 
     let exchange = &exchange;
-    let outcomes: Vec<Arc<Outcome>> = if batch.independent {
-        // No sub-request reads another's answer: plain concurrent futures, nothing to share.
-        let all = (0..batch.requests.len())
-            .map(|i| async move { Arc::new(exchange.run(i, Vec::new()).await) });
-        join_all(all).await
+    let mut outcomes: Vec<Outcome> = if batch.independent {
+        // No sub-request reads another's answer: plain concurrent futures, nothing to share
+        // (no `Arc` per answer).
+        join_all((0..batch.requests.len()).map(|i| exchange.run(i, Vec::new()))).await
     } else {
         // One shared future per sub-request, built in topological order so that every
         // dependency's future exists when its dependents are built.
@@ -191,13 +191,14 @@ pub(crate) async fn execute(
                 Box::pin(async move { Arc::new(exchange.run(i, deps).await) });
             futures[i] = Some(future.shared());
         }
-        // Declared order: the order of the merge.
-        join_all(futures.into_iter().flatten()).await
+        // Declared order: the order of the merge. Every shared handle is gone once all
+        // futures are done, so the answers move out of their `Arc`s instead of being copied.
+        join_all(futures.into_iter().flatten())
+            .await
+            .into_iter()
+            .map(Arc::unwrap_or_clone)
+            .collect()
     };
-
-    // Every shared handle is gone once all futures are done, so the answers move out of their
-    // `Arc`s instead of being copied.
-    let mut outcomes: Vec<Outcome> = outcomes.into_iter().map(Arc::unwrap_or_clone).collect();
     for outcome in &outcomes {
         dispatch
             .metrics()
@@ -209,9 +210,9 @@ pub(crate) async fn execute(
             });
     }
     let (mut failed, mut required_failed, mut all_timeouts) = (false, false, true);
-    let mut contents = Vec::with_capacity(outcomes.len());
+    let mut parts = Vec::with_capacity(outcomes.len());
     for (sub, outcome) in batch.requests.iter().zip(&mut outcomes) {
-        contents.push(match &mut outcome.result {
+        let (status, body, part_failed) = match &mut outcome.result {
             Ok((status, body)) => (
                 status.as_u16(),
                 std::mem::replace(body, Answer::Value(Value::Null)),
@@ -230,22 +231,19 @@ pub(crate) async fn execute(
                     true,
                 )
             }
-        });
-    }
-    let parts = batch
-        .requests
-        .iter()
-        .zip(&outcomes)
-        .zip(contents)
-        .map(|((sub, outcome), (status, body, failed))| Part {
+        };
+        parts.push(Part {
             name: &sub.name,
             group: sub.group.as_deref(),
-            uri: &outcome.uri,
+            uri: outcome
+                .uri
+                .as_ref()
+                .map_or(sub.path_text.as_str(), PathAndQuery::as_str),
             status,
             body,
-            failed,
-        })
-        .collect();
+            failed: part_failed,
+        });
+    }
     let merged = merge::merge(batch.merge, parts);
     let status = match (required_failed, all_timeouts) {
         (false, _) => StatusCode::OK,
@@ -262,18 +260,27 @@ pub(crate) async fn execute(
 }
 
 /// The client's headers as every sub-request starts from them. The hop's own rewrite
-/// (`X-Forwarded-*` in, `Host` per `pass_host`) happens where every proxied request gets it.
-/// Here go: the hop-by-hop headers (`Connection` and what it lists, `Upgrade`, `TE`, …),
+/// (`X-Forwarded-*` in, `Host` per `pass_host`) happens where every proxied request gets it,
+/// so the headers it replaces whole (`Host`, `Expect`, `X-Forwarded-Proto`, `X-Forwarded-Host`)
+/// are left out here already: a client that sends nothing else (`Host` alone) gives an empty
+/// map, which every sub-request then copies without an allocation. `X-Forwarded-For` stays:
+/// the hop appends to the client's chain. (A sub-request's upstream hashing on the `Host`
+/// header therefore hashes by the client's address, as for a request without the header.)
+/// Also gone: the hop-by-hop headers (`Connection` and what it lists, `Upgrade`, `TE`, …),
 /// which describe the client's connection, not a sub-request (the forwarding code would
 /// read `Connection: upgrade` as a WebSocket handshake to pass on); `Content-Length`, because
 /// each body is measured again; and `Accept-Encoding`, because the gateway must read the
 /// answers: a compressed one could not be merged.
 fn forwarded_headers(client: &HeaderMap) -> HeaderMap {
-    let mut headers = client.clone();
-    remove_hop_by_hop(&mut headers);
-    for name in [CONTENT_LENGTH, ACCEPT_ENCODING] {
-        headers.remove(name);
+    let mut headers = HeaderMap::new();
+    for (name, value) in client {
+        let replaced = HopHeaders::replaces(name) && *name != X_FORWARDED_FOR;
+        if !replaced && *name != CONTENT_LENGTH && *name != ACCEPT_ENCODING {
+            headers.append(name.clone(), value.clone());
+        }
     }
+    // `Connection` is still there when the client sent it: what it lists goes with it.
+    remove_hop_by_hop(&mut headers);
     headers
 }
 
@@ -311,7 +318,7 @@ impl Exchange<'_> {
             if let Err(failure) = &outcome.result {
                 // Its input is missing: it is never sent, and fails the way its input did.
                 return Outcome {
-                    uri: sub.path_text.clone(),
+                    uri: None,
                     result: Err(Failure {
                         message: format!("not sent: it needs the answer of {name:?}, which failed"),
                         skipped: true,
@@ -325,12 +332,12 @@ impl Exchange<'_> {
             Ok(prepared) => prepared,
             Err(failure) => {
                 return Outcome {
-                    uri: sub.path_text.clone(),
+                    uri: None,
                     result: Err(failure),
                 };
             }
         };
-        let uri = prepared.path_and_query.as_str().to_owned();
+        let uri = Some(prepared.path_and_query.clone());
         let exchange = async {
             // Waiting for a permit is bounded by the batch's deadline; the exchange by the
             // earlier of that and the sub-request's own timeout, folded into one timer.
@@ -391,7 +398,8 @@ impl Exchange<'_> {
             target.push(if target.contains('?') { '&' } else { '?' });
             target.push_str(self.context.query);
         }
-        let path_and_query = PathAndQuery::try_from(target.as_str()).map_err(|_| {
+        // From the `String` itself: its buffer becomes the URI's, not copied.
+        let path_and_query = PathAndQuery::try_from(target).map_err(|_| {
             Failure::new(
                 StatusCode::BAD_GATEWAY,
                 "the sub-request path is not a valid URI",
@@ -513,8 +521,8 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
+    match read_whole(Limited::new(body, max)).await {
+        Ok(whole) => Ok(whole),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(Failure::new(
             StatusCode::BAD_GATEWAY,
             format!("the upstream's answer exceeds this batch's limit of {max} bytes"),
@@ -527,6 +535,31 @@ where
             "reading the upstream's answer failed",
         )),
     }
+}
+
+/// Reads `body` whole. An answer in one chunk (a small one usually is: the connection's read
+/// buffer holds it whole) is that chunk as it is, without the list `collect` would allocate.
+async fn read_whole<B: Body<Data = Bytes>>(body: B) -> Result<Bytes, B::Error> {
+    let mut body = std::pin::pin!(body);
+    let mut first = Bytes::new();
+    let mut more: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        // Trailers are not part of the answer.
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        match &mut more {
+            Some(more) => more.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => {
+                let mut joined = bytes::BytesMut::with_capacity(first.len() + data.len());
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&data);
+                more = Some(joined);
+            }
+        }
+    }
+    Ok(more.map_or(first, bytes::BytesMut::freeze))
 }
 
 /// Whether `error`, or an error it wraps, is an I/O timeout: the upstream bodies report a

@@ -110,6 +110,55 @@ fn answers_are_kept_raw_parsed_or_carried_as_strings() {
     }
 }
 
+#[test]
+fn sub_requests_start_from_the_client_headers_the_hop_does_not_write() {
+    use http::{HeaderMap, HeaderValue};
+    let mut client = HeaderMap::new();
+    for (name, value) in [
+        ("host", "shop.example"),
+        ("expect", "100-continue"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "spoofed.example"),
+        ("x-forwarded-for", "192.0.2.1"),
+        ("content-length", "3"),
+        ("accept-encoding", "gzip"),
+        ("connection", "keep-alive, x-private"),
+        ("x-private", "1"),
+        ("accept", "application/json"),
+        ("cookie", "a=1"),
+    ] {
+        client.append(name, HeaderValue::from_static(value));
+    }
+    client.append("cookie", HeaderValue::from_static("b=2"));
+    let forwarded = super::forwarded_headers(&client);
+    let mut names: Vec<&str> = forwarded.keys().map(|n| n.as_str()).collect();
+    names.sort_unstable();
+    // The chain stays for the hop to extend; repeated headers keep every value.
+    assert_eq!(names, ["accept", "cookie", "x-forwarded-for"]);
+    assert_eq!(forwarded.get_all("cookie").iter().count(), 2);
+    // `Host` alone: nothing to copy per sub-request.
+    let mut host_only = HeaderMap::new();
+    host_only.insert("host", HeaderValue::from_static("shop.example"));
+    assert!(super::forwarded_headers(&host_only).is_empty());
+}
+
+#[tokio::test]
+async fn an_answer_in_several_chunks_is_read_whole() {
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    let chunks = |parts: &[&'static str]| {
+        let frames: Vec<Result<_, std::convert::Infallible>> = parts
+            .iter()
+            .map(|p| Ok(http_body::Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    };
+    for parts in [&[][..], &["{\"a\":1}"], &["{\"a\"", ":1", "}"], &["", "{}"]] {
+        let whole = super::read_whole(chunks(parts)).await.unwrap();
+        assert_eq!(whole, parts.concat().as_bytes());
+    }
+}
+
 /// A data plane in process: the proxy listener on 127.0.0.1:0 serving `resources`.
 mod in_process {
     use std::convert::Infallible;
