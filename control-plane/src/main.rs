@@ -112,8 +112,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     // OpenTelemetry when OTEL_EXPORTER_OTLP_ENDPOINT is set; off otherwise.
-    let telemetry =
-        Telemetry::from_env().context("setting up tracing from the OTEL_* environment")?;
+    let telemetry = Telemetry::from_env(telemetry::SERVICE_NAME)
+        .context("setting up tracing from the OTEL_* environment")?;
     let tracer = telemetry.as_ref().map(|t| t.tracer().clone());
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -12,6 +12,8 @@ pub mod model;
 pub mod plugins;
 pub mod schema;
 pub mod snapshot;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 
 /// Generated config-stream protocol.
 #[allow(clippy::all, missing_docs)]
