@@ -3,8 +3,8 @@
 # table: figure, target, measured, ratio to the peer measured in the same run, and a note for
 # each target missed. It reports; it never fails on a number (exit 0 unless a step broke).
 #
-#   benches/load/all.sh             ~18 minutes (3 rounds of 8 s per target)
-#   QUICK=1 benches/load/all.sh     ~4 minutes: 1 round of 3 s, smaller configs and fleets
+#   benches/load/all.sh             ~22 minutes (3 rounds of 8 s per target)
+#   QUICK=1 benches/load/all.sh     ~5 minutes: 1 round of 3 s, smaller configs and fleets
 #
 # One release build (under `nice -n 10`), then each step in turn, each with its own log in the
 # run's directory and a time limit:
@@ -13,14 +13,17 @@
 #   P8         PROFILE=churn benches/load/peers.sh
 #   P10        benches/load/p10-tls.sh (nginx-tls, same certificate; new handshakes/s)
 #   P11, P12   benches/load/p11-cache.sh, benches/load/p12-hedge.sh, when they exist
+#   P3         benches/load/p3-routes.sh (req/s and CPU per request, 10 vs 10,000 routes)
+#   P5         benches/load/p5-memory.sh (RSS idle, with 10,000 routes, after create-delete
+#              cycles: 10,000, or 2,000 in QUICK runs)
 #   P13        PROFILE=p13 benches/load/peers.sh
 #   P6 P7 P9   target/release/fleet (a fresh Postgres database when psql reaches
 #              127.0.0.1:5432, else SQLite: the table says which)
 #   P3         the router bench (criterion; not in QUICK runs)
 # The data plane is the profile-guided build of benches/load/pgo.sh when one exists
-# (PGO=1 builds it first, ~15 minutes more; PGO=0 uses the plain release build). P5 has no
-# script yet and says so. Every process a step starts is stopped by that step (by PID);
-# stopping this script stops the running step. Wall-clock figures on a machine shared with
+# (PGO=1 builds it first, ~15 minutes more; PGO=0 uses the plain release build). Every
+# process a step starts is stopped by that step (by PID); stopping this script stops the
+# running step. Wall-clock figures on a machine shared with
 # other builds are noisy: read the ratios, and the per-step logs for the rounds.
 set -uo pipefail
 
@@ -33,6 +36,7 @@ if [ "$QUICK" = 1 ]; then
   export DURATION=${DURATION:-3} WARMUP=${WARMUP:-1} ROUNDS=${ROUNDS:-1}
   export CHURN_ROUTES=${CHURN_ROUTES:-1000} FLEETS=${FLEETS:-1,10} WRITES=${WRITES:-20}
   export ROUTES=${ROUTES:-2000} WRITE_SECONDS=${WRITE_SECONDS:-3}
+  export P5_CYCLES=${P5_CYCLES:-2000} P5_SECONDS=${P5_SECONDS:-40}
 else
   export DURATION=${DURATION:-8} WARMUP=${WARMUP:-2} ROUNDS=${ROUNDS:-3}
 fi
@@ -84,6 +88,8 @@ step p10 600 "$LOAD/p10-tls.sh"
 for script in p11-cache p12-hedge; do
   [ ! -x "$LOAD/$script.sh" ] || step "$script" 600 "$LOAD/$script.sh"
 done
+step p3-routes 600 "$LOAD/p3-routes.sh"
+step p5-memory 600 "$LOAD/p5-memory.sh"
 PROFILE=p13 step p13 600 "$LOAD/peers.sh"
 fleet_db=sqlite
 if command -v psql >/dev/null && psql -q -h 127.0.0.1 -U postgres -c "CREATE DATABASE gateway_all_$$" >/dev/null 2>&1; then
@@ -166,8 +172,30 @@ if match:
         "" if value < 1 else "router match above 1 us")
 else:
     absent("P3 router, 10k routes", "match median < 1 us", "router", "not run (QUICK)" if quick else None)
-row("P3 req/s 10 vs 10k routes", "drop < 5%", "-", "", None, "no script measures it yet")
-row("P5 DP memory", "<=20 MiB idle / <=80 MiB 10k routes", "-", "", None, "no script measures it yet")
+m = re.search(r"p3_routes=(\d+) rps_small=(\d+) rps_large=(\d+) drop_pct=(-?[\d.]+) cpu_us_small=([\d.]+) "
+              r"cpu_us_large=([\d.]+) cpu_pct=([-+][\d.]+)", log("p3-routes") or "")
+if m:
+    drop = float(m.group(4))
+    row(f"P3 req/s 10 vs {int(m.group(1)) // 1000}k routes", "req/s drop < 5%",
+        f"{m.group(3)} req/s, {m.group(6)} us/req", f"{drop:.1f}% drop, CPU {m.group(7)}% (10 routes)",
+        drop < 5, "" if drop < 5 else "req/s drops 5% or more")
+else:
+    absent("P3 req/s 10 vs 10k routes", "req/s drop < 5%", "p3-routes")
+m = re.search(r"p5_idle_kib=(\d+) p5_routes=(\d+) p5_routes_kib=(\d+) p5_cycles=(\d+) p5_warm_kib=(\d+) "
+              r"p5_cycles_kib=(\d+) p5_growth_pct=(-?[\d.]+)", log("p5-memory") or "")
+if m:
+    idle, routes, cycles, growth = int(m.group(1)) / 1024, int(m.group(3)) / 1024, int(m.group(4)), float(m.group(7))
+    after = int(m.group(6)) / 1024
+    # The cycles run on the 10k routes too: both readings count against 80 MiB.
+    notes = [n for n, bad in (("idle above 20 MiB", idle > 20), ("above 80 MiB with the routes", max(routes, after) > 80),
+                              ("grows beyond 5% over the cycles", growth > 5),
+                              (f"{cycles} cycles, not 10,000", cycles < 10_000 and not quick)) if bad]
+    met = idle <= 20 and max(routes, after) <= 80 and growth <= 5
+    row("P5 DP memory (RSS)", "<=20 MiB idle / <=80 MiB 10k routes / <=5% growth",
+        f"{idle:.1f} / {routes:.1f} MiB; {after:.1f} MiB after {cycles} cycles",
+        f"{growth:+.1f}% since the first tenth of them", met, "; ".join(notes))
+else:
+    absent("P5 DP memory", "<=20 MiB idle / <=80 MiB 10k routes / <=5% growth", "p5-memory")
 
 # P6, P7, P9: fleet's name=value lines.
 fleet = log("fleet") or ""
