@@ -7,14 +7,16 @@
 # gives a scratch directory ($work) and an admin token ($token) for the run, $pids stopped by
 # PID (then $work removed) on exit, DP and CP (DP_BIN, default target/release/data-plane;
 # CP_BIN, default target/debug/control-plane) and:
-#   value FILE KEY          the KEY=value line's value in FILE, waiting for it to appear;
+#   value FILE KEY          the KEY=value line's value in FILE, waiting for it to appear
+#                           (VALUE_SECONDS, default 10, at most);
 #   start_gateway [ARG...]  a control plane on SQLite ($admin, $xds) and a data plane pinned to
 #                           core 0 with one worker thread, node id NAME, ARGs added ($dp_pid;
-#                           its key=value lines in $work/dp.out);
+#                           its key=value lines in $work/dp.out); the words of $DP_WRAP, if
+#                           set, run it (e.g. valgrind and its options);
 #   api METHOD PATH         an admin call with the body on stdin; fails on an error status;
 #   put_config FILE         PUT /api/v1/config with FILE; prints the new config version;
-#   wait_applied VERSION    waits (60 s at most) until the data plane's /readyz reports VERSION
-#                           or later (versions only grow);
+#   wait_applied VERSION    waits (APPLY_SECONDS, default 60, at most) until the data plane's
+#                           /readyz reports VERSION or later (versions only grow);
 #   start_upstreams         ../shared/peerbench's three fake services (catalog, inventory, review:
 #                           one nginx worker on core 1) on free ports $up1 $up2 $up3, so that a
 #                           script needs no peerbench run and fears no other's fixed ports;
@@ -41,7 +43,7 @@ cleanup() {
 trap cleanup EXIT
 
 value() {
-  for _ in $(seq 100); do
+  for _ in $(seq $((${VALUE_SECONDS:-10} * 10))); do
     local v; v=$(sed -n "s/^$2=//p" "$1" | head -1)
     [ -n "$v" ] && { echo "$v"; return; }
     sleep 0.1
@@ -55,7 +57,8 @@ start_gateway() {
   pids+=($!)
   admin=$(value "$work/cp.out" admin_url)
   xds=$(value "$work/cp.out" xds_url)
-  taskset -c 0 "$DP" --worker-threads 1 --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 \
+  # shellcheck disable=SC2086 # DP_WRAP is a command line, split on purpose.
+  taskset -c 0 ${DP_WRAP:-} "$DP" --worker-threads 1 --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 \
     --control-plane "$xds" --node-id "$name" "$@" > "$work/dp.out" 2> "$work/dp.log" &
   dp_pid=$!
   pids+=($dp_pid)
@@ -78,12 +81,12 @@ put_config() {
 wait_applied() {
   local applied status_url
   status_url=$(value "$work/dp.out" status_url)
-  for _ in $(seq 600); do
+  for _ in $(seq $((${APPLY_SECONDS:-60} * 10))); do
     applied=$(curl -sf "$status_url/readyz" | sed -n 's/.*"version":\([0-9]*\).*/\1/p' || true)
     [ "${applied:-0}" -ge "$1" ] && return
     sleep 0.1
   done
-  echo "the data plane did not apply version $1 within 60 s" >&2; exit 1
+  echo "the data plane did not apply version $1 within ${APPLY_SECONDS:-60} s" >&2; exit 1
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

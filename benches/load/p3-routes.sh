@@ -16,6 +16,10 @@
 # The table gives medians of the rounds and the drop in %; the last line is for all.sh.
 #
 #   benches/load/p3-routes.sh          # needs target/release/data-plane and control-plane
+#   PROFILE=callgrind benches/load/p3-routes.sh
+#                                      # instead, instructions per request under valgrind's
+#                                      # callgrind (every thread; noise-free, ~50x slower), one
+#                                      # round per config; the dumps stay in P3_DUMPS if set
 #
 # DURATION (s measured per round, 8), WARMUP (2), ROUNDS (3 per config), CONNECTIONS (32),
 # P3_ROUTES (10000). Stops what it starts, by PID.
@@ -26,6 +30,16 @@ DURATION=${DURATION:-8} WARMUP=${WARMUP:-2} ROUNDS=${ROUNDS:-3} CONNECTIONS=${CO
 ROUTES=${P3_ROUTES:-10000}
 CP_BIN=${CP_BIN:-target/release/control-plane}
 
+PROFILE=${PROFILE:-}
+if [ "$PROFILE" = callgrind ]; then
+  # Counting starts with `callgrind_control -z` after each warm-up; strings in full in every
+  # dump, for benches/load/callgrind-by-file.py.
+  dumps=${P3_DUMPS:-$(mktemp -d /tmp/p3-callgrind-XXXX)}
+  mkdir -p "$dumps"
+  DP_WRAP="valgrind --tool=callgrind --callgrind-out-file=$dumps/callgrind.out --dump-instr=no
+    --compress-strings=no --compress-pos=no"
+  APPLY_SECONDS=${APPLY_SECONDS:-600} VALUE_SECONDS=${VALUE_SECONDS:-120}
+fi
 source benches/load/lib.sh p3
 start_upstreams
 start_gateway
@@ -47,6 +61,30 @@ version=$(put_config "$work/large.json"); wait_applied "$version"
 check large $host 200; check large nobody.example.com 404; check large t7.example.com 200
 version=$(put_config "$work/small.json"); wait_applied "$version"
 check small $host 200; check small nobody.example.com 404
+
+if [ "$PROFILE" = callgrind ]; then
+  # valgrind is the process taskset started: $dp_pid is the one callgrind_control names.
+  for config in small large; do
+    version=$(put_config "$work/$config.json")
+    wait_applied "$version"
+    routes=10; [ "$config" = large ] && routes=$ROUTES
+    taskset -c 1 wrk -t1 -c8 -d3s -H "Host: $host" "$url" > /dev/null
+    callgrind_control -z "$dp_pid" > /dev/null 2>&1
+    out=$(taskset -c 1 wrk -t1 -c8 -d"${DURATION}s" -H "Host: $host" "$url")
+    callgrind_control -d "$dp_pid" > /dev/null 2>&1
+    dump=$(ls -t "$dumps"/callgrind.out* | head -n 1)
+    requests=$(awk '/requests in/ { print $1 }' <<< "$out")
+    instructions=$(awk '/^summary:/ { s += $2 } END { print s }' "$dump")
+    mv "$dump" "$dumps/$config.callgrind"
+    echo "$routes $requests $instructions" >> "$work/callgrind.txt"
+    printf 'p3: %5s routes: %s requests, %s instructions, %s per request (dump %s)\n' "$routes" "$requests" \
+      "$instructions" $((instructions / requests)) "$dumps/$config.callgrind"
+  done
+  awk 'NR == 1 { small = $3 / $2 } NR == 2 { large = $3 / $2 }
+    END { printf "P3 callgrind: %.0f instructions per request with 10 routes, %.0f with %d (%+.1f%%)\n", small, large, $1, (large / small - 1) * 100 }' \
+    "$work/callgrind.txt"
+  exit 0
+fi
 
 ticks() { awk '{ print $14 + $15 }' "/proc/$dp_pid/stat"; }
 printf 'round\troutes\treq_s\tp99\tticks\trequests\n' > "$work/p3.tsv"
