@@ -238,6 +238,19 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// [`Proxy::record_attempt`] for an attempt sent elsewhere in the request path (a batch's
+    /// direct sub-request), which retries nothing and so needs no verdict.
+    pub(super) fn record_sent<B>(
+        &self,
+        upstream: &UpstreamRuntime,
+        node: &Node,
+        elapsed: Duration,
+        result: &Result<Response<B>, ProxyError>,
+        notes: Option<&Notes>,
+    ) {
+        let _ = self.record_attempt(upstream, node, elapsed, result, notes);
+    }
+
     /// Records an attempt on `node` that ended with `result` after `elapsed`: the upstream
     /// metric, the access log's notes, the node's latency and passive health. Returns how the
     /// attempt failed, if it did.

@@ -96,6 +96,15 @@ pub struct UpstreamClient {
 pub struct TransportError(String);
 
 impl UpstreamClient {
+    /// The pool limits of the in-task HTTP/1.1 client, when that is what carries requests
+    /// without an upgrade (`scheme: http`): a caller may then send through [`h1::send_head`].
+    pub fn h1_limits(&self) -> Option<h1::PoolLimits> {
+        match &self.inner {
+            Inner::Http1 { limits, .. } => Some(*limits),
+            Inner::Plain(_) | Inner::Tls(_) => None,
+        }
+    }
+
     /// Builds the client a transport key describes.
     pub fn build(key: &TransportKey) -> Result<UpstreamClient, TransportError> {
         let mut http = HttpConnector::new();

@@ -340,6 +340,62 @@ mod in_process {
         assert_eq!(body["stalled"]["error"]["status"], 504, "{body}");
     }
 
+    #[tokio::test]
+    async fn the_batch_deadline_keeps_what_ended_and_fails_the_rest_in_dependency_order() {
+        let stalling = stalling_node().await;
+        let fine = FakeUpstream::start(Duration::ZERO).await;
+        let requests = |dependent: bool| {
+            let mut requests = vec![
+                json!({"name": "fine", "upstream_id": "fine", "path": "/fine"}),
+                json!({"name": "stalled", "upstream_id": "stalling", "path": "/stalled/{param.id}"}),
+            ];
+            if dependent {
+                requests.push(json!({"name": "after", "upstream_id": "fine", "path": "/after?x={resp.stalled./x}"}));
+            }
+            json!(requests)
+        };
+        let route = |path: &str, dependent: bool| json!({"paths": [path], "batch": {"timeout_ms": 300, "merge": "array", "requests": requests(dependent)}});
+        let gateway = Gateway::start(&[
+            ("upstreams", "stalling", upstream(stalling, json!({}))),
+            ("upstreams", "fine", upstream(fine.addr, json!({}))),
+            ("routes", "independent", route("/independent/:id", false)),
+            ("routes", "dependent", route("/dependent/:id", true)),
+        ])
+        .await;
+        for (path, dependent) in [("/independent/7", false), ("/dependent/7", true)] {
+            let (status, batch, body) = gateway.get(path, &[]).await;
+            assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{path}: {body}");
+            assert_eq!(batch.as_deref(), Some("partial"));
+            // Answered before the deadline: kept.
+            assert_eq!(body[0]["name"], "fine", "{body}");
+            assert_eq!(body[0]["status"], 200, "{body}");
+            // In flight: timed out, with the path it was sent to.
+            assert_eq!(body[1]["uri"], "/stalled/7", "{body}");
+            assert_eq!(body[1]["status"], 504, "{body}");
+            assert_eq!(
+                body[1]["body"]["error"]["message"], "the batch timed out",
+                "{body}"
+            );
+            // Waiting for it: never sent, so its template stands in for the path.
+            if dependent {
+                assert_eq!(body[2]["uri"], "/after?x={resp.stalled./x}", "{body}");
+                assert_eq!(body[2]["status"], 504, "{body}");
+                let message = body[2]["body"]["error"]["message"].as_str().unwrap_or("");
+                assert!(message.starts_with("not sent"), "{body}");
+            } else {
+                assert_eq!(body.as_array().map(Vec::len), Some(2), "{body}");
+            }
+        }
+        assert!(
+            !fake_paths(&fine).iter().any(|p| p.starts_with("/after")),
+            "a sub-request whose input timed out is never sent"
+        );
+    }
+
+    fn fake_paths(fake: &FakeUpstream) -> Vec<String> {
+        fake.requests().iter().map(|r| r.uri.to_string()).collect()
+    }
+
     /// A node that switches protocols whenever a request asks to (as a WebSocket server
     /// would), answers `{"ok": true}` otherwise, and records the headers it received.
     async fn upgrading_node() -> (SocketAddr, Arc<Mutex<Vec<HeaderMap>>>) {

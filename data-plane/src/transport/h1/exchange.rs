@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::{Method, Request, Response};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
@@ -24,7 +25,7 @@ use super::pool::{Conn, Pool, PoolLimits, poll_fill};
 use crate::error::{BoxError, ProxyError, TimeoutPhase};
 use crate::transport::body::UpstreamBody;
 use crate::transport::deadline::{self, IdleDeadline, timer_by};
-use crate::transport::headers::HopHeaders;
+use crate::transport::headers::{HopHeaders, X_FORWARDED_FOR, put_header};
 use crate::transport::is_idempotent;
 
 /// Why an exchange failed, before it became a [`ProxyError`].
@@ -133,25 +134,162 @@ pub fn send<'a>(
                 Err(Failed::Silent(_)) if conn.reused && replayable => continue,
                 Err(failed) => return Err(failed.into_proxy_error(address)),
             };
-            let framing = head.framing;
-            conn.idle = IdleDeadline::new(read_timeout);
-            let mut response = Response::new(ResponseBody {
-                conn: Some(conn),
-                framing,
-                keep_alive: head.keep_alive,
-                home: Arc::clone(pool),
-                limits,
-                passed: head.passed,
-            });
-            *response.status_mut() = head.status;
-            *response.version_mut() = head.version;
-            *response.headers_mut() = head.headers;
-            if framing == Framing::Length(0) {
-                response.body_mut().finish();
-            }
-            return Ok(response);
+            return Ok(response(conn, head, pool, limits, read_timeout));
         }
     }
+}
+
+/// A bodiless request head its caller has in pieces: the batch's sub-requests, written from
+/// the rendered template straight into the connection's buffer, with no `http::Request`, URI
+/// or header map built for the hop.
+#[derive(Clone, Copy, Debug)]
+pub struct WrittenHead<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The request target: path and query.
+    pub target: &'a str,
+    /// The headers as the request has them; the hop's own replace theirs, as in [`send`].
+    pub headers: &'a HeaderMap,
+    /// The headers this hop adds (see [`HopHeaders`]).
+    pub hop: &'a HopHeaders,
+}
+
+impl WrittenHead<'_> {
+    /// The head as [`send`] writes a bodiless request with these parts to `address`.
+    fn encode(&self, out: &mut Vec<u8>, address: &str) {
+        out.clear();
+        out.extend_from_slice(self.method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut chain = false;
+        for (name, value) in self.headers {
+            if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+                continue;
+            }
+            if HopHeaders::replaces(name) {
+                chain |= name == X_FORWARDED_FOR;
+                continue;
+            }
+            put_header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        let chain = chain.then(|| self.headers.get_all(&X_FORWARDED_FOR));
+        self.hop.encode(out, chain.iter().flatten(), address);
+        // Servers may insist on a length for methods that normally carry a body.
+        if self.headers.contains_key(CONTENT_LENGTH)
+            || matches!(*self.method, Method::POST | Method::PUT | Method::PATCH)
+        {
+            put_header(out, b"content-length", b"0");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// [`send`] for a bodiless request given as a [`WrittenHead`], under the same deadlines and
+/// pool rules: its head is written into the connection's buffer as it stands, and it is
+/// sent again on a fresh connection when a pooled one turns out dead (if its method is
+/// idempotent).
+pub async fn send_head(
+    pool: &Arc<Pool>,
+    limits: PoolLimits,
+    address: &str,
+    head: WrittenHead<'_>,
+    form: HeadForm,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let replayable = is_idempotent(head.method);
+    let head_only = *head.method == Method::HEAD;
+    loop {
+        let mut conn = match pool.checkout(limits) {
+            Some(conn) => conn,
+            None => {
+                match deadline::within(deadline::after(connect_timeout), Conn::connect(address))
+                    .await
+                {
+                    Ok(connected) => connected.map_err(|e| ProxyError::UpstreamConnect {
+                        node: address.to_owned(),
+                        source: Box::new(e),
+                    })?,
+                    Err(_) => {
+                        return Err(ProxyError::UpstreamTimeout {
+                            node: address.to_owned(),
+                            phase: TimeoutPhase::Connect,
+                            after: connect_timeout,
+                        });
+                    }
+                }
+            }
+        };
+        let deadline = tokio::time::Instant::now() + read_timeout;
+        let mut timer = timer_by(conn.timer.take(), deadline);
+        head.encode(&mut conn.write, address);
+        let result = {
+            let Conn {
+                stream,
+                read,
+                write,
+                spans,
+                ..
+            } = &mut *conn;
+            let mut exchange = pin!(async {
+                stream.write_all(write).await.map_err(Failed::Silent)?;
+                read_head(stream, read, spans, head_only, form).await
+            });
+            loop {
+                tokio::select! {
+                    biased;
+                    result = &mut exchange => break result,
+                    () = timer.as_mut() => {
+                        if tokio::time::Instant::now() < deadline {
+                            // An earlier exchange's deadline: move the timer to this one.
+                            timer.as_mut().reset(deadline);
+                        } else {
+                            return Err(ProxyError::UpstreamTimeout {
+                                node: address.to_owned(),
+                                phase: TimeoutPhase::ResponseHeaders,
+                                after: read_timeout,
+                            });
+                        }
+                    }
+                }
+            }
+        };
+        conn.timer = Some(timer);
+        let answer = match result {
+            Ok(answer) => answer,
+            Err(Failed::Silent(_)) if conn.reused && replayable => continue,
+            Err(failed) => return Err(failed.into_proxy_error(address)),
+        };
+        return Ok(response(conn, answer, pool, limits, read_timeout));
+    }
+}
+
+/// The response whose `head` arrived on `conn`: its body reads the rest from the connection.
+fn response(
+    mut conn: Box<Conn>,
+    head: Head,
+    pool: &Arc<Pool>,
+    limits: PoolLimits,
+    read_timeout: Duration,
+) -> Response<ResponseBody> {
+    let framing = head.framing;
+    conn.idle = IdleDeadline::new(read_timeout);
+    let mut response = Response::new(ResponseBody {
+        conn: Some(conn),
+        framing,
+        keep_alive: head.keep_alive,
+        home: Arc::clone(pool),
+        limits,
+        passed: head.passed,
+    });
+    *response.status_mut() = head.status;
+    *response.version_mut() = head.version;
+    *response.headers_mut() = head.headers;
+    if framing == Framing::Length(0) {
+        response.body_mut().finish();
+    }
+    response
 }
 
 impl Failed {
@@ -371,5 +509,77 @@ pub(super) async fn send_body(
             format!("the request body ended after {sent} of {length} bytes").into(),
         )),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderValue, Method, Request};
+
+    use super::super::codec::{BodyFraming, encode_head};
+    use super::WrittenHead;
+    use crate::transport::headers::HopHeaders;
+
+    #[test]
+    fn a_written_head_is_the_head_send_writes_for_the_same_request() {
+        let hops = [
+            HopHeaders {
+                client: "10.0.0.1".parse().unwrap(),
+                forwarded_host: None,
+                host: None,
+                https: false,
+            },
+            HopHeaders {
+                client: "::ffff:192.0.2.7".parse().unwrap(),
+                forwarded_host: Some(HeaderValue::from_static("api.example.com")),
+                host: Some(HeaderValue::from_static("node.internal")),
+                https: true,
+            },
+        ];
+        let clients: [&[(&str, &str)]; 4] = [
+            &[],
+            &[
+                ("x-forwarded-for", "10.0.0.2"),
+                ("host", "api.example.com"),
+                ("x-forwarded-for", "10.0.0.3"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "claimed.example.com"),
+                ("expect", "100-continue"),
+                ("accept", "*/*"),
+            ],
+            &[("content-length", "0"), ("transfer-encoding", "chunked")],
+            &[
+                ("X-Forwarded-For", "10.0.0.9"),
+                ("x-forwarded-protocol", "kept"),
+            ],
+        ];
+        for method in [Method::GET, Method::HEAD, Method::POST, Method::DELETE] {
+            for hop in &hops {
+                for client in clients {
+                    let mut request = Request::builder()
+                        .method(method.clone())
+                        .uri("http://node:8080/x/%2F?y=1&z");
+                    for (name, value) in client {
+                        request = request.header(*name, *value);
+                    }
+                    let (parts, ()) = request.body(()).unwrap().into_parts();
+                    let mut sent = Vec::new();
+                    encode_head(&mut sent, &parts, Some(hop), BodyFraming::Empty);
+                    let head = WrittenHead {
+                        method: &parts.method,
+                        target: "/x/%2F?y=1&z",
+                        headers: &parts.headers,
+                        hop,
+                    };
+                    let mut written = b"left from the last exchange".to_vec();
+                    head.encode(&mut written, "node:8080");
+                    assert_eq!(
+                        String::from_utf8(written).unwrap(),
+                        String::from_utf8(sent).unwrap(),
+                        "{method} {hop:?} {client:?}"
+                    );
+                }
+            }
+        }
     }
 }

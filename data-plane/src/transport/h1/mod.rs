@@ -30,7 +30,7 @@ pub use body::ResponseBody;
 #[cfg(any(test, fuzzing))]
 pub(crate) use codec::{BodyFraming, encode_head};
 pub use codec::{HeadForm, PassedHead};
-pub use exchange::send;
+pub use exchange::{WrittenHead, send, send_head};
 pub use pool::{Pool, PoolLimits};
 
 #[cfg(any(test, fuzzing))]
