@@ -3,9 +3,12 @@
 //!
 //! Tracing is on when `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`Telemetry::from_env`]). On:
 //! - spans go through the SDK's batch span processor (its own thread; `OTEL_BSP_*` apply) to
-//!   an OTLP/gRPC exporter whose connection runs on a one-thread tokio runtime of its own
-//!   (`otlp-export`), so encoding and sending a batch never runs on a caller's thread, and
-//!   [`Telemetry::shutdown`] can flush from any thread;
+//!   this module's OTLP/gRPC exporter (`otlp`: each batch encoded straight into protobuf bytes
+//!   on the processor's thread), whose connection runs on a one-thread tokio runtime of its
+//!   own (`otlp-export`), so encoding and sending a batch never runs on a caller's thread, and
+//!   [`Telemetry::shutdown`] can flush from any thread; `OTEL_EXPORTER_OTLP_TIMEOUT`,
+//!   `…_HEADERS` and `…_COMPRESSION` (`gzip`), or their `OTEL_EXPORTER_OTLP_TRACES_` forms,
+//!   apply as in the SDK's exporter;
 //! - the sampler is parent-based with a trace-id ratio for roots (`OTEL_TRACES_SAMPLER_ARG`,
 //!   default 1): a caller's sampled `traceparent` is always honoured, an unsampled one too;
 //! - `service.name` is `OTEL_SERVICE_NAME`, else the binary's default.
@@ -20,14 +23,17 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData,
     SpanExporter,
 };
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tracing::{info, warn};
+
+mod otlp;
 
 /// Spans the batch processor holds for export when `OTEL_BSP_MAX_QUEUE_SIZE` does not say:
 /// the SDK's 2,048 is 20 ms of a saturated data plane's spans, and a queue that is full drops.
@@ -58,15 +64,17 @@ pub enum SetupError {
     /// `OTEL_TRACES_SAMPLER_ARG` is not a ratio between 0 and 1.
     #[error("OTEL_TRACES_SAMPLER_ARG={0:?} is not a number between 0 and 1")]
     Ratio(String),
-    /// The exporter refused its settings (the endpoint, most likely).
-    #[error("the OTLP exporter for {endpoint}: {source}")]
-    Exporter {
-        /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is not a URI a gRPC channel can use.
+    #[error("OTEL_EXPORTER_OTLP_ENDPOINT={endpoint:?}: {reason}")]
+    Endpoint {
+        /// The value.
         endpoint: String,
         /// Why.
-        #[source]
-        source: opentelemetry_otlp::ExporterBuildError,
+        reason: String,
     },
+    /// `OTEL_EXPORTER_OTLP_COMPRESSION` names a compression other than `gzip`.
+    #[error("OTEL_EXPORTER_OTLP_COMPRESSION={0:?}: only gzip is supported")]
+    Compression(String),
     /// The exporter's thread could not be started.
     #[error("starting the OTLP exporter's thread: {0}")]
     Thread(#[source] std::io::Error),
@@ -83,7 +91,17 @@ pub struct Settings {
     pub ratio: f64,
     /// `OTEL_BSP_MAX_QUEUE_SIZE` was set: the SDK reads it, and this module does not override it.
     pub queue_size_set: bool,
+    /// How long one export may take (`OTEL_EXPORTER_OTLP_TIMEOUT`, milliseconds; 10 s).
+    pub timeout: Duration,
+    /// Metadata sent with every export (`OTEL_EXPORTER_OTLP_HEADERS`: `key=value,…`, values
+    /// percent-decoded; a pair that does not parse is left out, as the SDK does).
+    pub headers: Vec<(String, String)>,
+    /// `OTEL_EXPORTER_OTLP_COMPRESSION=gzip`.
+    pub gzip: bool,
 }
+
+/// An export's timeout when `OTEL_EXPORTER_OTLP_TIMEOUT` does not say (the SDK's).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Settings {
     /// The settings `lookup` (an environment) gives; `None` when tracing is off (no endpoint).
@@ -94,6 +112,22 @@ impl Settings {
         let set = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
         let Some(endpoint) = set("OTEL_EXPORTER_OTLP_ENDPOINT") else {
             return Ok(None);
+        };
+        // The traces-only form first, then the general one (the SDK's order).
+        let otlp = |name: &str| {
+            set(&format!("OTEL_EXPORTER_OTLP_TRACES_{name}"))
+                .or_else(|| set(&format!("OTEL_EXPORTER_OTLP_{name}")))
+        };
+        let timeout = otlp("TIMEOUT")
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .map_or(DEFAULT_TIMEOUT, Duration::from_millis);
+        let headers = otlp("HEADERS")
+            .map(|text| parse_headers(&text))
+            .unwrap_or_default();
+        let gzip = match otlp("COMPRESSION") {
+            None => false,
+            Some(text) if text.trim() == "gzip" => true,
+            Some(text) => return Err(SetupError::Compression(text)),
         };
         let ratio = match set("OTEL_TRACES_SAMPLER_ARG") {
             None => 1.0,
@@ -107,8 +141,59 @@ impl Settings {
             service_name: set("OTEL_SERVICE_NAME").unwrap_or_else(|| default_service.to_owned()),
             ratio,
             queue_size_set: set("OTEL_BSP_MAX_QUEUE_SIZE").is_some(),
+            timeout,
+            headers,
+            gzip,
         }))
     }
+}
+
+/// The pairs of an `OTEL_EXPORTER_OTLP_HEADERS` value: `key=value` separated by commas, each
+/// trimmed, the value percent-decoded; a pair without `=` or with a value that does not decode
+/// is left out.
+fn parse_headers(text: &str) -> Vec<(String, String)> {
+    text.split(',')
+        .filter_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            let key = key.trim();
+            (!key.is_empty()).then_some(())?;
+            Some((key.to_owned(), percent_decode(value.trim())?))
+        })
+        .collect()
+}
+
+/// `text` with its `%XX` escapes decoded; `None` if one is malformed or the result not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
+        if byte == b'%' {
+            let hex = std::str::from_utf8(bytes.get(at + 1..at + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            at += 3;
+        } else {
+            out.push(byte);
+            at += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `headers` as gRPC metadata; a pair that is not valid metadata is left out (as the SDK's
+/// exporter does).
+fn metadata(headers: &[(String, String)]) -> MetadataMap {
+    let mut map = MetadataMap::new();
+    for (key, value) in headers {
+        let (Ok(key), Ok(value)) = (
+            MetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes()),
+            MetadataValue::try_from(value.as_str()),
+        ) else {
+            continue;
+        };
+        map.append(key, value);
+    }
+    map
 }
 
 impl Telemetry {
@@ -127,18 +212,29 @@ impl Telemetry {
             .enable_all()
             .build()
             .map_err(SetupError::Thread)?;
-        // Built inside the exporter's runtime: the gRPC channel's tasks are spawned on it.
-        let exporter = {
-            let _inside = runtime.enter();
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(settings.endpoint.clone())
-                .build()
-                .map_err(|source| SetupError::Exporter {
-                    endpoint: settings.endpoint.clone(),
-                    source,
-                })?
+        let endpoint_error = |reason: String| SetupError::Endpoint {
+            endpoint: settings.endpoint.clone(),
+            reason,
         };
+        let endpoint = tonic::transport::Endpoint::from_shared(settings.endpoint.clone())
+            .map_err(|error| endpoint_error(error.to_string()))?;
+        if endpoint.uri().scheme_str() != Some("http") {
+            // As the SDK's exporter without a TLS feature: no https, no other scheme.
+            return Err(endpoint_error(
+                "only http:// endpoints are supported".to_owned(),
+            ));
+        }
+        // Connected inside the exporter's runtime: the gRPC channel's tasks are spawned on it.
+        let channel = {
+            let _inside = runtime.enter();
+            endpoint.timeout(settings.timeout).connect_lazy()
+        };
+        let exporter = otlp::OtlpExporter::new(
+            channel,
+            runtime.handle().clone(),
+            metadata(&settings.headers),
+            settings.gzip.then_some(CompressionEncoding::Gzip),
+        );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let export_thread = std::thread::Builder::new()
             .name("otlp-export".to_owned())
@@ -264,3 +360,6 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
         self.inner.set_resource(resource);
     }
 }
+
+#[cfg(test)]
+mod tests;
