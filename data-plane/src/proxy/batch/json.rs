@@ -127,6 +127,19 @@ fn key(bytes: &[u8], at: usize) -> Option<usize> {
 fn string(bytes: &[u8], mut at: usize) -> Option<usize> {
     at += 1;
     loop {
+        // Eight bytes at a time to the first one that is not plain text.
+        while let Some(word) = bytes
+            .get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        {
+            let stops = stops(u64::from_le_bytes(word));
+            if stops != 0 {
+                // The lowest flag is exact (the ones above it may be spurious).
+                at += (stops.trailing_zeros() / 8) as usize;
+                break;
+            }
+            at += 8;
+        }
         match *bytes.get(at)? {
             b'"' => return Some(at + 1),
             b'\\' => {
@@ -143,6 +156,17 @@ fn string(bytes: &[u8], mut at: usize) -> Option<usize> {
             _ => at += 1,
         }
     }
+}
+
+/// The high bit of each byte of `word` that may end a plain run of string text: a quote, a
+/// backslash or a control character. The lowest one set marks the first such byte exactly.
+fn stops(word: u64) -> u64 {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = ONES << 7;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    zero(word ^ (ONES * u64::from(b'"')))
+        | zero(word ^ (ONES * u64::from(b'\\')))
+        | (word.wrapping_sub(ONES * 0x20) & !word & HIGH)
 }
 
 fn literal(bytes: &[u8], at: usize, word: &[u8]) -> Option<usize> {
@@ -265,6 +289,23 @@ mod tests {
         ];
         for text in cases {
             assert_eq!(document(text), serde(text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_stop_at_any_offset_of_a_long_string_is_seen() {
+        for length in 0..24 {
+            for stop in [
+                "\"", "\\n", "\\u00e9", "\u{1}", "\u{1f}", "\\x", "\u{7f}", "é", " ",
+            ] {
+                for at in 0..=length {
+                    let text: String = (0..length)
+                        .map(|i| if i == at { stop } else { "a" })
+                        .collect();
+                    let text = format!("[\"{text}\"]");
+                    assert_eq!(document(&text), serde(&text), "{text:?}");
+                }
+            }
         }
     }
 

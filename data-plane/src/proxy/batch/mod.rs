@@ -194,23 +194,22 @@ pub(crate) async fn execute(
     let n = batch.requests.len();
     let mut slots: Vec<Slot> = (0..n).map(|_| Slot::default()).collect();
     // One timer for the whole batch rather than one per sub-request: when it fires, what has
-    // ended keeps its outcome (in its slot, or its shared future's) and the rest are filled
-    // in below as their own timers would have ended them.
-    let mut outcomes: Vec<Option<Outcome>> = if batch.independent {
+    // ended keeps its outcome (in its slot) and the rest are filled in below as their own
+    // timers would have ended them.
+    if batch.independent {
         // No sub-request reads another's answer: plain concurrent futures, nothing to share
         // (no `Arc` per answer).
-        let shared = &slots;
+        let slots = &slots;
         let all = join_all((0..n).map(|i| async move {
-            let _ = shared[i]
+            let _ = slots[i]
                 .outcome
-                .set(exchange.run(i, Vec::new(), &shared[i]).await);
+                .set(exchange.run(i, Vec::new(), &slots[i]).await);
         }));
         let _ = deadline::within(until, all).await;
-        slots.iter_mut().map(|slot| slot.outcome.take()).collect()
     } else {
         // One shared future per sub-request, built in topological order so that every
         // dependency's future exists when its dependents are built.
-        let slots = &slots;
+        let shared = &slots;
         let mut futures: Vec<Option<SharedOutcome<'_>>> = (0..n).map(|_| None).collect();
         for &i in &batch.order {
             let deps: Vec<SharedOutcome<'_>> = batch.requests[i]
@@ -221,7 +220,7 @@ pub(crate) async fn execute(
             // INVARIANT: `order` is topological, so every dependency was built before.
             debug_assert_eq!(deps.len(), batch.requests[i].deps.len());
             let future: BoxFuture<'_, Arc<Outcome>> =
-                Box::pin(async move { Arc::new(exchange.run(i, deps, &slots[i]).await) });
+                Box::pin(async move { Arc::new(exchange.run(i, deps, &shared[i]).await) });
             futures[i] = Some(future.shared());
         }
         let futures: Vec<SharedOutcome<'_>> = futures.into_iter().flatten().collect();
@@ -230,45 +229,42 @@ pub(crate) async fn execute(
         // Every other handle is gone with the futures, so the answers move out of their
         // `Arc`s instead of being copied.
         drop(futures);
-        ended
-            .into_iter()
-            .map(|outcome| outcome.map(Arc::unwrap_or_clone))
-            .collect()
-    };
-    if outcomes.iter().any(Option::is_none) {
-        // The deadline passed. In dependency order, as the sub-requests' own timers would have
-        // ended them: one whose input failed is not sent, the others ran out of time.
-        for &i in &batch.order {
-            if outcomes[i].is_some() {
-                continue;
+        for (slot, outcome) in slots.iter_mut().zip(ended) {
+            if let Some(outcome) = outcome {
+                let _ = slot.outcome.set(Arc::unwrap_or_clone(outcome));
             }
-            let failed_input = batch.requests[i].deps.iter().find_map(|&d| {
-                let failure = outcomes[d].as_ref()?.as_ref().err()?;
-                Some(skipped(&batch.requests[d].name, failure))
-            });
-            outcomes[i] = Some(Err(
-                failed_input.unwrap_or_else(|| Failure::timeout("the batch timed out"))
-            ));
         }
     }
-    let mut outcomes: Vec<Outcome> = outcomes.into_iter().flatten().collect();
-    for outcome in &outcomes {
-        dispatch.metrics().record_batch_subrequest(match outcome {
+    // Past the deadline, in dependency order: one whose input failed is not sent, the others
+    // ran out of time.
+    for &i in &batch.order {
+        if slots[i].outcome.get().is_some() {
+            continue;
+        }
+        let failed_input = batch.requests[i].deps.iter().find_map(|&d| {
+            let failure = slots[d].outcome.get()?.as_ref().err()?;
+            Some(skipped(&batch.requests[d].name, failure))
+        });
+        let _ = slots[i].outcome.set(Err(
+            failed_input.unwrap_or_else(|| Failure::timeout("the batch timed out"))
+        ));
+    }
+    let (mut failed, mut required_failed, mut all_timeouts) = (false, false, true);
+    let mut parts = Vec::with_capacity(n);
+    for (sub, slot) in batch.requests.iter().zip(&mut slots) {
+        // Every slot is filled by now; the fallback only keeps this total.
+        let outcome = slot
+            .outcome
+            .take()
+            .unwrap_or_else(|| Err(Failure::timeout("the batch timed out")));
+        dispatch.metrics().record_batch_subrequest(match &outcome {
             Ok(_) => BatchOutcome::Ok,
             Err(failure) if failure.skipped => BatchOutcome::Skipped,
             Err(failure) if failure.timeout => BatchOutcome::Timeout,
             Err(_) => BatchOutcome::Error,
         });
-    }
-    let (mut failed, mut required_failed, mut all_timeouts) = (false, false, true);
-    let mut parts = Vec::with_capacity(outcomes.len());
-    for ((sub, outcome), slot) in batch.requests.iter().zip(&mut outcomes).zip(&slots) {
         let (status, body, part_failed) = match outcome {
-            Ok((status, body)) => (
-                status.as_u16(),
-                std::mem::replace(body, Answer::Value(Value::Null)),
-                false,
-            ),
+            Ok((status, body)) => (status.as_u16(), body, false),
             Err(failure) => {
                 failed = true;
                 if sub.required {
@@ -301,7 +297,7 @@ pub(crate) async fn execute(
         (true, true) => StatusCode::GATEWAY_TIMEOUT,
         (true, false) => StatusCode::BAD_GATEWAY,
     };
-    debug!(%status, sub_requests = outcomes.len(), failed, "batch answered");
+    debug!(%status, sub_requests = n, failed, "batch answered");
     let mut response = json_bytes(status, merged);
     response.headers_mut().insert(
         &X_GATEWAY_BATCH,
@@ -526,20 +522,21 @@ impl Exchange<'_> {
                 *request.method_mut() = method;
                 *request.uri_mut() = Uri::from(path_and_query.clone());
                 *request.headers_mut() = headers;
-                let response = self
-                    .dispatch
-                    .send_upstream(
-                        self.route,
-                        &sub.upstream,
-                        request,
-                        self.original_host.clone(),
-                        // Only the status and the body go into the merged answer.
-                        HeadForm::Ignored,
-                        Some(&sub.name),
-                        sub.hedge.as_ref(),
-                    )
-                    .await
-                    .map_err(failed)?;
+                // Boxed: this way's state is several times the direct one's, and every
+                // sub-request's future would otherwise be that large (and moved so) whichever
+                // way it goes.
+                let response = Box::pin(self.dispatch.send_upstream(
+                    self.route,
+                    &sub.upstream,
+                    request,
+                    self.original_host.clone(),
+                    // Only the status and the body go into the merged answer.
+                    HeadForm::Ignored,
+                    Some(&sub.name),
+                    sub.hedge.as_ref(),
+                ))
+                .await
+                .map_err(failed)?;
                 let status = response.status();
                 let body = read_capped(response.into_body(), self.batch.max_body_bytes).await?;
                 (status, body)

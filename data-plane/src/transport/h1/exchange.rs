@@ -203,23 +203,9 @@ pub async fn send_head(
     loop {
         let mut conn = match pool.checkout(limits) {
             Some(conn) => conn,
-            None => {
-                match deadline::within(deadline::after(connect_timeout), Conn::connect(address))
-                    .await
-                {
-                    Ok(connected) => connected.map_err(|e| ProxyError::UpstreamConnect {
-                        node: address.to_owned(),
-                        source: Box::new(e),
-                    })?,
-                    Err(_) => {
-                        return Err(ProxyError::UpstreamTimeout {
-                            node: address.to_owned(),
-                            phase: TimeoutPhase::Connect,
-                            after: connect_timeout,
-                        });
-                    }
-                }
-            }
+            // Boxed: a new connection is the rare case, and its state (a connect and a timer)
+            // would otherwise widen this future, which its callers build and move whole.
+            None => Box::pin(connect(address, connect_timeout)).await?,
         };
         let deadline = tokio::time::Instant::now() + read_timeout;
         let mut timer = timer_by(conn.timer.take(), deadline);
@@ -262,6 +248,21 @@ pub async fn send_head(
             Err(failed) => return Err(failed.into_proxy_error(address)),
         };
         return Ok(response(conn, answer, pool, limits, read_timeout));
+    }
+}
+
+/// A new connection to `address` within `connect_timeout`.
+async fn connect(address: &str, connect_timeout: Duration) -> Result<Box<Conn>, ProxyError> {
+    match deadline::within(deadline::after(connect_timeout), Conn::connect(address)).await {
+        Ok(connected) => connected.map_err(|e| ProxyError::UpstreamConnect {
+            node: address.to_owned(),
+            source: Box::new(e),
+        }),
+        Err(_) => Err(ProxyError::UpstreamTimeout {
+            node: address.to_owned(),
+            phase: TimeoutPhase::Connect,
+            after: connect_timeout,
+        }),
     }
 }
 
