@@ -48,7 +48,7 @@ use crate::error::json_response;
 use crate::transport::body::{UpstreamBody, empty_body};
 use crate::transport::deadline;
 use crate::transport::h1::{HeadForm, PassedHead};
-use crate::transport::headers::put_header;
+use crate::transport::headers::{eq_lowercase, put_header};
 use crate::transport::server::{HEADER_READ_TIMEOUT, Stop, serve_hyper};
 use crate::transport::tls::Tls;
 
@@ -115,9 +115,11 @@ pub async fn serve_stream<S>(
         sent: 0,
         deadline_ms: 0,
         timer: Box::pin(deadline::timer(deadline::after(HEADER_READ_TIMEOUT))),
+        timer_polled: false,
+        stop_polled: false,
     };
     loop {
-        match conn.read_head(stopping.as_mut()).await {
+        match conn.read_head(stopping.as_mut(), &stop).await {
             Next::Request {
                 mut request,
                 keep_alive,
@@ -199,11 +201,29 @@ struct Connection<S> {
     deadline_ms: u64,
     /// Fires at or before `deadline_ms`.
     timer: Pin<Box<Sleep>>,
+    /// Whether `timer` has been polled since it was armed: it then holds this task's waker,
+    /// and is polled again only once it has fired ([`Connection::read_head`]).
+    timer_polled: bool,
+    /// Whether the shutdown watch has been polled: it then holds this task's waker, and is
+    /// polled again only once shutdown is requested.
+    stop_polled: bool,
+}
+
+/// What woke a connection waiting for a request head.
+enum Woken {
+    Read(io::Result<usize>),
+    Timer,
+    Stopping,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
-    /// Waits for the next request head and parses it; `stopping` completes on shutdown.
-    async fn read_head(&mut self, mut stopping: Pin<&mut impl Future<Output = ()>>) -> Next {
+    /// Waits for the next request head and parses it; `stopping` completes on shutdown, which
+    /// `stop` tells.
+    async fn read_head(
+        &mut self,
+        mut stopping: Pin<&mut impl Future<Output = ()>>,
+        stop: &Stop,
+    ) -> Next {
         self.deadline_ms = crate::clock::coarse_now_ms() + HEADER_READ_TIMEOUT_MS;
         loop {
             if !self.read.is_empty() {
@@ -223,18 +243,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 self.read.reserve(READ_SIZE);
             }
             let idle = self.read.is_empty();
-            tokio::select! {
-                biased;
-                read = self.stream.read_buf(&mut self.read) => match read {
-                    Ok(0) | Err(_) => return Next::Closed,
-                    Ok(_) => {}
-                },
-                () = self.timer.as_mut() => {
+            match self.wait(stopping.as_mut(), stop, idle).await {
+                Woken::Read(Ok(0) | Err(_)) => return Next::Closed,
+                Woken::Read(Ok(_)) => {}
+                Woken::Timer => {
                     let now_ms = crate::clock::coarse_now_ms();
                     if now_ms < self.deadline_ms {
                         // An earlier deadline's timer: move it to this one.
                         let left = Duration::from_millis(self.deadline_ms - now_ms);
                         self.timer.as_mut().reset(Instant::now() + left);
+                        self.timer_polled = false;
                     } else if idle {
                         return Next::Closed;
                     } else {
@@ -244,9 +262,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         );
                     }
                 }
-                () = stopping.as_mut(), if idle => return Next::Closed,
+                Woken::Stopping => return Next::Closed,
             }
         }
+    }
+
+    /// Waits for more of the head, the header-read timer, or (when `idle`, between requests)
+    /// shutdown, in that order.
+    ///
+    /// Why not `select!` over the three: it polls all of them on every wait, once per request,
+    /// and polling a timer or the shutdown watch registers the task's waker again (the watch
+    /// under its lock). Both keep the waker of their first poll, which is this task's for the
+    /// connection's life, so each is polled again only when it may be ready: the timer once it
+    /// has fired (or was moved, which drops its waker), the watch once shutdown was sent.
+    fn wait<'a>(
+        &'a mut self,
+        mut stopping: Pin<&'a mut impl Future<Output = ()>>,
+        stop: &'a Stop,
+        idle: bool,
+    ) -> impl Future<Output = Woken> + 'a {
+        std::future::poll_fn(move |cx| {
+            // The read future keeps no state between polls: a fresh one per poll is the same read.
+            if let Poll::Ready(read) = pin!(self.stream.read_buf(&mut self.read)).poll(cx) {
+                return Poll::Ready(Woken::Read(read));
+            }
+            // A poll refused for want of the task's budget registers no waker (it wakes the
+            // task to come back): only a poll made with budget counts.
+            if !self.timer_polled || self.timer.is_elapsed() {
+                let counted = tokio::task::coop::has_budget_remaining();
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woken::Timer);
+                }
+                self.timer_polled = counted;
+            }
+            if idle && (!self.stop_polled || stop.is_requested()) {
+                let counted = tokio::task::coop::has_budget_remaining();
+                if stopping.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woken::Stopping);
+                }
+                self.stop_polled = counted;
+            }
+            Poll::Pending
+        })
     }
 
     /// Writes `response`: the head, then the body framed by its known length, chunked, or (for
@@ -559,9 +616,9 @@ fn encode_response_head(
         // A length is ours to state, except the one a HEAD or 304 answer keeps; a 1xx or 204
         // must have none (RFC 9110 §8.6).
         let length_is_ours = framing != Framing::None || no_length_allowed;
-        let ours = name.eq_ignore_ascii_case(b"connection")
-            || name.eq_ignore_ascii_case(b"transfer-encoding")
-            || (length_is_ours && name.eq_ignore_ascii_case(b"content-length"));
+        let ours = eq_lowercase(name, b"connection")
+            || eq_lowercase(name, b"transfer-encoding")
+            || (length_is_ours && eq_lowercase(name, b"content-length"));
         if !ours {
             put_header(out, name, value);
         }

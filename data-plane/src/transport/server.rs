@@ -47,9 +47,15 @@ impl Stop {
         self.requested().await;
     }
 
-    /// Whether shutdown has been requested.
+    /// Whether shutdown has been requested. Asked after every request a connection serves:
+    /// while nothing was sent on the channel this is one atomic load of its version, where
+    /// reading the value takes the channel's lock.
     pub fn is_requested(&self) -> bool {
-        *self.requested.borrow()
+        match self.requested.has_changed() {
+            Ok(false) => false,
+            // Sent since this receiver was made, or the listener is gone.
+            Ok(true) | Err(_) => *self.requested.borrow(),
+        }
     }
 }
 

@@ -248,14 +248,14 @@ pub(super) fn build_head(
     for span in spans {
         let name = &head[span.name_range()];
         let value = &head[span.value_range()];
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if headers::eq_lowercase(name, b"content-length") {
             let length = parse_length(value)
                 .ok_or_else(|| Failed::Protocol("invalid Content-Length".into()))?;
             if content_length.is_some_and(|earlier| earlier != length) {
                 return Err(Failed::Protocol("conflicting Content-Length values".into()));
             }
             content_length = Some(length);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if headers::eq_lowercase(name, b"transfer-encoding") {
             transfer_encoded = true;
             // The body is decoded from chunks here and re-framed for the client, where
             // `Transfer-Encoding` does not go: any other coding (`gzip, chunked`) would reach
@@ -266,7 +266,7 @@ pub(super) fn build_head(
                 .map(<[u8]>::trim_ascii)
                 .filter(|coding| !coding.is_empty());
             for coding in codings {
-                if chunked || !coding.eq_ignore_ascii_case(b"chunked") {
+                if chunked || !headers::eq_lowercase(coding, b"chunked") {
                     return Err(Failed::Protocol(format!(
                         "unsupported Transfer-Encoding {:?}",
                         String::from_utf8_lossy(value)
@@ -274,10 +274,10 @@ pub(super) fn build_head(
                 }
                 chunked = true;
             }
-        } else if name.eq_ignore_ascii_case(b"connection") {
+        } else if headers::eq_lowercase(name, b"connection") {
             persistence.add(value);
             listed.extend(headers::connection_listed(value));
-        } else if name.eq_ignore_ascii_case(b"date") {
+        } else if headers::eq_lowercase(name, b"date") {
             has_date = true;
         }
     }
@@ -289,7 +289,7 @@ pub(super) fn build_head(
         let name = &head[span.name_range()];
         let dropped = headers::is_hop_by_hop(name)
             || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
-            || (transfer_encoded && name.eq_ignore_ascii_case(b"content-length"));
+            || (transfer_encoded && headers::eq_lowercase(name, b"content-length"));
         if !dropped {
             keep |= 1 << i;
         }
@@ -305,8 +305,10 @@ pub(super) fn build_head(
     let (headers, passed) = if form == HeadForm::Ignored {
         (HeaderMap::new(), None)
     } else if form == HeadForm::Passed && kept_count <= MAX_PASSED {
+        // The head itself, not a clone: a clone and the drop of the original were two atomic
+        // operations on its reference count per response.
         let mut passed = Box::new(PassedHead {
-            head: head.clone(),
+            head,
             spans: [Span::default(); MAX_PASSED],
             count: kept_count,
             has_date,

@@ -3,11 +3,11 @@
 use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Mutex;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
@@ -136,13 +136,15 @@ impl Conn {
         }))
     }
 
-    /// Whether an idle connection has stayed silent: no bytes, no end of stream.
+    /// Whether an idle connection has stayed silent: no bytes, no end of stream, as far as
+    /// the readiness epoll last reported for it says (no syscall).
+    ///
+    /// Why `try_io` and not `poll_read_ready`: the latter registers the waker it is given
+    /// when the socket is not ready (a no-op one here), under the socket's lock and with the
+    /// task's budget consulted, and the exchange registers its own right after; `try_io`
+    /// only reads the readiness, and runs the closure (which does nothing) when it is set.
     pub(super) fn is_quiet(&self) -> bool {
-        self.read.is_empty()
-            && self
-                .stream
-                .poll_read_ready(&mut Context::from_waker(Waker::noop()))
-                .is_pending()
+        self.read.is_empty() && self.stream.try_io(Interest::READABLE, || Ok(())).is_err()
     }
 
     /// Reads more bytes into the buffer; `Ok(0)` is the end of the stream.
