@@ -671,7 +671,7 @@ fn apply_response(
             );
         }
         check_plugins(&snapshot, disabled)?;
-        let runtime = compile(&snapshot, previous)?;
+        let runtime = compile(&snapshot, previous, None)?;
         let wire = response
             .resources
             .iter()
@@ -710,8 +710,17 @@ fn apply_response(
         return Err(ApplyError::Backwards { offered, serving });
     }
     let undo = current.snapshot.apply_delta(response)?;
+    // The served runtime was compiled from the snapshot the delta applies to (a failed compile
+    // takes its delta back): only what the delta names is compiled again.
+    let changed = (previous.version == serving).then(|| {
+        let named = response.resources.iter().map(|r| (&r.kind, &r.id));
+        named
+            .chain(response.removed.iter().map(|r| (&r.kind, &r.id)))
+            .filter_map(|(kind, id)| Some(ResourceKey::new(Kind::parse(kind)?, id.clone())))
+            .collect::<Vec<_>>()
+    });
     let compiled = check_plugins(&current.snapshot, disabled)
-        .and_then(|()| compile(&current.snapshot, previous));
+        .and_then(|()| compile(&current.snapshot, previous, changed.as_deref()));
     match compiled {
         Ok(runtime) => {
             for removed in &response.removed {
@@ -755,11 +764,16 @@ fn check_plugins(snapshot: &Snapshot, disabled: &BTreeSet<String>) -> Result<(),
     Ok(())
 }
 
-/// Compiles a validated snapshot; a panic is reported as an error rather than taking the
-/// config stream down.
-fn compile(snapshot: &Snapshot, previous: &Runtime) -> Result<Runtime, ApplyError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        Runtime::compile(snapshot, Some(previous))
+/// Compiles a validated snapshot, only its `changed` resources when they are known; a panic is
+/// reported as an error rather than taking the config stream down.
+fn compile(
+    snapshot: &Snapshot,
+    previous: &Runtime,
+    changed: Option<&[ResourceKey]>,
+) -> Result<Runtime, ApplyError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match changed {
+        Some(changed) => Runtime::compile_changes(snapshot, previous, changed),
+        None => Runtime::compile(snapshot, Some(previous)),
     }))
     .map_err(|panic| ApplyError::Crashed(crate::background::panic_message(panic)))?
     .map_err(ApplyError::from)

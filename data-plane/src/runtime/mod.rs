@@ -22,8 +22,8 @@ pub mod router;
 pub mod tls;
 pub mod upstream;
 
-use gateway_proto::Snapshot;
-use gateway_proto::model::{Route, Upstream};
+use gateway_proto::model::{Parsed, Route, Upstream};
+use gateway_proto::{Kind, ResourceKey, Snapshot};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 use thiserror::Error;
@@ -125,10 +125,11 @@ pub struct Runtime {
     /// Every upstream, keyed by id; a route's inline upstream is keyed `route:<route id>`
     /// (ids cannot contain `:`, so the keys never collide).
     pub upstreams: HashMap<String, Arc<UpstreamRuntime>>,
-    /// Global rules, consumers and the plugin build environment.
-    pub plugins: CompiledPlugins,
-    /// The TLS listener's certificates, by SNI.
-    pub certificates: tls::Certificates,
+    /// Global rules, consumers and the plugin build environment (shared with the next runtime
+    /// when a version changes only routes).
+    pub plugins: Arc<CompiledPlugins>,
+    /// The TLS listener's certificates, by SNI (shared likewise).
+    pub certificates: Arc<tls::Certificates>,
     /// What the routes' plugin chains were compiled against.
     chain_basis: ChainBasis,
 }
@@ -147,8 +148,8 @@ impl Runtime {
             version: 0,
             router: Router::default(),
             upstreams: HashMap::new(),
-            plugins: CompiledPlugins::empty(env),
-            certificates: tls::Certificates::default(),
+            plugins: Arc::new(CompiledPlugins::empty(env)),
+            certificates: Arc::default(),
             chain_basis: ChainBasis::default(),
         }
     }
@@ -157,7 +158,9 @@ impl Runtime {
     ///
     /// `previous` is the runtime being served: an upstream whose definition has not changed is
     /// shared with it (the same `Arc`), so its balancer carries on where it was rather than
-    /// sending the next requests to the heaviest node again on every config push.
+    /// sending the next requests to the heaviest node again on every config push. While the
+    /// global rules and upstream ids are those `previous` was compiled against, its unchanged
+    /// routes are shared too and its router is patched with the rest.
     pub fn compile(
         snapshot: &Snapshot,
         previous: Option<&Runtime>,
@@ -189,90 +192,196 @@ impl Runtime {
                 .collect(),
         };
         // A route's chain overlays the global rules and checks upstream ids: while neither
-        // changed, an unchanged route keeps what was compiled for it.
-        let reusable_routes = match previous {
-            Some(p)
-                if p.chain_basis == chain_basis && *p.plugins.env().upstreams == upstream_ids =>
-            {
-                p.router.routes()
-            }
-            _ => HashMap::new(),
-        };
+        // changed, an unchanged route keeps what was compiled for it, and the previous router
+        // is patched rather than built again.
+        let reusable = previous
+            .filter(|p| p.chain_basis == chain_basis && *p.plugins.env().upstreams == upstream_ids);
         env.upstreams = Arc::new(upstream_ids);
         let plugins = CompiledPlugins::compile(snapshot, &env)?;
-        let mut routes = Vec::new();
+        let mut router = match reusable {
+            Some(p) => p.router.clone(),
+            None => Router::default(),
+        };
+        let mut rebuilt = Vec::new();
+        let mut count = 0;
         for (id, resource, route) in snapshot.routes() {
-            if let Some(same) = reusable_routes
-                .get(id)
-                .filter(|p| p.revision == resource.revision && p.spec == *route)
-                .filter(|p| same_target(p, route, &upstreams))
-            {
-                if let RouteTarget::Upstream(upstream) = &same.target
-                    && route.upstream.is_some()
-                {
-                    upstreams.insert(format!("route:{id}"), Arc::clone(upstream));
-                }
-                routes.push(Arc::clone(same));
-                continue;
+            count += 1;
+            let same = reusable.and_then(|p| p.router.route(id));
+            let compiled = compile_route(
+                id,
+                resource.revision,
+                route,
+                same,
+                &plugins,
+                &env,
+                &mut upstreams,
+                previous,
+            )?;
+            match reusable {
+                Some(_) if same.is_some_and(|same| Arc::ptr_eq(same, &compiled)) => {}
+                Some(_) => router.insert(compiled)?,
+                None => rebuilt.push(compiled),
             }
-            let chain = plugins.route_chain(id, &route.plugins);
-            let target = match (&route.upstream_id, &route.upstream, &route.batch) {
-                (Some(upstream_id), _, _) => {
-                    RouteTarget::Upstream(upstreams.get(upstream_id).cloned().ok_or_else(|| {
-                        CompileError::UnknownUpstream {
-                            route: id.to_owned(),
-                            upstream: upstream_id.clone(),
-                        }
-                    })?)
+        }
+        match reusable {
+            // What the snapshot no longer has leaves the patched router (it holds every route
+            // of the snapshot now, so it holds others only if it holds more).
+            Some(p) if router.route_count() > count => {
+                let ids: HashSet<&str> = snapshot.routes().map(|(id, _, _)| id).collect();
+                let mut gone = Vec::new();
+                p.router.for_each_route(|id, _| {
+                    if !ids.contains(id) {
+                        gone.push(id);
+                    }
+                });
+                for id in gone {
+                    router.remove(id);
                 }
-                (None, Some(spec), _) => {
-                    let key = format!("route:{id}");
-                    let upstream = match reuse(&key, spec) {
-                        Some(same) => same,
-                        None => Arc::new(UpstreamRuntime::compile_with(&key, spec, previous)?),
-                    };
-                    upstreams.insert(key, Arc::clone(&upstream));
-                    RouteTarget::Upstream(upstream)
-                }
-                (None, None, Some(batch)) => {
-                    let batch = CompiledBatch::compile(id, batch, &upstreams, &env.proxy_cache)?;
-                    RouteTarget::Batch(Arc::new(batch))
-                }
-                // A plugin of the route's own answers its requests (`batch-requests`).
-                (None, None, None) if !matches!(&chain, Ok(c) if c.endpoint.is_none()) => {
-                    RouteTarget::Endpoint
-                }
-                (None, None, None) => {
-                    return Err(CompileError::NoTarget {
-                        route: id.to_owned(),
-                    });
-                }
-            };
-            routes.push(Arc::new(CompiledRoute {
-                id: id.to_owned(),
-                revision: resource.revision,
-                spec: route.clone(),
-                target,
-                plugins: chain?,
-                matcher: OnceLock::new(),
-            }));
+            }
+            Some(_) => {}
+            None => router = Router::build(rebuilt)?,
         }
 
-        let certificates = tls::Certificates::compile(snapshot, previous.map(|p| &p.certificates))?;
+        let certificates =
+            tls::Certificates::compile(snapshot, previous.map(|p| &*p.certificates))?;
         Ok(Runtime {
             version: snapshot.version,
-            router: Router::build(routes)?,
+            router,
             upstreams,
-            plugins,
-            certificates,
+            plugins: Arc::new(plugins),
+            certificates: Arc::new(certificates),
             chain_basis,
+        })
+    }
+
+    /// Compiles `snapshot`, which differs from the snapshot `previous` was compiled from only in
+    /// the resources `changed` names (a delta's resources and removals). When they are all
+    /// routes, only those are compiled and the previous router is patched with them: the cost
+    /// follows the change, not the config's size. Any other change compiles like
+    /// [`Runtime::compile`].
+    pub fn compile_changes(
+        snapshot: &Snapshot,
+        previous: &Runtime,
+        changed: &[ResourceKey],
+    ) -> Result<Runtime, CompileError> {
+        if changed.iter().any(|key| key.kind != Kind::Routes) {
+            return Runtime::compile(snapshot, Some(previous));
+        }
+        let mut upstreams = previous.upstreams.clone();
+        let mut router = previous.router.clone();
+        let env = previous.plugins.env();
+        for key in changed {
+            let id = key.id.as_str();
+            let before = router.remove(id);
+            // Its inline upstream, if it had one, is compiled again (or shared) below.
+            upstreams.remove(&format!("route:{id}"));
+            let Some(resource) = snapshot.resources.get(key) else {
+                continue;
+            };
+            let Parsed::Route(route) = &resource.parsed else {
+                continue;
+            };
+            let compiled = compile_route(
+                id,
+                resource.revision,
+                route,
+                before.as_ref(),
+                &previous.plugins,
+                env,
+                &mut upstreams,
+                Some(previous),
+            )?;
+            router.insert(compiled)?;
+        }
+        Ok(Runtime {
+            version: snapshot.version,
+            router,
+            upstreams,
+            plugins: Arc::clone(&previous.plugins),
+            certificates: Arc::clone(&previous.certificates),
+            chain_basis: previous.chain_basis.clone(),
         })
     }
 }
 
+/// Compiles one route of a snapshot, or shares `same` (its compiled form in the previous
+/// runtime, which must have been compiled against the same global rules and upstream ids)
+/// while nothing it depends on changed. An inline upstream goes into `upstreams` as
+/// `route:<id>`.
+#[allow(clippy::too_many_arguments)]
+fn compile_route(
+    id: &str,
+    revision: u64,
+    route: &Route,
+    same: Option<&Arc<CompiledRoute>>,
+    plugins: &CompiledPlugins,
+    env: &BuildEnv,
+    upstreams: &mut HashMap<String, Arc<UpstreamRuntime>>,
+    previous: Option<&Runtime>,
+) -> Result<Arc<CompiledRoute>, CompileError> {
+    if let Some(same) = same
+        .filter(|p| p.revision == revision && p.spec == *route)
+        .filter(|p| same_target(p, route, upstreams))
+    {
+        if let RouteTarget::Upstream(upstream) = &same.target
+            && route.upstream.is_some()
+        {
+            upstreams.insert(format!("route:{id}"), Arc::clone(upstream));
+        }
+        return Ok(Arc::clone(same));
+    }
+    let reuse = |key: &str, spec: &Upstream| {
+        previous
+            .and_then(|p| p.upstreams.get(key))
+            .filter(|u| u.spec == *spec)
+            .cloned()
+    };
+    let chain = plugins.route_chain(id, &route.plugins);
+    let target = match (&route.upstream_id, &route.upstream, &route.batch) {
+        (Some(upstream_id), _, _) => {
+            RouteTarget::Upstream(upstreams.get(upstream_id).cloned().ok_or_else(|| {
+                CompileError::UnknownUpstream {
+                    route: id.to_owned(),
+                    upstream: upstream_id.clone(),
+                }
+            })?)
+        }
+        (None, Some(spec), _) => {
+            let key = format!("route:{id}");
+            let upstream = match reuse(&key, spec) {
+                Some(same) => same,
+                None => Arc::new(UpstreamRuntime::compile_with(&key, spec, previous)?),
+            };
+            upstreams.insert(key, Arc::clone(&upstream));
+            RouteTarget::Upstream(upstream)
+        }
+        (None, None, Some(batch)) => {
+            let batch = CompiledBatch::compile(id, batch, upstreams, &env.proxy_cache)?;
+            RouteTarget::Batch(Arc::new(batch))
+        }
+        // A plugin of the route's own answers its requests (`batch-requests`).
+        (None, None, None) if !matches!(&chain, Ok(c) if c.endpoint.is_none()) => {
+            RouteTarget::Endpoint
+        }
+        (None, None, None) => {
+            return Err(CompileError::NoTarget {
+                route: id.to_owned(),
+            });
+        }
+    };
+    Ok(Arc::new(CompiledRoute {
+        id: id.to_owned(),
+        revision,
+        spec: route.clone(),
+        target,
+        plugins: chain?,
+        matcher: OnceLock::new(),
+    }))
+}
+
 /// What a compiled route's plugin chain depends on besides the route itself and the snapshot's
 /// upstream ids: the global rules it overlays.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct ChainBasis {
     /// Every global rule's id and revision, in id order.
     global_rules: Vec<(String, u64)>,
@@ -542,6 +651,113 @@ mod tests {
             &fourth.upstreams["u"]
         ));
         assert!(Arc::ptr_eq(routes["inline"], now["inline"]));
+    }
+
+    /// A delta of routes (one changed, one removed, one added, an inline upstream changed)
+    /// compiled by patching gives the runtime a whole compile gives; a delta that changes an
+    /// upstream compiles whole.
+    #[test]
+    fn a_delta_of_routes_compiles_like_the_whole_snapshot() {
+        let u = json!({"nodes": [{"host": "127.0.0.1", "port": 1}]});
+        let route = |path: &str| json!({"paths": [path], "upstream_id": "u"});
+        let inline = |port: u16| json!({"paths": ["/i"], "upstream": {"nodes": [{"host": "127.0.0.1", "port": port}]}});
+        let mut model = snapshot(
+            1,
+            &[
+                ("upstreams", "u", u.clone()),
+                ("routes", "same", route("/same")),
+                ("routes", "moved", route("/before")),
+                ("routes", "gone", route("/gone")),
+                ("routes", "i", inline(2)),
+            ],
+        );
+        let first = Runtime::compile(&model, None).unwrap();
+        let mut delta = crate::test_support::wire(
+            "2",
+            "n",
+            &[
+                ("routes", "moved", route("/after/:x")),
+                (
+                    "routes",
+                    "new",
+                    json!({"paths": ["/new/*"], "upstream_id": "u", "priority": 3}),
+                ),
+                ("routes", "i", inline(3)),
+            ],
+        );
+        delta.base_version = "1".into();
+        delta.removed.push(gateway_proto::pb::ResourceRef {
+            kind: "routes".into(),
+            id: "gone".into(),
+        });
+        let _undo = model.apply_delta(&delta).unwrap();
+        let changed: Vec<ResourceKey> = ["moved", "new", "i", "gone"]
+            .into_iter()
+            .map(|id| ResourceKey::new(Kind::Routes, id))
+            .collect();
+        let patched = Runtime::compile_changes(&model, &first, &changed).unwrap();
+        let whole = Runtime::compile(&model, None).unwrap();
+
+        assert_eq!(patched.version, 2);
+        let ids = |runtime: &Runtime| {
+            let mut ids: Vec<String> = runtime
+                .router
+                .routes()
+                .keys()
+                .map(|k| k.to_string())
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids(&patched), ids(&whole));
+        let mut keys: Vec<&String> = patched.upstreams.keys().collect();
+        keys.sort();
+        let mut whole_keys: Vec<&String> = whole.upstreams.keys().collect();
+        whole_keys.sort();
+        assert_eq!(keys, whole_keys);
+        assert_eq!(
+            patched.upstreams["route:i"].nodes[0].authority.as_str(),
+            "127.0.0.1:3"
+        );
+        for path in [
+            "/same", "/before", "/after/1", "/gone", "/new/x", "/i", "/x",
+        ] {
+            let found = |runtime: &Runtime| match runtime.router.find(&RequestView::new(
+                &Method::GET,
+                "h",
+                path,
+            )) {
+                RouteMatch::Found { route, .. } => Some(route.id.clone()),
+                _ => None,
+            };
+            assert_eq!(found(&patched), found(&whole), "{path}");
+        }
+        assert!(Arc::ptr_eq(
+            first.router.route("same").unwrap(),
+            patched.router.route("same").unwrap()
+        ));
+        assert!(Arc::ptr_eq(&first.plugins, &patched.plugins));
+
+        // An upstream changed: compiled whole, so the routes target the new one.
+        let mut delta = crate::test_support::wire(
+            "3",
+            "n",
+            &[(
+                "upstreams",
+                "u",
+                json!({"nodes": [{"host": "127.0.0.1", "port": 4}]}),
+            )],
+        );
+        delta.base_version = "2".into();
+        let _undo = model.apply_delta(&delta).unwrap();
+        let changed = [ResourceKey::new(Kind::Upstreams, "u")];
+        let third = Runtime::compile_changes(&model, &patched, &changed).unwrap();
+        let same = third.router.route("same").unwrap();
+        assert!(Arc::ptr_eq(same.upstream().unwrap(), &third.upstreams["u"]));
+        assert_eq!(
+            third.upstreams["u"].nodes[0].authority.as_str(),
+            "127.0.0.1:4"
+        );
     }
 
     #[test]

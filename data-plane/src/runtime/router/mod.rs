@@ -62,8 +62,15 @@
 //! indexes its routes by exact host (a hash lookup) and by wildcard suffix (one lookup per
 //! label of the request's host); the remaining conditions are checked only on those
 //! candidates, in the order above, and the first full match wins.
+//!
+//! The tree, its host indexes and the routes by id are persistent (the `pmap` module): the next
+//! config version's router is the previous one cloned (a few reference counts) and patched with
+//! [`Router::remove`] and [`Router::insert`], which copy only what lies on the changed route's
+//! way and share the rest. One route changed costs the same in a config of ten routes or ten
+//! thousand, and so does freeing the router it replaced.
 
 mod conditions;
+mod pmap;
 mod tree;
 
 #[cfg(any(test, fuzzing))]
@@ -71,6 +78,7 @@ pub mod fuzz;
 #[cfg(test)]
 mod tests;
 
+use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, LazyLock};
@@ -79,7 +87,11 @@ use http::{HeaderMap, Method};
 
 use crate::runtime::{CompileError, CompiledRoute};
 use conditions::{Conditions, Context, HostPattern, normalize_host};
-use tree::{ConfigMap, Hit, Hits, LeafId, PathTree, Pattern, Specificity};
+use pmap::PMap;
+use tree::{PathTree, Pattern, Specificity};
+
+type Hit<'t> = tree::Hit<'t, Leaf>;
+type Hits<'t> = tree::Hits<'t, Leaf>;
 
 /// Named path segments captured by a match, in pattern order: (name, raw value).
 pub type Params = Vec<(String, String)>;
@@ -139,25 +151,98 @@ impl<'a> RequestView<'a> {
     }
 }
 
-/// Maps requests to routes. Built once per snapshot; never mutated.
-#[derive(Debug, Default)]
+/// Maps requests to routes. Built once per snapshot, or patched from the previous snapshot's
+/// router; `Clone` is cheap and shares everything.
+#[derive(Clone, Debug, Default)]
 pub struct Router {
-    tree: PathTree,
-    /// Indexed by [`LeafId`]: the routes of each pattern set.
-    leaves: Vec<Leaf>,
-    /// One per enabled (route, path), in tie-break order: a smaller index wins a tie.
-    entries: Vec<Entry>,
+    tree: PathTree<Leaf>,
+    /// Every route given, disabled ones too, by id.
+    routes: PMap<Arc<CompiledRoute>>,
+    /// The number of enabled (route, path) entries.
+    entries: usize,
 }
 
-/// The routes whose paths have one shape, indexed by host. Every list holds entry indexes in
-/// increasing order, which is tie-break order.
-#[derive(Debug)]
+/// A list of entries in tie-break order (best first), shared between versions.
+type Entries = Arc<Vec<Arc<Entry>>>;
+
+/// The routes whose paths have one shape, indexed by host. Every list holds entries in
+/// tie-break order.
+#[derive(Clone, Debug)]
 struct Leaf {
     specificity: Specificity,
-    exact_hosts: ConfigMap<Vec<u32>>,
+    exact_hosts: PMap<Entries>,
     /// By suffix including the leading dot (`.example.com`).
-    wildcard_hosts: ConfigMap<Vec<u32>>,
-    any_host: Vec<u32>,
+    wildcard_hosts: PMap<Entries>,
+    any_host: Vec<Arc<Entry>>,
+}
+
+impl Leaf {
+    fn new(specificity: Specificity) -> Leaf {
+        Leaf {
+            specificity,
+            exact_hosts: PMap::default(),
+            wildcard_hosts: PMap::default(),
+            any_host: Vec::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.any_host.is_empty() && self.exact_hosts.is_empty() && self.wildcard_hosts.is_empty()
+    }
+
+    /// Lists `entry` under each of its hosts (or under any host).
+    fn add(&mut self, entry: &Arc<Entry>) {
+        if entry.matcher.hosts.is_empty() {
+            add_to(&mut self.any_host, entry);
+        }
+        for host in entry.matcher.hosts.iter() {
+            let (map, name) = match host {
+                HostPattern::Exact(name) => (&mut self.exact_hosts, name),
+                HostPattern::Wildcard(suffix) => (&mut self.wildcard_hosts, suffix),
+            };
+            if map.get(name).is_none() {
+                map.insert(name, Entries::default());
+            }
+            // `A.com` and `a.com` are one host: `add_to` lists the entry once.
+            if let Some(list) = map.get_mut(name) {
+                add_to(Arc::make_mut(list), entry);
+            }
+        }
+    }
+
+    /// Takes `entry` (equal by id and path) off every list; true if the leaf is empty now.
+    fn remove(&mut self, entry: &Entry) -> bool {
+        if entry.matcher.hosts.is_empty() {
+            remove_from(&mut self.any_host, entry);
+        }
+        for host in entry.matcher.hosts.iter() {
+            let (map, name) = match host {
+                HostPattern::Exact(name) => (&mut self.exact_hosts, name),
+                HostPattern::Wildcard(suffix) => (&mut self.wildcard_hosts, suffix),
+            };
+            if let Some(list) = map.get_mut(name) {
+                let list = Arc::make_mut(list);
+                remove_from(list, entry);
+                if list.is_empty() {
+                    map.remove(name);
+                }
+            }
+        }
+        self.is_empty()
+    }
+}
+
+/// Inserts `entry` at its place in tie-break order, unless it is listed already.
+fn add_to(list: &mut Vec<Arc<Entry>>, entry: &Arc<Entry>) {
+    if let Err(at) = list.binary_search_by(|e| e.order().cmp(&entry.order())) {
+        list.insert(at, Arc::clone(entry));
+    }
+}
+
+fn remove_from(list: &mut Vec<Arc<Entry>>, entry: &Entry) {
+    if let Ok(at) = list.binary_search_by(|e| e.order().cmp(&entry.order())) {
+        list.remove(at);
+    }
 }
 
 #[derive(Debug)]
@@ -167,6 +252,15 @@ struct Entry {
     matcher: Arc<RouteMatcher>,
     /// Which of its paths this entry is.
     path: usize,
+}
+
+impl Entry {
+    /// Where the entry stands among equally specific ones: smaller wins. Unique per entry, since
+    /// route ids are.
+    fn order(&self) -> (Reverse<i64>, u64, &str, usize) {
+        let (priority, revision, id) = tie_break(&self.route);
+        (priority, revision, id, self.path)
+    }
 }
 
 /// What the router compiles of one route: its conditions, hosts and path patterns. Kept with
@@ -214,81 +308,76 @@ impl RouteMatcher {
 }
 
 impl Router {
-    /// Builds the router from compiled routes. Disabled routes are left out.
+    /// Builds the router from compiled routes. Disabled routes are left out of matching. Of
+    /// two routes with one id (a snapshot has none), the later replaces the earlier.
     pub fn build(
         routes: impl IntoIterator<Item = Arc<CompiledRoute>>,
     ) -> Result<Router, CompileError> {
-        struct Pending {
-            route: Arc<CompiledRoute>,
-            matcher: Arc<RouteMatcher>,
-            index: usize,
-        }
-        let mut pending = Vec::new();
-        for route in routes {
-            if !route.spec.enabled {
-                continue;
-            }
-            let matcher = RouteMatcher::of(&route)?;
-            for index in 0..matcher.patterns.len() {
-                pending.push(Pending {
-                    route: Arc::clone(&route),
-                    matcher: Arc::clone(&matcher),
-                    index,
-                });
-            }
-        }
-        // Entry indexes follow the tie-break order, so every list built below in index order
-        // is already sorted best first.
-        pending.sort_by(|a, b| (tie_break(&a.route), a.index).cmp(&(tie_break(&b.route), b.index)));
-
         let mut router = Router::default();
-        for (i, item) in pending.into_iter().enumerate() {
-            let id = u32::try_from(i).map_err(|_| CompileError::InvalidPath {
-                route: item.route.id.clone(),
-                path: String::new(),
-                reason: "more than 2^32 route paths".to_owned(),
-            })?;
-            let pattern = &item.matcher.patterns[item.index];
-            let leaf = router.tree.insert(pattern) as usize;
-            if leaf == router.leaves.len() {
-                router.leaves.push(Leaf {
-                    specificity: pattern.specificity,
-                    exact_hosts: ConfigMap::default(),
-                    wildcard_hosts: ConfigMap::default(),
-                    any_host: Vec::new(),
-                });
-            }
-            let Some(slot) = router.leaves.get_mut(leaf) else {
-                // INVARIANT: the tree numbers leaves densely from 0, so a leaf is either known
-                // or the next one.
-                debug_assert!(false, "leaf {leaf} skipped");
+        for route in routes {
+            router.insert(route)?;
+        }
+        Ok(router)
+    }
+
+    /// Adds a route, replacing the route of the same id if there is one. Only what lies on the
+    /// route's way through the tree is copied from a router this one shares it with. On an error
+    /// the router is left as it was.
+    pub fn insert(&mut self, route: Arc<CompiledRoute>) -> Result<(), CompileError> {
+        let matcher = if route.spec.enabled {
+            Some(RouteMatcher::of(&route)?)
+        } else {
+            None
+        };
+        self.remove(&route.id);
+        self.routes.insert(&route.id, Arc::clone(&route));
+        let Some(matcher) = matcher else {
+            return Ok(());
+        };
+        for (index, pattern) in matcher.patterns.iter().enumerate() {
+            let entry = Arc::new(Entry {
+                route: Arc::clone(&route),
+                matcher: Arc::clone(&matcher),
+                path: index,
+            });
+            let Some(leaf) = self
+                .tree
+                .leaf_mut(pattern, || Leaf::new(pattern.specificity))
+            else {
+                // INVARIANT: the tree makes whatever it lacks on the way to a leaf.
+                debug_assert!(false, "no leaf for {}", route.id);
                 continue;
             };
             // INVARIANT: a leaf holds patterns of one shape, hence of one specificity.
-            debug_assert_eq!(slot.specificity, pattern.specificity);
-            if item.matcher.hosts.is_empty() {
-                slot.any_host.push(id);
-            }
-            for host in item.matcher.hosts.iter() {
-                let list = match host {
-                    HostPattern::Exact(name) => slot.exact_hosts.entry(name.clone()).or_default(),
-                    HostPattern::Wildcard(suffix) => {
-                        slot.wildcard_hosts.entry(suffix.clone()).or_default()
-                    }
-                };
-                // `A.com` and `a.com` are one host: list the entry once.
-                if list.last() != Some(&id) {
-                    list.push(id);
-                }
-            }
-            router.entries.push(Entry {
-                route: item.route,
-                matcher: item.matcher,
-                path: item.index,
-            });
+            debug_assert_eq!(leaf.specificity, pattern.specificity);
+            leaf.add(&entry);
+            self.entries += 1;
         }
-        debug_assert_eq!(router.tree.leaves(), router.leaves.len());
-        Ok(router)
+        Ok(())
+    }
+
+    /// Removes the route `id`, if there is one; returns it.
+    pub fn remove(&mut self, id: &str) -> Option<Arc<CompiledRoute>> {
+        let route = self.routes.remove(id)?;
+        // Enabled routes got their matcher when they were inserted.
+        let Some(matcher) = route.matcher.get().filter(|_| route.spec.enabled) else {
+            return Some(route);
+        };
+        for (index, pattern) in matcher.patterns.iter().enumerate() {
+            let entry = Entry {
+                route: Arc::clone(&route),
+                matcher: Arc::clone(matcher),
+                path: index,
+            };
+            self.tree.change_leaf(pattern, |leaf| leaf.remove(&entry));
+            self.entries -= 1;
+        }
+        Some(route)
+    }
+
+    /// The route `id` (disabled ones too).
+    pub fn route(&self, id: &str) -> Option<&Arc<CompiledRoute>> {
+        self.routes.get(id)
     }
 
     /// Finds the route for a request.
@@ -303,16 +392,11 @@ impl Router {
         if hits.is_empty() {
             return RouteMatch::NotFound;
         }
-        let specificity = |hit: &Hit| {
-            self.leaves
-                .get(hit.leaf as usize)
-                .map(|leaf| leaf.specificity)
-        };
+        let specificity = |hit: &Hit| hit.leaf.specificity;
         // Most specific first; ties keep the tree's order (they are merged below anyway).
-        hits.sort_by_key(|hit| std::cmp::Reverse(specificity(hit)));
+        hits.sort_by_key(|hit| Reverse(specificity(hit)));
 
         let lookup = Lookup {
-            router: self,
             host: &normalize_host(request.host),
             values: &values,
         };
@@ -332,42 +416,48 @@ impl Router {
         }
     }
 
-    /// Every enabled route, by id (the routes of the next runtime that did not change are
-    /// these, shared).
+    /// Every route, disabled ones too, by id (the routes of the next runtime that did not
+    /// change are these, shared).
     pub fn routes(&self) -> HashMap<&str, &Arc<CompiledRoute>> {
-        self.entries
-            .iter()
-            .map(|entry| (entry.route.id.as_str(), &entry.route))
-            .collect()
+        let mut routes = HashMap::with_capacity(self.routes.len());
+        self.for_each_route(|id, route| {
+            routes.insert(id, route);
+        });
+        routes
+    }
+
+    /// Calls `f` with every route, disabled ones too, in no particular order.
+    pub fn for_each_route<'a>(&'a self, f: impl FnMut(&'a str, &'a Arc<CompiledRoute>)) {
+        self.routes.for_each(f);
+    }
+
+    /// The number of routes, disabled ones too.
+    pub fn route_count(&self) -> usize {
+        self.routes.len()
     }
 
     /// The number of enabled (route, path) entries.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries
     }
 
     /// Whether no route can match.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    fn leaf(&self, id: LeafId) -> Option<&Leaf> {
-        self.leaves.get(id as usize)
+        self.entries == 0
     }
 }
 
 /// Orders equally specific paths: higher priority, then older revision, then smaller id.
-fn tie_break(route: &CompiledRoute) -> (std::cmp::Reverse<i64>, u64, &str) {
+fn tie_break(route: &CompiledRoute) -> (Reverse<i64>, u64, &str) {
     (
-        std::cmp::Reverse(route.spec.priority),
+        Reverse(route.spec.priority),
         route.revision,
         route.id.as_str(),
     )
 }
 
-/// One lookup's view of the router and the request's path hits.
+/// One lookup's view of the request's path hits.
 struct Lookup<'a> {
-    router: &'a Router,
     /// Normalised.
     host: &'a str,
     /// The captured segment values; each hit names its range.
@@ -379,38 +469,33 @@ impl Lookup<'_> {
     /// specific (exact host, then wildcards longest first, then any host) and, within a tier,
     /// entries in tie-break order. Entries that match all but the method add their methods to
     /// `allow`.
-    fn best_in_group<'h>(
-        &'h self,
-        group: &'h [Hit],
+    fn best_in_group(
+        &self,
+        leaves: &[Hit<'_>],
         method: &Method,
         cx: &mut Context<'_>,
         allow: &mut Vec<Method>,
     ) -> Option<RouteMatch> {
-        let with_leaf = |hit: &'h Hit| Some((hit, self.router.leaf(hit.leaf)?));
-        // Nearly every group is one pattern set: keep that one on the stack.
-        let one = [group.first().and_then(with_leaf)?];
-        let many: Vec<(&Hit, &Leaf)> = match group {
-            [_] => Vec::new(),
-            _ => group.iter().filter_map(with_leaf).collect(),
-        };
-        let leaves = if many.is_empty() { &one[..] } else { &many[..] };
         let host = self.host;
         if !host.is_empty() {
-            let found = self.try_tier(leaves, |leaf| leaf.exact_hosts.get(host), method, cx, allow);
+            let found = self.try_tier(
+                leaves,
+                |leaf| leaf.exact_hosts.get(host).map(|l| l.as_slice()),
+                method,
+                cx,
+                allow,
+            );
             if found.is_some() {
                 return found;
             }
         }
-        if leaves
-            .iter()
-            .any(|(_, leaf)| !leaf.wildcard_hosts.is_empty())
-        {
+        if leaves.iter().any(|hit| !hit.leaf.wildcard_hosts.is_empty()) {
             // Suffixes at each dot but a leading one, longest first: `a.b.c` → `.b.c`, `.c`.
             for (at, _) in host.match_indices('.').filter(|(at, _)| *at > 0) {
                 let suffix = &host[at..];
                 let found = self.try_tier(
                     leaves,
-                    |leaf| leaf.wildcard_hosts.get(suffix),
+                    |leaf| leaf.wildcard_hosts.get(suffix).map(|l| l.as_slice()),
                     method,
                     cx,
                     allow,
@@ -426,27 +511,27 @@ impl Lookup<'_> {
     /// Tries the entries `tier` picks from each leaf, merged in tie-break order.
     fn try_tier<'l>(
         &self,
-        leaves: &[(&Hit, &'l Leaf)],
-        tier: impl Fn(&'l Leaf) -> Option<&'l Vec<u32>>,
+        leaves: &[Hit<'l>],
+        tier: impl Fn(&'l Leaf) -> Option<&'l [Arc<Entry>]>,
         method: &Method,
         cx: &mut Context<'_>,
         allow: &mut Vec<Method>,
     ) -> Option<RouteMatch> {
-        if let [(hit, leaf)] = leaves {
+        if let [hit] = leaves {
             // The common case: one pattern set, its list already in order.
-            for &entry in tier(leaf)?.iter() {
+            for entry in tier(hit.leaf)? {
                 if let Some(found) = self.try_entry(entry, hit, method, cx, allow) {
                     return Some(found);
                 }
             }
             return None;
         }
-        let mut merged: Vec<(u32, &Hit)> = leaves
+        let mut merged: Vec<(&Arc<Entry>, &Hit)> = leaves
             .iter()
-            .filter_map(|(hit, leaf)| Some((*hit, tier(leaf)?)))
-            .flat_map(|(hit, list)| list.iter().map(move |&entry| (entry, hit)))
+            .filter_map(|hit| Some((hit, tier(hit.leaf)?)))
+            .flat_map(|(hit, list)| list.iter().map(move |entry| (entry, hit)))
             .collect();
-        merged.sort_by_key(|(entry, _)| *entry);
+        merged.sort_by(|(a, _), (b, _)| a.order().cmp(&b.order()));
         merged
             .into_iter()
             .find_map(|(entry, hit)| self.try_entry(entry, hit, method, cx, allow))
@@ -454,13 +539,12 @@ impl Lookup<'_> {
 
     fn try_entry(
         &self,
-        entry: u32,
+        entry: &Entry,
         hit: &Hit,
         method: &Method,
         cx: &mut Context<'_>,
         allow: &mut Vec<Method>,
     ) -> Option<RouteMatch> {
-        let entry = self.router.entries.get(entry as usize)?;
         let conditions = &entry.matcher.conditions;
         if !conditions.matches(cx) {
             return None;
