@@ -28,7 +28,7 @@
 //! after [`ServerSpan::start`]: with tracing on it is the trace the server span belongs to (or
 //! the unsampled one it names).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::uri::Authority;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
@@ -149,10 +149,7 @@ impl<'a> ServerSpan<'a> {
                 span.set_attribute(KeyValue::new("server.port", i64::from(port)));
             }
         }
-        span.set_attribute(KeyValue::new(
-            "client.address",
-            remote.ip().to_canonical().to_string(),
-        ));
+        span.set_attribute(KeyValue::new("client.address", ip_text(remote.ip())));
         span.set_attribute(KeyValue::new(
             "gateway.config.version",
             i64::try_from(config_version).unwrap_or(i64::MAX),
@@ -169,8 +166,12 @@ impl<'a> ServerSpan<'a> {
     #[inline(never)]
     pub(crate) fn routed(&mut self, route: &CompiledRoute, path: usize) {
         if let Some(pattern) = route.spec.paths.get(path) {
-            self.span
-                .update_name(format!("{} {pattern}", self.span_method()));
+            let method = self.span_method();
+            let mut name = String::with_capacity(method.len() + 1 + pattern.len());
+            name.push_str(method);
+            name.push(' ');
+            name.push_str(pattern);
+            self.span.update_name(name);
             self.span
                 .set_attribute(KeyValue::new("http.route", pattern.clone()));
         }
@@ -359,6 +360,30 @@ fn split_host(host: &str) -> Option<(&str, Option<u16>)> {
         None => (host, None),
     };
     (!address.is_empty()).then_some((address, port))
+}
+
+/// `client.address`: the address as text (an IPv4-mapped IPv6 one as IPv4), written without
+/// the formatting machinery for IPv4, the common case.
+fn ip_text(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let mut text = String::with_capacity(15);
+            for (index, octet) in v4.octets().into_iter().enumerate() {
+                if index > 0 {
+                    text.push('.');
+                }
+                if octet >= 100 {
+                    text.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    text.push(char::from(b'0' + octet / 10 % 10));
+                }
+                text.push(char::from(b'0' + octet % 10));
+            }
+            text
+        }
+        v6 => v6.to_string(),
+    }
 }
 
 /// The client's `tracestate`, for the remote parent's context (empty when absent or invalid:

@@ -413,3 +413,23 @@ async fn a_batch_has_one_client_span_per_sub_request() {
         assert!(parents.contains(&client.span_context.span_id()));
     }
 }
+
+#[test]
+fn client_addresses_read_as_the_standard_library_writes_them() {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut rng = fastrand::Rng::with_seed(26);
+    let mut addresses: Vec<IpAddr> = vec![
+        Ipv4Addr::new(0, 0, 0, 0).into(),
+        Ipv4Addr::new(255, 255, 255, 255).into(),
+        Ipv4Addr::new(10, 9, 100, 199).into(),
+        Ipv6Addr::LOCALHOST.into(),
+        "2001:db8::1".parse().unwrap(),
+    ];
+    addresses.extend((0..1000).map(|_| IpAddr::from(Ipv4Addr::from(rng.u32(..)))));
+    for address in addresses {
+        assert_eq!(super::ip_text(address), address.to_string());
+    }
+    // An IPv4-mapped IPv6 client is shown as IPv4.
+    let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+    assert_eq!(super::ip_text(mapped), "192.0.2.7");
+}
