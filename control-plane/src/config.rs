@@ -563,6 +563,8 @@ impl ConfigService {
     /// Works out the resource changes `op` makes to `current`, validating each new document.
     async fn plan(&self, current: &ConfigState, op: &WriteOp) -> Result<Plan, WriteError> {
         let mut desired: Vec<(ResourceKey, Option<Value>, String)> = Vec::new();
+        // What a rollback restores, admitted as each state arrives from the store (see below).
+        let mut restored: Vec<(ResourceKey, Admitted, String)> = Vec::new();
         match op {
             WriteOp::Put {
                 key,
@@ -629,28 +631,42 @@ impl ConfigService {
                 if *to > current.version || (*to > 0 && self.store.version(*to).await?.is_none()) {
                     return Err(WriteError::VersionNotFound(*to));
                 }
-                let states = self.store.changed_states(*to, *to, current.version).await?;
-                for (key, state) in states {
-                    let at = format!("/{}/{}", key.kind, key.id);
-                    desired.push((key, state.map(|s| s.body), at));
-                }
+                // Each old state is admitted as its row arrives, while the database still works
+                // on the next: the rollback's one step the same `PUT /config` lacks (reading
+                // 10,000 states from the history) then costs barely more than its first row.
+                self.store
+                    .for_each_changed_state(*to, *to, current.version, |key, state| {
+                        let existing = current.resources.get(&key).map(|e| &e.body);
+                        let admitted = admit_desired(&key, state.map(|s| s.body), existing);
+                        let at = match admitted {
+                            Ok(_) => String::new(),
+                            Err(_) => format!("/{}/{}", key.kind, key.id),
+                        };
+                        restored.push((key, admitted, at));
+                    })
+                    .await?;
+                // Rows come in no particular order; the changes, the diff and any violations
+                // keep the order of the keys, as before.
+                restored.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             }
         }
 
         let now = now_ms();
         let mut violations = Vec::new();
         let mut changes = Vec::new();
-        for (key, document, at) in desired {
+        let admitted = desired.into_iter().map(|(key, document, at)| {
+            let existing = current.resources.get(&key).map(|e| &e.body);
+            let admitted = admit_desired(&key, document, existing);
+            (key, admitted, at)
+        });
+        for (key, admitted, at) in admitted.chain(restored) {
             let existing = current.resources.get(&key);
-            let after = match document {
-                None => None,
-                Some(document) => match admit(&key, document, existing.map(|e| &e.body)) {
-                    Ok(admitted) => Some(admitted),
-                    Err(found) => {
-                        violations.extend(found.into_iter().map(|v| v.under(&at)));
-                        continue;
-                    }
-                },
+            let after = match admitted {
+                Ok(after) => after,
+                Err(found) => {
+                    violations.extend(found.into_iter().map(|v| v.under(&at)));
+                    continue;
+                }
             };
             let op = match (existing, &after) {
                 (None, None) => continue,
@@ -701,6 +717,17 @@ fn check_if_match(
             current: revision,
         })
     }
+}
+
+/// A desired state admitted: `None` for a deletion, else the stored document and its typed
+/// form; the document's violations if it is refused.
+type Admitted = Result<Option<(Value, Parsed)>, Vec<Violation>>;
+
+/// [`admit`] for a desired state, where `None` deletes the resource.
+fn admit_desired(key: &ResourceKey, document: Option<Value>, existing: Option<&Value>) -> Admitted {
+    document
+        .map(|document| admit(key, document, existing))
+        .transpose()
 }
 
 /// Turns a written document into the stored one: server fields stripped, redacted secrets
