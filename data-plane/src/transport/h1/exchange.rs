@@ -515,28 +515,14 @@ pub(super) async fn send_body(
 
 #[cfg(test)]
 mod tests {
-    use http::{HeaderValue, Method, Request};
+    use http::{Method, Request};
 
     use super::super::codec::{BodyFraming, encode_head};
     use super::WrittenHead;
-    use crate::transport::headers::HopHeaders;
 
     #[test]
     fn a_written_head_is_the_head_send_writes_for_the_same_request() {
-        let hops = [
-            HopHeaders {
-                client: "10.0.0.1".parse().unwrap(),
-                forwarded_host: None,
-                host: None,
-                https: false,
-            },
-            HopHeaders {
-                client: "::ffff:192.0.2.7".parse().unwrap(),
-                forwarded_host: Some(HeaderValue::from_static("api.example.com")),
-                host: Some(HeaderValue::from_static("node.internal")),
-                https: true,
-            },
-        ];
+        let hops = super::super::tests::sample_hops();
         let clients: [&[(&str, &str)]; 4] = [
             &[],
             &[

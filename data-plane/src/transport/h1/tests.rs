@@ -104,9 +104,10 @@ fn header_lines(head: &[u8]) -> Vec<(String, String)> {
     lines
 }
 
-#[test]
-fn hop_headers_written_with_the_head_are_those_put_into_the_map() {
-    let hops = [
+/// Two hops: a plain IPv4 client, and an IPv4-mapped IPv6 client over HTTPS whose host is
+/// rewritten and forwarded (shared with the exchange's `WrittenHead` test).
+pub(super) fn sample_hops() -> [HopHeaders; 2] {
+    [
         HopHeaders {
             client: "10.0.0.1".parse().unwrap(),
             forwarded_host: None,
@@ -119,7 +120,12 @@ fn hop_headers_written_with_the_head_are_those_put_into_the_map() {
             host: Some(HeaderValue::from_static("node.internal")),
             https: true,
         },
-    ];
+    ]
+}
+
+#[test]
+fn hop_headers_written_with_the_head_are_those_put_into_the_map() {
+    let hops = sample_hops();
     let clients: [&[(&str, &str)]; 3] = [
         &[],
         &[
